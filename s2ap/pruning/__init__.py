@@ -1,0 +1,1 @@
+"""Score-masked layers and pruning methods."""

@@ -1,0 +1,117 @@
+"""Typed result tables: explicit pyarrow schemas, numbers stored as numbers.
+
+Two tables describe runs. ``RUN_SCHEMA`` has one row per run (a search calls these
+trials): its identity, the config values that define the grid cell, and the final
+metrics. ``EPOCH_SCHEMA`` has one row per run per phase epoch with every per-epoch metric.
+Every row carries its config hash, seed and the code version.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from s2ap import __version__
+
+IDENTITY = [
+    pa.field("config_hash", pa.string(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("code_version", pa.string(), nullable=False),
+]
+
+RUN_SCHEMA = pa.schema(
+    IDENTITY
+    + [
+        pa.field("model", pa.string()),
+        pa.field("dataset", pa.string()),
+        pa.field("method", pa.string()),
+        pa.field("objective", pa.string()),
+        pa.field("sparsity", pa.float64()),
+        pa.field("s2ap", pa.bool_()),
+        pa.field("gamma", pa.float64()),
+        pa.field("warmup_epochs", pa.int64()),
+        pa.field("prune_epochs", pa.int64()),
+        pa.field("status", pa.string()),  # ok | error
+        pa.field("error", pa.string()),
+        pa.field("density", pa.float64()),
+        pa.field("clean_acc", pa.float64()),
+        pa.field("pgd_acc", pa.float64()),
+        pa.field("aa_acc", pa.float64()),  # null when AutoAttack was not run
+        pa.field("robust_acc", pa.float64()),  # AutoAttack when run, else PGD
+        pa.field("mask_clean_acc", pa.float64()),  # pruned model before finetuning
+        pa.field("mask_robust_acc", pa.float64()),
+        pa.field("corruption_acc", pa.float64()),
+        pa.field("best_mask_epoch", pa.int64()),  # pruning epoch the returned mask comes from
+        pa.field("best_mask_before_s2ap", pa.bool_()),  # S2AP on, but the mask predates it
+        pa.field("hamming", pa.list_(pa.float64())),  # per pruning epoch, vs the first mask
+        pa.field("lambda_max", pa.list_(pa.float64())),  # per pruning epoch (mean), may be empty
+        pa.field("loss_diff_rho", pa.list_(pa.float64())),
+        pa.field("loss_diff", pa.list_(pa.float64())),
+        pa.field("gradient_masking", pa.bool_()),
+        pa.field("wall_time_s", pa.float64()),
+    ]
+)
+
+EPOCH_SCHEMA = pa.schema(
+    IDENTITY
+    + [
+        pa.field("phase", pa.string(), nullable=False),  # pretrain | prune | finetune
+        pa.field("epoch", pa.int64(), nullable=False),  # 0-based within the phase
+        pa.field("train_loss", pa.float64()),
+        pa.field("train_acc", pa.float64()),
+        pa.field("val_clean_acc", pa.float64()),
+        pa.field("val_pgd_acc", pa.float64()),
+        pa.field("hamming", pa.float64()),  # prune phase: distance to the first mask
+        pa.field("lambda_max", pa.float64()),  # prune phase, when measured
+        pa.field("s2ap_active", pa.bool_()),
+        pa.field("lr", pa.float64()),
+        pa.field("time_s", pa.float64()),
+    ]
+)
+
+
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout."""
+    head = Path(__file__).resolve().parent.parent / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref:"):
+            ref_file = head.parent / ref.split(" ", 1)[1]
+            sha = ref_file.read_text().strip() if ref_file.exists() else ""
+        else:
+            sha = ref
+        return f"{__version__}+{sha[:10]}" if sha else __version__
+    except OSError:
+        return __version__
+
+
+def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows as a table with exactly ``schema``'s columns (missing values are null)."""
+    rows = list(rows)
+    columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def write_table(table: pa.Table, path: str | Path) -> Path:
+    """Write atomically: a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_rows(rows: Iterable[Mapping[str, Any]], schema: pa.Schema, path: str | Path) -> Path:
+    return write_table(to_table(rows, schema), path)

@@ -1,0 +1,76 @@
+"""``python -m s2ap.run CONFIG.yaml [--set key=value ...]``: one experiment, one run folder.
+
+The folder holds the resolved config, the state saved at every epoch (``--resume``
+continues from it), the masks, a dense pruned checkpoint loadable into the plain model,
+and the per-epoch and final metrics as Parquet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from s2ap.config import ConfigError, load
+from s2ap.train import TrainingDiverged
+
+log = logging.getLogger("s2ap.run")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m s2ap.run", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="experiment YAML")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set prune.sparsity=0.95 (repeatable)")
+    parser.add_argument("--out", help="run folder (default: out_dir from the config)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's state.pt")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        cfg = load(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from s2ap.pipeline import run_experiment
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_dir = Path(args.out or cfg.out_dir)
+    state = run_dir / "state.pt"
+    if args.resume and not state.exists():
+        print(f"error: --resume: no saved state at {state}", file=sys.stderr)
+        return 2
+    try:
+        final = run_experiment(
+            cfg, run_dir, resume_from=state if args.resume else None, progress=not args.quiet
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"error: training diverged: {exc}; epochs before it are in {run_dir}", file=sys.stderr)
+        return 1
+    robust = final.get("robust_acc")
+    print(
+        f"done: clean {final['clean_acc']:.4f}, robust {robust:.4f} "
+        f"({'AutoAttack' if final.get('aa_acc') is not None else 'PGD'}), density {final['density']:.4f}, "
+        f"mask from pruning epoch {final['best_mask_epoch']}"
+        + (" (BEFORE S2AP began)" if final["best_mask_before_s2ap"] else "")
+        + f"; results in {run_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""The one training loop. Pretraining, pruning and finetuning differ only in which tensors
+train, the objective, and whether a sharpness-aware perturbation wraps the step.
+
+One iteration (Algorithm 1 when ``perturbation`` is the score perturbation, Algorithm 2 when
+it is AWP on the kept weights, the plain method when it is None):
+
+    x' = attack(model at p)                        # adversarial batch, crafted once
+    L(p) on x'; grad at p                          # the robust loss that is tracked
+    [p <- p + z]  L(p + z) on x'; grad at p + z    # only with a perturbation
+    [p <- p]      base optimizer step with the last gradient
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from s2ap.objectives import Objective
+from s2ap.sharpness import LayerwisePerturbation
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits in a ``torch.distributed`` group (world 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls) -> DistInfo:
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    def all_reduce_sum(self, values: Sequence[float], device: torch.device) -> list[float]:
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(list(values), dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, stable across processes and Python runs."""
+    import hashlib
+
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class ShardedBatches:
+    """Seeded global batches, each split into contiguous per-rank chunks.
+
+    The union of the ranks' chunks is exactly the single-process batch, so a DDP run with
+    global batch B sees the same data per step as one process with batch B.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, shuffle: bool, dist_info: DistInfo, drop_last: bool = False
+    ) -> None:
+        self.n = n
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.dist = dist_info
+        self.drop_last = drop_last
+        self.seed = 0
+
+    def set_seed(self, seed: int) -> None:
+        self.seed = seed
+
+    def global_batches(self) -> list[np.ndarray]:
+        order = (
+            np.random.default_rng(self.seed).permutation(self.n) if self.shuffle else np.arange(self.n)
+        )
+        batches = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        # A batch smaller than the world would leave a rank without data.
+        if batches and (len(batches[-1]) < self.dist.world or (self.drop_last and len(batches) > 1
+                                                               and len(batches[-1]) < self.batch_size)):
+            batches.pop()
+        return batches
+
+    def chunk(self, batch_len: int) -> tuple[int, int]:
+        bounds = np.linspace(0, batch_len, self.dist.world + 1).round().astype(int)
+        return int(bounds[self.dist.rank]), int(bounds[self.dist.rank + 1])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches():
+            lo, hi = self.chunk(len(batch))
+            yield batch[lo:hi].tolist()
+
+    def __len__(self) -> int:
+        return len(self.global_batches())
+
+
+@dataclass
+class EpochResult:
+    """Sums over this rank's share of the epoch (all-reduce them, then divide by ``n``)."""
+
+    loss_sum: float
+    correct: float
+    n: int
+    time_s: float
+    perturbation_norms: list[float] = field(default_factory=list)
+    lambda_max: list[float] = field(default_factory=list)
+
+
+def _global_noise(objective: Objective, x: Tensor, batch_len: int, lo: int) -> Tensor | None:
+    """Attack start noise drawn for the whole global batch, so it is partition-independent."""
+    attack = objective.attack
+    if attack is None or not attack.random_start:
+        return None
+    shape = (batch_len, *x.shape[1:])
+    if attack.loss_name == "kl":
+        noise = 0.001 * torch.randn(shape, device=x.device)
+    else:
+        noise = torch.empty(shape, device=x.device).uniform_(-attack.eps, attack.eps)
+    return noise[lo : lo + x.shape[0]]
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    batches: ShardedBatches,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    perturbation: LayerwisePerturbation | None = None,
+    penalty: Callable[[], Tensor | None] = lambda: None,
+    on_iteration: Callable[[int], None] | None = None,
+    phase: str = "train",
+    epoch: int = 0,
+    progress: bool = False,
+    amp: bool = False,
+) -> EpochResult:
+    """One pass over ``loader``. ``model`` may be DDP-wrapped; the attack runs on the
+    unwrapped module so it never touches DDP's gradient reducer."""
+    inner = getattr(model, "module", model)
+    model.train()
+    loss_sum = correct = count = 0.0
+    start = time.perf_counter()
+    norms: list[float] = []
+    global_sizes = [len(b) for b in batches.global_batches()]
+    iterator = zip(loader, global_sizes, strict=True)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, total=len(global_sizes), desc=f"{phase} {epoch}", leave=False)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    for step, ((x, y), global_len) in enumerate(iterator):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        lo, _ = batches.chunk(global_len)
+        noise = _global_noise(objective, x, global_len, lo)
+        with autocast:
+            batch = objective.craft(inner, x, y, noise)
+        inner.train()
+
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss, logits = objective.loss(model, batch)
+            extra = penalty()
+            total = loss if extra is None else loss + extra
+        if not math.isfinite(float(loss.detach())):
+            raise TrainingDiverged(f"loss is {float(loss)} in phase {phase}, epoch {epoch}, step {step}")
+        total.backward()
+        if perturbation is not None:
+            # Gradient at p is in .grad (all-reduced under DDP, so z is identical on every rank).
+            perturbation.climb()
+            norms.append(sum(n * n for n in perturbation.last_norms) ** 0.5)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                perturbed_loss, _ = objective.loss(model, batch)
+                extra = penalty()
+                perturbed_total = perturbed_loss if extra is None else perturbed_loss + extra
+            if not math.isfinite(float(perturbed_loss.detach())):
+                perturbation.restore()
+                raise TrainingDiverged(
+                    f"perturbed loss is {float(perturbed_loss)} in phase {phase}, epoch {epoch}, step {step}"
+                )
+            perturbed_total.backward()
+            perturbation.restore()
+        optimizer.step()
+
+        n = y.shape[0]
+        loss_sum += float(loss.detach()) * n
+        correct += float((logits.detach().argmax(1) == y).sum())
+        count += n
+        if on_iteration is not None:
+            on_iteration(step)
+    return EpochResult(loss_sum, correct, int(count), time.perf_counter() - start, norms)
+
+
+def build_optimizer(
+    params: Sequence[nn.Parameter], name: str, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch."""
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    if schedule == "step":
+        milestones = [max(1, int(epochs * 0.5)), max(1, int(epochs * 0.75))]
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)

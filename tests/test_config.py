@@ -1,0 +1,79 @@
+"""Config parsing, overrides and the one-line errors users see."""
+
+import subprocess
+import sys
+
+import pytest
+
+from s2ap.config import ConfigError, ExperimentConfig, from_dict, load
+
+
+def test_defaults_are_the_papers() -> None:
+    cfg = from_dict({})
+    assert cfg.attack.eps == pytest.approx(8 / 255) and cfg.attack.steps == 10
+    assert cfg.objective.name == "trades" and cfg.objective.beta == 6.0
+    assert (cfg.prune.epochs, cfg.s2ap.warmup_epochs) == (20, 5)
+    assert (cfg.pretrain.epochs, cfg.finetune.epochs) == (100, 100)
+
+
+def test_fraction_strings_and_overrides_make_new_frozen_config(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("attack:\n  eps: 4/255\nprune:\n  sparsity: 0.8\n")
+    cfg = load(path, ["prune.sparsity=0.95", "s2ap.enabled=true"])
+    assert cfg.attack.eps == pytest.approx(4 / 255)
+    assert cfg.prune.sparsity == 0.95 and cfg.s2ap.enabled is True
+    with pytest.raises(AttributeError):
+        cfg.prune.sparsity = 0.5  # type: ignore[misc]
+    assert cfg.hash() != cfg.with_overrides({"s2ap.gamma": 0.5}).hash()
+    assert cfg.hash() == cfg.with_overrides({"out_dir": "elsewhere"}).hash()
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "words"),
+    [
+        ({"prune": {"sparsty": 0.9}}, "prune.sparsty", "unknown key"),
+        ({"prune": {"sparsity": 1.0}}, "prune.sparsity", "(0, 1)"),
+        ({"prune": {"sparsity": 0}}, "prune.sparsity", "(0, 1)"),
+        ({"s2ap": {"gamma": -0.1}}, "s2ap.gamma", ">= 0"),
+        ({"s2ap": {"enabled": True, "warmup_epochs": 20}, "prune": {"epochs": 20}}, "s2ap.warmup_epochs", "smaller"),
+        ({"model": {"name": "resnet19"}}, "model.name", "resnet18"),
+        ({"prune": {"method": "hydro"}}, "prune.method", "hydra"),
+        ({"data": {"name": "cifar100"}}, "data.name", "digits"),
+        ({"objective": {"name": "mart"}}, "objective.name", "trades"),
+        ({"attack": {"steps": "ten"}}, "attack.steps", "integer"),
+    ],
+)
+def test_bad_values_name_field_and_allowed(data, field, words) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_dict(data)
+    assert info.value.field == field
+    assert words in str(info.value)
+
+
+def test_cli_bad_input_one_line_exit_2(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("prune:\n  sparsity: 1.5\n")
+    proc = subprocess.run([sys.executable, "-m", "s2ap.run", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "prune.sparsity" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "s2ap.run", str(path), "--set", "prune.sparsity=0.5", "--set", "model.name=nope"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2 and "model.name" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "s2ap.run", str(tmp_path / "missing.yaml")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+def test_core_does_not_import_ray_or_fastapi() -> None:
+    code = (
+        "import sys, s2ap, s2ap.pipeline, s2ap.run, s2ap.report, s2ap.evaluate, s2ap.metrics;"
+        "bad = [m for m in ('ray', 'fastapi', 'uvicorn') if m in sys.modules]; print(bad); assert not bad"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_config_is_frozen_dataclass() -> None:
+    assert ExperimentConfig.__dataclass_params__.frozen  # type: ignore[attr-defined]
