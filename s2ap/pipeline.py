@@ -460,6 +460,7 @@ class Pipeline:
 
         x, y = self._fixed_batch()
         self.model.eval()
+        torch.manual_seed(derive_seed(self.cfg.seed, "loss_difference"))
         batch = self.objective.craft(self.model, x, y)
         scores = [layer.scores for layer in self.layers]
         for p in scores:
@@ -485,6 +486,8 @@ class Pipeline:
         eval_cfg = replace(e, autoattack=autoattack, autoattack_n=n_aa)
         loader = self._eval_loader(self.splits.test, self.cfg.data.test_limit)
         n = len(loader.dataset)  # type: ignore[arg-type]
+        # Evaluation randomness depends on nothing that ran before it (resumable runs).
+        torch.manual_seed(derive_seed(self.cfg.seed, "test", autoattack, self.dist.rank))
         out = evaluate(self.model, loader, eval_cfg, self.cfg.attack, self.device)
         if self.dist.world > 1:
             keys = ["clean_acc", "pgd_acc", "aa_acc", "robust_acc", "corruption_acc"]
