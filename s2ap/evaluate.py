@@ -358,7 +358,7 @@ def corruption_accuracy(
     per_severity = labels.shape[0] // 5
     start = (severity - 1) * per_severity
     stop = start + per_severity if limit is None else start + min(limit, per_severity)
-    y_all = torch.from_numpy(np.asarray(labels[start:stop], dtype=np.int64))
+    y_all = torch.from_numpy(np.array(labels[start:stop], dtype=np.int64))  # a writable copy
     accuracies: dict[str, float] = {}
     with _eval_mode(model), torch.no_grad():
         for path in files:
@@ -369,7 +369,7 @@ def corruption_accuracy(
             correct = torch.zeros((), dtype=torch.long, device=device)
             for lo in range(start, stop, batch_size):
                 hi = min(lo + batch_size, stop)
-                x = torch.from_numpy(np.ascontiguousarray(images[lo:hi])).to(device)
+                x = torch.from_numpy(np.array(images[lo:hi])).to(device)  # copy out of the memory map
                 x = x.permute(0, 3, 1, 2).float().div_(255.0)
                 y = y_all[lo - start : hi - start].to(device)
                 correct += (model(x).argmax(1) == y).sum()

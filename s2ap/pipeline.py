@@ -384,6 +384,7 @@ class Pipeline:
                 "hamming": None,
                 "lambda_max": sum(lambdas) / len(lambdas) if lambdas else None,
                 "s2ap_active": perturbation is not None,
+                "perturbed_frac": res.perturbed_frac,
                 "lr": lr,
                 "time_s": res.time_s,
             }

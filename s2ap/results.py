@@ -70,6 +70,9 @@ EPOCH_SCHEMA = pa.schema(
         pa.field("hamming", pa.float64()),  # prune phase: distance to the first mask
         pa.field("lambda_max", pa.float64()),  # prune phase, when measured
         pa.field("s2ap_active", pa.bool_()),
+        # Share of iterations where the perturbation changed the update; S2AP with a gamma
+        # too small to flip any mask entry or score sign changes nothing.
+        pa.field("perturbed_frac", pa.float64()),
         pa.field("lr", pa.float64()),
         pa.field("time_s", pa.float64()),
     ]

@@ -37,11 +37,16 @@ class LayerwisePerturbation:
         gamma: float,
         reference: Callable[[int], Tensor],
         support: Callable[[int], Tensor | None] = lambda i: None,
+        fingerprint: Callable[[], list[Tensor]] | None = None,
     ) -> None:
         self.params = list(params)
         self.gamma = gamma
         self.reference = reference
         self.support = support  # where the perturbation may be non-zero (AWP: kept weights)
+        # What the gradient depends on; equal before and after climb() means the gradient
+        # at p + z is the gradient at p, and the second pass can be skipped exactly.
+        self.fingerprint = fingerprint
+        self.unchanged = False
         self._saved: list[Tensor] | None = None
         self.last_norms: list[float] = []
 
@@ -51,6 +56,7 @@ class LayerwisePerturbation:
         if self._saved is not None:
             raise RuntimeError("climb() called twice without restore()")
         self._saved = [p.detach().clone() for p in self.params]
+        before = self.fingerprint() if self.fingerprint is not None else None
         self.last_norms = []
         for i, p in enumerate(self.params):
             g = p.grad
@@ -67,6 +73,9 @@ class LayerwisePerturbation:
             z = (self.gamma * self.reference(i).norm() / g_norm) * g
             p.add_(z)
             self.last_norms.append(float(z.norm()))
+        self.unchanged = before is not None and all(
+            torch.equal(a, b) for a, b in zip(before, self.fingerprint(), strict=True)  # type: ignore[misc]
+        )
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -79,9 +88,25 @@ class LayerwisePerturbation:
 
 
 def score_perturbation(layers: Sequence[ScoredLayer], gamma: float) -> LayerwisePerturbation:
-    """S2AP: perturb each layer's scores within ``gamma * ||s_l||``."""
+    """S2AP: perturb each layer's scores within ``gamma * ||s_l||``.
+
+    Under the straight-through estimator the network sees the scores only through the
+    binary mask, and the score gradient is ``dL/dW * w * sign(s)``. When ``s + z`` keeps
+    every layer's mask and every score's sign, the gradient at ``s + z`` is exactly the
+    gradient at ``s``: the perturbation changes nothing and the second forward/backward is
+    skipped. How often that happens is reported per epoch (``perturbed_frac``), which says
+    whether gamma is large enough to matter at all.
+    """
     scores = [layer.scores for layer in layers]
-    return LayerwisePerturbation(scores, gamma, reference=lambda i: scores[i].detach())
+
+    def fingerprint() -> list[Tensor]:
+        with torch.no_grad():
+            out = [layer.current_mask().detach().clone() for layer in layers]
+            return out + [torch.signbit(s) for s in scores]
+
+    return LayerwisePerturbation(
+        scores, gamma, reference=lambda i: scores[i].detach(), fingerprint=fingerprint
+    )
 
 
 def weight_perturbation(layers: Sequence[ScoredLayer], gamma: float) -> LayerwisePerturbation:

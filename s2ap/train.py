@@ -115,7 +115,7 @@ class EpochResult:
     n: int
     time_s: float
     perturbation_norms: list[float] = field(default_factory=list)
-    lambda_max: list[float] = field(default_factory=list)
+    perturbed_frac: float | None = None  # iterations where the perturbation changed the gradient
 
 
 def _global_noise(objective: Objective, x: Tensor, batch_len: int, lo: int) -> Tensor | None:
@@ -148,7 +148,6 @@ def train_epoch(
 ) -> EpochResult:
     """One pass over ``loader``. ``model`` may be DDP-wrapped; the attack runs on the
     unwrapped module so it never touches DDP's gradient reducer."""
-    inner = getattr(model, "module", model)
     model.train()
     loss_sum = correct = count = 0.0
     start = time.perf_counter()
@@ -160,26 +159,64 @@ def train_epoch(
 
         iterator = tqdm(iterator, total=len(global_sizes), desc=f"{phase} {epoch}", leave=False)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    perturbed = 0
     for step, ((x, y), global_len) in enumerate(iterator):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         lo, _ = batches.chunk(global_len)
         noise = _global_noise(objective, x, global_len, lo)
-        with autocast:
-            batch = objective.craft(inner, x, y, noise)
-        inner.train()
-
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss, logits = objective.loss(model, batch)
-            extra = penalty()
-            total = loss if extra is None else loss + extra
-        if not math.isfinite(float(loss.detach())):
-            raise TrainingDiverged(f"loss is {float(loss)} in phase {phase}, epoch {epoch}, step {step}")
-        total.backward()
+        try:
+            loss, logits, changed = train_step(
+                model, objective, optimizer, x, y, noise, perturbation, penalty, autocast
+            )
+        except TrainingDiverged as exc:
+            raise TrainingDiverged(f"{exc} in phase {phase}, epoch {epoch}, step {step}") from None
         if perturbation is not None:
-            # Gradient at p is in .grad (all-reduced under DDP, so z is identical on every rank).
-            perturbation.climb()
             norms.append(sum(n * n for n in perturbation.last_norms) ** 0.5)
+            perturbed += int(changed)
+        n = y.shape[0]
+        loss_sum += float(loss) * n
+        correct += float((logits.argmax(1) == y).sum())
+        count += n
+        if on_iteration is not None:
+            on_iteration(step)
+    steps = len(global_sizes)
+    frac = perturbed / steps if perturbation is not None and steps else None
+    return EpochResult(loss_sum, correct, int(count), time.perf_counter() - start, norms, frac)
+
+
+def train_step(
+    model: nn.Module,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    noise: Tensor | None = None,
+    perturbation: LayerwisePerturbation | None = None,
+    penalty: Callable[[], Tensor | None] = lambda: None,
+    autocast: torch.autocast | None = None,
+) -> tuple[Tensor, Tensor, bool]:
+    """One iteration; returns the robust loss at p, its logits, and whether the perturbation
+    changed the gradient (False when it was skipped as provably without effect)."""
+    inner = getattr(model, "module", model)
+    autocast = autocast or torch.autocast(x.device.type, enabled=False)
+    with autocast:
+        batch = objective.craft(inner, x, y, noise)
+    inner.train()
+
+    optimizer.zero_grad(set_to_none=True)
+    with autocast:
+        loss, logits = objective.loss(model, batch)
+        extra = penalty()
+        total = loss if extra is None else loss + extra
+    if not math.isfinite(float(loss.detach())):
+        raise TrainingDiverged(f"loss is {float(loss.detach())}")
+    total.backward()
+    changed = False
+    if perturbation is not None:
+        # Gradient at p is in .grad (all-reduced under DDP, so z is identical on every rank).
+        perturbation.climb()
+        changed = not perturbation.unchanged
+        if changed:
             optimizer.zero_grad(set_to_none=True)
             with autocast:
                 perturbed_loss, _ = objective.loss(model, batch)
@@ -187,20 +224,11 @@ def train_epoch(
                 perturbed_total = perturbed_loss if extra is None else perturbed_loss + extra
             if not math.isfinite(float(perturbed_loss.detach())):
                 perturbation.restore()
-                raise TrainingDiverged(
-                    f"perturbed loss is {float(perturbed_loss)} in phase {phase}, epoch {epoch}, step {step}"
-                )
+                raise TrainingDiverged(f"perturbed loss is {float(perturbed_loss.detach())}")
             perturbed_total.backward()
-            perturbation.restore()
-        optimizer.step()
-
-        n = y.shape[0]
-        loss_sum += float(loss.detach()) * n
-        correct += float((logits.detach().argmax(1) == y).sum())
-        count += n
-        if on_iteration is not None:
-            on_iteration(step)
-    return EpochResult(loss_sum, correct, int(count), time.perf_counter() - start, norms)
+        perturbation.restore()
+    optimizer.step()
+    return loss.detach(), logits.detach(), changed
 
 
 def build_optimizer(

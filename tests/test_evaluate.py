@@ -164,7 +164,8 @@ def test_corruption_accuracy_reads_the_right_severity(tmp_path, caplog: pytest.L
     model = _Constant()
     for severity, expected in [(1, 0.0), (2, 0.25), (3, 0.5), (4, 0.75), (5, 1.0)]:
         assert corruption_accuracy(model, tmp_path, severity, "cpu") == pytest.approx(expected)
-    assert corruption_accuracy(model, tmp_path, 3, "cpu", limit=2) == pytest.approx(0.5)
+    # Severity 3 is labels[8:12] = 0, 0, 1, 1: the first two images only are all class 0.
+    assert corruption_accuracy(model, tmp_path, 3, "cpu", limit=2) == pytest.approx(1.0)
     with caplog.at_level(logging.INFO, logger="s2ap.evaluate"):
         assert corruption_accuracy(model, tmp_path / "absent", 3, "cpu") is None
     assert "no CIFAR-10-C data" in caplog.text
