@@ -489,15 +489,25 @@ class Pipeline:
         n = len(loader.dataset)  # type: ignore[arg-type]
         # Evaluation randomness depends on nothing that ran before it (resumable runs).
         torch.manual_seed(derive_seed(self.cfg.seed, "test", autoattack, self.dist.rank))
-        out = evaluate(self.model, loader, eval_cfg, self.cfg.attack, self.device)
+        if n:
+            out = evaluate(self.model, loader, eval_cfg, self.cfg.attack, self.device)
+        else:  # a rank with no test points in a tiny distributed evaluation
+            out = {"clean_acc": 0.0, "pgd_acc": 0.0, "aa_acc": 0.0 if autoattack else None,
+                   "robust_acc": 0.0, "gradient_masking": False, "corruption_acc": None}
         if self.dist.world > 1:
-            keys = ["clean_acc", "pgd_acc", "aa_acc", "robust_acc", "corruption_acc"]
-            vals = [float(out[k]) * n if out.get(k) is not None else 0.0 for k in keys]
-            summed = self.dist.all_reduce_sum(vals + [n, float(bool(out.get("gradient_masking")))], self.device)
-            total = summed[len(keys)]
+            # Weight each rank's accuracies by the points they were measured on.
+            n_aa = min(n, eval_cfg.autoattack_n or n)
+            keys = ["clean_acc", "pgd_acc", "aa_acc", "corruption_acc"]
+            weights = [n, n, n_aa, n]
+            vals = [float(out[k]) * w if out.get(k) is not None else 0.0 for k, w in zip(keys, weights, strict=True)]
+            summed = self.dist.all_reduce_sum(
+                vals + [n, n_aa, float(bool(out.get("gradient_masking")))], self.device
+            )
+            totals = {"clean_acc": summed[4], "pgd_acc": summed[4], "aa_acc": summed[5], "corruption_acc": summed[4]}
             for k, v in zip(keys, summed, strict=False):
                 if out.get(k) is not None:
-                    out[k] = v / max(total, 1)
+                    out[k] = v / max(totals[k], 1)
+            out["robust_acc"] = out["aa_acc"] if out.get("aa_acc") is not None else out["pgd_acc"]
             out["gradient_masking"] = summed[-1] > 0
         return out
 
