@@ -98,6 +98,46 @@ class PruneConfig(PhaseConfig):
     # (the paper, Algorithm 1 lines 13-15), highest validation robust accuracy, or last.
     best_mask: Literal["train_loss", "val_robust", "last"] = "train_loss"
     mask: str | None = None  # a saved mask to use instead of pruning
+    # What a mask entry covers: single weights, or whole output channels (structured). null
+    # takes the method's own default (weight for hydra/harp/lwm/rlth, channel for adasap).
+    granularity: Literal["weight", "channel"] | None = None
+    # Channel pruning only: the target as a FLOPs reduction factor of the compact network
+    # (the paper's 4x and 15x, Table 9) instead of prune.sparsity.
+    flops_reduction: float | None = None
+
+
+@dataclass(frozen=True)
+class HarpConfig:
+    """HARP (Zhao & Wressnegger, 2023): learned per-layer keep-rates."""
+
+    min_rate_fraction: float = 0.1  # each layer's keep-rate stays >= this fraction of the target
+    init_rates: tuple[float, ...] = ()  # per pruned layer, in definition order; () = uniform
+    penalty_init: float = 1.0  # weight of the over-budget penalty in the first epoch
+    penalty_growth: float = 2.0  # factor applied after each epoch that ends over budget
+    # After the search, shift all rates down together until the budget holds (the soft
+    # penalty alone may leave the returned mask slightly over the target).
+    enforce_budget: bool = True
+
+
+@dataclass(frozen=True)
+class RlthConfig:
+    """Robust lottery tickets (Fu et al., 2021): scores searched in frozen random weights."""
+
+    weight_init: Literal["kaiming_normal", "signed_constant"] = "kaiming_normal"
+
+
+@dataclass(frozen=True)
+class AdaSAPConfig:
+    """AdaSAP (Bair et al.): defaults from its Sect. 4.1 (ASAM, rho in [0.01, 2], 10 warm-up
+    epochs, rho 2 for the uniform finetuning)."""
+
+    rho_min: float = 0.01  # perturbation radius of the most important neuron
+    rho_max: float = 2.0  # perturbation radius of the least important neuron
+    finetune_rho: float = 2.0  # uniform radius during finetuning (robustness encouragement)
+    adaptive: bool = True  # ASAM's scale-invariant ball (T_w = |w| + eta); false = plain SAM
+    eta: float = 0.01  # ASAM's offset in T_w
+    criterion: Literal["l2", "l1"] = "l2"  # neuron importance (and pruning saliency)
+    warmup_epochs: int = 10  # prune-phase epochs before the first pruning step
 
 
 @dataclass(frozen=True)
@@ -112,6 +152,9 @@ class S2APConfig:
     gamma: float = 0.001  # layer-wise bound ||z_l|| <= gamma * ||s_l||
     warmup_epochs: int = 5  # pruning epochs of the plain method before S2AP starts
     finetune_awp: bool = True  # Algorithm 2: AWP on the kept weights with the same gamma
+    # What the mask search perturbs: the scores (S2AP) or the frozen weights within
+    # gamma * ||w_l|| (AWP during pruning, the paper's Table 13 ablation).
+    perturb: Literal["scores", "weights"] = "scores"
 
 
 @dataclass(frozen=True)
@@ -146,6 +189,9 @@ class ExperimentConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     s2ap: S2APConfig = field(default_factory=S2APConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    harp: HarpConfig = field(default_factory=HarpConfig)
+    rlth: RlthConfig = field(default_factory=RlthConfig)
+    adasap: AdaSAPConfig = field(default_factory=AdaSAPConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -310,8 +356,26 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for name in ("autoattack_n", "val_limit"):
         v = getattr(e, name)
         _check(v is None or v >= 1, f"eval.{name}", f"must be null or >= 1, got {v}")
+    _validate_methods(cfg)
     _check_registered(cfg)
     return cfg
+
+
+def _validate_methods(cfg: ExperimentConfig) -> None:
+    """Ranges of the method sections (whether a method accepts them is its check_config)."""
+    p, h, a = cfg.prune, cfg.harp, cfg.adasap
+    if p.flops_reduction is not None:
+        _check(p.flops_reduction > 1, "prune.flops_reduction", f"must be > 1 (a reduction factor), got {p.flops_reduction}")
+    _check(0 < h.min_rate_fraction < 1, "harp.min_rate_fraction", f"must be in (0, 1), got {h.min_rate_fraction}")
+    for i, r in enumerate(h.init_rates):
+        _check(0 < r <= 1, f"harp.init_rates[{i}]", f"must be a keep-rate in (0, 1], got {r}")
+    _check(h.penalty_init > 0, "harp.penalty_init", f"must be > 0, got {h.penalty_init}")
+    _check(h.penalty_growth >= 1, "harp.penalty_growth", f"must be >= 1, got {h.penalty_growth}")
+    _check(a.rho_min >= 0, "adasap.rho_min", f"must be >= 0, got {a.rho_min}")
+    _check(a.rho_max >= a.rho_min, "adasap.rho_max", f"must be >= adasap.rho_min ({a.rho_min}), got {a.rho_max}")
+    _check(a.finetune_rho >= 0, "adasap.finetune_rho", f"must be >= 0, got {a.finetune_rho}")
+    _check(a.eta >= 0, "adasap.eta", f"must be >= 0, got {a.eta}")
+    _check(a.warmup_epochs >= 1, "adasap.warmup_epochs", f"must be >= 1 (the warm-up primes the network), got {a.warmup_epochs}")
 
 
 def _check_registered(cfg: ExperimentConfig) -> None:
@@ -376,17 +440,20 @@ def apply_overrides(
 
 
 __all__ = [
+    "AdaSAPConfig",
     "AttackConfig",
     "ConfigError",
     "DataConfig",
     "EvalConfig",
     "ExperimentConfig",
     "FinetuneConfig",
+    "HarpConfig",
     "ModelConfig",
     "ObjectiveConfig",
     "PhaseConfig",
     "PretrainConfig",
     "PruneConfig",
+    "RlthConfig",
     "S2APConfig",
     "apply_overrides",
     "build",

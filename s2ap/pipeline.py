@@ -35,6 +35,7 @@ from s2ap.models import build_model
 from s2ap.objectives import build_objective
 from s2ap.pruning import layers as L
 from s2ap.pruning.methods import PruningMethod, build_method
+from s2ap.pruning.perturbations import search_weight_perturbation
 from s2ap.sharpness import score_perturbation, weight_perturbation
 from s2ap.train import (
     DistInfo,
@@ -122,6 +123,8 @@ class Pipeline:
             prune_layers=cfg.model.prune_layers,
             granularity=self.method.granularity,
         ).to(self.device)
+        size = cfg.data.image_size or info.image_size
+        self.method.bind(self.model, (1, info.in_channels, size, size))  # checks + hooks, also on resume
         self.layers = [layer for _, layer in L.scored_layers(self.model)]
         self.objective = build_objective(cfg.objective, cfg.attack)
         self.state: dict[str, Any] = {
@@ -302,6 +305,7 @@ class Pipeline:
             with torch.no_grad():
                 for layer, scores in zip(self.layers, best["scores"], strict=True):
                     layer.scores.copy_(scores)
+            self.method.load_state_dict(best.get("method") or {})  # e.g. HARP's rates of that epoch
             if s2ap.enabled and best["epoch"] < s2ap.warmup_epochs:
                 log.warning(
                     "the returned mask comes from pruning epoch %d, before S2AP began at epoch %d: "
@@ -312,6 +316,7 @@ class Pipeline:
                     cfg.best_mask,
                 )
             self._measure_loss_difference()
+        self.method.finish_search(self.model)  # e.g. HARP meets its budget exactly
         L.freeze_masks(self.model)
         if self.is_main and self.run_dir is not None:
             _atomic_save(L.masks(self.model), self.run_dir / "masks.pt")
@@ -330,6 +335,10 @@ class Pipeline:
     def _evaluate(self) -> None:
         if self.is_main and self.run_dir is not None:
             _atomic_save(L.dense_state_dict(self.model), self.run_dir / "pruned_dense.pt")
+            exported = self.method.export(self.model)  # channel pruning: the compact network
+            if exported is not None:
+                _atomic_save(exported[0], self.run_dir / "pruned_compact.pt")
+                self.state["final"].update(exported[1].as_dict())
         self.state["final"].update(self._test_metrics(autoattack=self.cfg.eval.autoattack))
 
     # ------------------------------------------------------------------ the epoch loop
@@ -353,10 +362,11 @@ class Pipeline:
         for epoch in range(self.state["epoch"], cfg.epochs):
             torch.manual_seed(derive_seed(self.cfg.seed, phase, epoch))
             batches.set_seed(derive_seed(self.cfg.seed, "data", phase, epoch))
-            perturbation = None
-            active = s2ap.enabled and s2ap.gamma > 0
+            perturbation = self.method.on_epoch_start(self.model, phase, epoch)  # a method's own (AdaSAP)
+            active = s2ap.enabled and s2ap.gamma > 0 and perturbation is None
             if perturb == "scores" and active and epoch >= s2ap.warmup_epochs:
-                perturbation = score_perturbation(self.layers, s2ap.gamma)
+                search = score_perturbation if s2ap.perturb == "scores" else search_weight_perturbation
+                perturbation = search(self.layers, s2ap.gamma)  # S2AP, or AWP during pruning (Table 13)
             elif perturb == "weights" and active and s2ap.finetune_awp:
                 perturbation = weight_perturbation(self.layers, s2ap.gamma)
             lambdas: list[float] = []
@@ -419,6 +429,7 @@ class Pipeline:
                 "score": score,
                 "epoch": epoch,
                 "scores": [layer.scores.detach().clone().cpu() for layer in self.layers],
+                "method": self.method.state_dict(),
             }
 
     def _fixed_batch(self) -> tuple[torch.Tensor, torch.Tensor]:

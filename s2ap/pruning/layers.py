@@ -22,10 +22,18 @@ Mode = Literal["dense", "scores", "fixed"]
 Granularity = Literal["weight", "channel"]
 
 
+def keep_count(keep: float, n: int) -> int:
+    """How many of ``n`` entries a keep-rate keeps: ``round(keep * n)``, at least one."""
+    return max(1, min(n, int(round(keep * n))))
+
+
 def topk_mask(scores: Tensor, keep: float) -> Tensor:
     """Binary mask keeping ``round(keep * n)`` (at least one) largest entries of ``scores``."""
-    n = scores.numel()
-    k = max(1, min(n, int(round(keep * n))))
+    return topk_count_mask(scores, keep_count(keep, scores.numel()))
+
+
+def topk_count_mask(scores: Tensor, k: int) -> Tensor:
+    """Binary mask keeping the ``k`` largest entries of ``scores`` (no gradient)."""
     flat = scores.detach().flatten()
     mask = torch.zeros_like(flat)
     mask[torch.topk(flat, k, sorted=False).indices] = 1.0
@@ -55,6 +63,11 @@ class ScoredLayer:
         # the layer and returns a mask shaped like the scores, differentiable if needed.
         self.mask_fn: Callable[[ScoredLayer], Tensor] | None = None
         self._cache: tuple[tuple[int, int, float], Tensor] | None = None
+        # Channel pruning (s2ap.pruning.channel) zeroes a pruned channel's whole output: it
+        # sets ``channel_gate`` and names the modules whose per-channel parameters follow
+        # this layer's outputs (its BatchNorm), so the dense export can zero them too.
+        self.channel_gate: bool = False
+        self.gate_followers: tuple[str, ...] = ()
 
     def _channel_shape(self) -> tuple[int, ...]:
         return (self.weight.shape[0],) + (1,) * (self.weight.dim() - 1)
@@ -250,6 +263,7 @@ def dense_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """A checkpoint of the pruned model that loads into the plain (unmasked) architecture."""
     model = getattr(model, "module", model)
     layers = dict(scored_layers(model))
+    pruned = _gated_channels(layers)
     out = {}
     for key, value in model.state_dict().items():
         owner, _, leaf = key.rpartition(".")
@@ -257,5 +271,24 @@ def dense_state_dict(model: nn.Module) -> dict[str, Tensor]:
             continue
         if owner in layers and leaf == "weight":
             value = value * layers[owner].full_mask()
+        elif key in pruned:
+            value = value.masked_fill(pruned[key], 0)
         out[key] = value.detach().clone()
+    return out
+
+
+def _gated_channels(layers: dict[str, ScoredLayer]) -> dict[str, Tensor]:
+    """Per-channel tensors to zero on export for channel-gated layers: the layer's bias and
+    its followers' affine parameters at the pruned channels (a BatchNorm with weight and
+    bias zero outputs exactly zero, which is what the gate produced)."""
+    out: dict[str, Tensor] = {}
+    for name, layer in layers.items():
+        if not (layer.granularity == "channel" and getattr(layer, "channel_gate", False)):
+            continue
+        with torch.no_grad():
+            dead = layer.current_mask().detach().flatten() == 0
+        out[f"{name}.bias"] = dead
+        for follower in getattr(layer, "gate_followers", ()):
+            out[f"{follower}.weight"] = dead
+            out[f"{follower}.bias"] = dead
     return out
