@@ -103,6 +103,18 @@ def load_runs(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame |
     return df, ep
 
 
+def _method_label(row: pd.Series) -> str:
+    """Method name plus the variant axes that make runs incomparable: channel granularity
+    (and its FLOPs target), and AWP instead of S2AP during the mask search (Table 13)."""
+    label = str(row["method"])
+    if row.get("granularity") == "channel":
+        target = row.get("flops_reduction_target")
+        label += f"-channel{'-' + format(target, 'g') + 'x' if pd.notna(target) else ''}"
+    if row.get("perturb") == "weights":
+        label += "+AWP-prune"
+    return label
+
+
 def _prepare(df: pd.DataFrame, epochs: pd.DataFrame | None) -> pd.DataFrame:
     """Successful runs only, one row per (config, seed), percentages, per-epoch lists filled."""
     df = df.copy()
@@ -113,6 +125,7 @@ def _prepare(df: pd.DataFrame, epochs: pd.DataFrame | None) -> pd.DataFrame:
     if "config_hash" in df.columns:
         df = df.drop_duplicates(subset=["config_hash", "seed"], keep="last")
     df["s2ap"] = df["s2ap"].fillna(False).astype(bool)
+    df["method"] = df.apply(_method_label, axis=1)
     df["sparsity"] = df["sparsity"].astype(float).round(6)
     acc_cols = [c for c in ("clean_acc", "robust_acc", "pgd_acc", "aa_acc", "mask_clean_acc", "mask_robust_acc") if c in df]
     for col in acc_cols:

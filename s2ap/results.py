@@ -3,7 +3,8 @@
 Two tables describe runs. ``RUN_SCHEMA`` has one row per run (a search calls these
 trials): its identity, the config values that define the grid cell, and the final
 metrics. ``EPOCH_SCHEMA`` has one row per run per phase epoch with every per-epoch metric.
-Every row carries its config hash, seed and the code version.
+Every row carries its config hash, seed and the code version. Accuracies are fractions in
+[0, 1]; the report shows them as percentages.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ RUN_SCHEMA = pa.schema(
         pa.field("model", pa.string()),
         pa.field("dataset", pa.string()),
         pa.field("method", pa.string()),
+        pa.field("granularity", pa.string()),  # weight | channel
+        pa.field("perturb", pa.string()),  # what S2AP's mask search perturbs: scores | weights
+        pa.field("flops_reduction_target", pa.float64()),  # channel pruning's FLOPs target
         pa.field("objective", pa.string()),
         pa.field("sparsity", pa.float64()),
         pa.field("s2ap", pa.bool_()),
@@ -40,6 +44,9 @@ RUN_SCHEMA = pa.schema(
         pa.field("status", pa.string()),  # ok | error
         pa.field("error", pa.string()),
         pa.field("density", pa.float64()),
+        pa.field("compact_params", pa.int64()),  # channel pruning: the compact network's size
+        pa.field("compact_flops", pa.int64()),
+        pa.field("flops_reduction", pa.float64()),  # dense FLOPs / compact FLOPs, as measured
         pa.field("clean_acc", pa.float64()),
         pa.field("pgd_acc", pa.float64()),
         pa.field("aa_acc", pa.float64()),  # null when AutoAttack was not run
