@@ -1,0 +1,316 @@
+"""A search's two tables, ``trials.parquet`` and ``epochs.parquet``, with explicit schemas.
+
+``trials.parquet``: one row per finished trial: its identity (trial id, grid cell), status
+(``ok``, ``error`` or ``stopped`` when ASHA ended it early), every experiment config value
+as its own column named by its dotted path (``prune.sparsity``), the final metrics of
+:data:`s2ap.results.RUN_SCHEMA`, and where and how often its workers ran.
+
+``epochs.parquet``: one row per trial per epoch that counted. Rows come from the trial's
+latest checkpoint (its ``state.pt``'s rows), never from the stream of reports: after a
+worker fault Train may restart a trial from an older checkpoint, so the stream can hold an
+epoch twice, while the checkpoint holds each epoch once, from the run that counted.
+
+This module reads files only; it never imports Ray, so the tables can be rebuilt offline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from s2ap import results
+from s2ap.config import ExperimentConfig
+from s2ap.tune.spec import SearchSpec
+
+log = logging.getLogger(__name__)
+
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+STATUSES = ("ok", "error", "stopped")
+
+# --------------------------------------------------------------------------- schemas
+
+
+def _arrow_type(tp: Any) -> pa.DataType:
+    """The Arrow type of a config field: numbers stay numbers, lists stay lists."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        kinds = {str(_arrow_type(a)) for a in inner}
+        return _arrow_type(inner[0]) if len(kinds) == 1 else pa.string()
+    if origin is Literal:
+        if all(isinstance(a, bool) for a in args):
+            return pa.bool_()
+        if all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+            return pa.int64()
+        return pa.string()
+    if origin is tuple:
+        return pa.list_(_arrow_type(args[0]))
+    if tp is bool:
+        return pa.bool_()
+    if tp is int:
+        return pa.int64()
+    if tp is float:
+        return pa.float64()
+    return pa.string()
+
+
+def config_fields(cls: type = ExperimentConfig, prefix: str = "") -> list[pa.Field]:
+    """One column per leaf of the experiment config, named by its dotted path."""
+    out: list[pa.Field] = []
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        name = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if is_dataclass(tp):
+            out.extend(config_fields(tp, f"{name}."))  # type: ignore[arg-type]
+        else:
+            out.append(pa.field(name, _arrow_type(tp)))
+    return out
+
+
+TRIAL_FIELDS = [
+    pa.field("trial_id", pa.string(), nullable=False),
+    pa.field("search", pa.string(), nullable=False),
+    pa.field("grid_cell", pa.int64(), nullable=False),
+    pa.field("cell_key", pa.string()),
+    pa.field("status", pa.string(), nullable=False),  # ok | error | stopped
+    pa.field("stopped_early", pa.bool_(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("epochs_run", pa.int64(), nullable=False),  # epochs that counted, every phase
+    pa.field("search_epochs_run", pa.int64(), nullable=False),  # after pretraining (ASHA's clock)
+    pa.field("attempts", pa.int64(), nullable=False),  # worker-group starts (1 = no restart)
+    pa.field("trial_time_s", pa.float64()),  # wall time in Tune, framework included
+    pa.field("final_val_clean_acc", pa.float64()),
+    pa.field("final_val_pgd_acc", pa.float64()),  # what "best per cell" ranks by
+    pa.field("node_ids", pa.list_(pa.string())),
+    pa.field("hostnames", pa.list_(pa.string())),
+    pa.field("pids", pa.list_(pa.int64())),
+]
+
+
+def trials_schema() -> pa.Schema:
+    taken = {f.name for f in TRIAL_FIELDS}
+    run = [f for f in results.RUN_SCHEMA if f.name not in taken]
+    taken |= {f.name for f in run}
+    cfg = [f for f in config_fields() if f.name not in taken]
+    return pa.schema(TRIAL_FIELDS + run + cfg)
+
+
+def epochs_schema() -> pa.Schema:
+    head = [
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("search", pa.string(), nullable=False),
+        pa.field("grid_cell", pa.int64(), nullable=False),
+        pa.field("global_epoch", pa.int64(), nullable=False),  # 1-based over every phase
+        pa.field("search_epoch", pa.int64(), nullable=False),  # 0 in pretraining
+    ]
+    taken = {f.name for f in head}
+    return pa.schema(head + [f for f in results.EPOCH_SCHEMA if f.name not in taken])
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class TrialRecord:
+    """What the driver knows about one trial, independent of Ray's classes."""
+
+    trial_id: str
+    config: Mapping[str, Any]  # {"cell": id, dotted overrides...}
+    state: str  # ok-able terminal state from Tune: "TERMINATED" or "ERROR"
+    last_result: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint Train kept for a trial: the state the trial ended in."""
+    best: tuple[float, Path, dict[str, Any]] | None = None
+    if not run_dir.is_dir():
+        return None
+    for meta_path in run_dir.glob("checkpoint_*/meta.json"):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue
+        stamp = float(meta.get("time", 0.0))
+        if best is None or stamp > best[0]:
+            best = (stamp, meta_path.parent, meta)
+    return None if best is None else (best[1], best[2])
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return pq.read_table(path).to_pylist()
+
+
+def _workers(store: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted((store / "workers").glob("*.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(out, key=lambda w: w.get("time", 0.0))
+
+
+def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _cast(value: Any, dtype: pa.DataType) -> Any:
+    """Fit a value to its column (string columns hold JSON for anything that is not text)."""
+    if value is None:
+        return None
+    if pa.types.is_string(dtype) and not isinstance(value, str):
+        return json.dumps(value)
+    if pa.types.is_floating(dtype) and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _identity(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The run columns that follow from the config alone, so stopped and errored trials
+    carry them too (a finished trial's final row repeats them)."""
+    on = cfg.s2ap.enabled
+    return {
+        "config_hash": cfg.hash(),
+        "seed": cfg.seed,
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "method": cfg.prune.method,
+        "objective": cfg.objective.name,
+        "sparsity": cfg.prune.sparsity,
+        "s2ap": on,
+        "gamma": cfg.s2ap.gamma if on else None,
+        "warmup_epochs": cfg.s2ap.warmup_epochs if on else None,
+        "prune_epochs": cfg.prune.epochs,
+    }
+
+
+def trial_rows(
+    spec: SearchSpec, record: TrialRecord, search_dir: Path, cell_keys: Mapping[int, str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The trials row and the epoch rows of one finished trial."""
+    from s2ap.tune.spec import search_epoch
+    from s2ap.tune.trainable import read_divergence, train_storage, trial_store
+
+    store = trial_store(search_dir, record.trial_id)
+    found = latest_checkpoint(train_storage(search_dir) / record.trial_id)
+    reported = record.last_result.get("checkpoint_path")
+    if (
+        record.state == "TERMINATED"
+        and not record.last_result.get("final")
+        and reported
+        and (Path(reported) / "meta.json").is_file()
+    ):
+        # Stopped by the scheduler: the state it was judged on, whatever ran after it.
+        found = (Path(reported), json.loads((Path(reported) / "meta.json").read_text()))
+    folder, meta = found if found is not None else (None, {})
+    final_row = _read_rows(folder / "final.parquet")[0] if folder and meta.get("final") else {}
+    epochs = _read_rows(folder / "epochs.parquet") if folder else []
+    reason = read_divergence(store)
+    if reason is not None or record.state == "ERROR":
+        status, error = "error", reason or record.error or "trial failed"
+    elif meta.get("final"):
+        status, error = "ok", None
+    else:
+        status, error = "stopped", None
+    cell = int(record.config.get("cell", 0))
+    overrides = {k: v for k, v in record.config.items() if k != "cell"}
+    cfg = spec.trial_config(overrides)
+    workers = _workers(store)
+    metrics = dict(meta.get("metrics") or record.last_result or {})
+    row: dict[str, Any] = {
+        **_flatten(cfg.to_dict()),
+        **_identity(cfg),
+        **final_row,
+        "trial_id": record.trial_id,
+        "search": spec.name,
+        "grid_cell": cell,
+        "cell_key": cell_keys.get(cell),
+        "status": status,
+        "stopped_early": status == "stopped",
+        "error": error,
+        "epochs_run": len(epochs),
+        "search_epochs_run": sum(1 for e in epochs if e.get("phase") != "pretrain"),
+        "attempts": sum(1 for w in workers if w.get("rank") == 0),
+        "trial_time_s": record.last_result.get("time_total_s"),
+        "final_val_clean_acc": metrics.get("val_clean_acc") if status == "ok" else None,
+        "final_val_pgd_acc": metrics.get("val_pgd_acc") if status == "ok" else None,
+        "node_ids": sorted({str(w["node_id"]) for w in workers if w.get("node_id")}),
+        "hostnames": sorted({str(w["hostname"]) for w in workers if w.get("hostname")}),
+        "pids": [int(w["pid"]) for w in workers if w.get("pid") is not None],
+    }
+    row.setdefault("code_version", results.code_version())
+    row["status"], row["error"] = status, error
+    epoch_rows = []
+    for i, e in enumerate(epochs):
+        epoch_rows.append(
+            {
+                **e,
+                "trial_id": record.trial_id,
+                "search": spec.name,
+                "grid_cell": cell,
+                "global_epoch": i + 1,
+                "search_epoch": search_epoch(cfg, str(e["phase"]), int(e["epoch"])),
+            }
+        )
+    return row, epoch_rows
+
+
+def to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    columns = {f.name: [_cast(r.get(f.name), f.type) for r in rows] for f in schema}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def write_tables(
+    spec: SearchSpec, records: Iterable[TrialRecord], search_dir: Path
+) -> tuple[Path, Path, list[dict[str, Any]]]:
+    """Rebuild and atomically replace both tables from every finished trial."""
+    cell_keys = {c.id: c.key for c in spec.cells()}
+    trials, epochs = [], []
+    for record in sorted(records, key=lambda r: r.trial_id):
+        try:
+            row, rows = trial_rows(spec, record, search_dir, cell_keys)
+        except Exception:  # one unreadable trial must not hide the others
+            log.exception("could not collect trial %s", record.trial_id)
+            continue
+        trials.append(row)
+        epochs.extend(rows)
+    t_path = results.write_table(to_table(trials, trials_schema()), search_dir / TRIALS_FILE)
+    e_path = results.write_table(to_table(epochs, epochs_schema()), search_dir / EPOCHS_FILE)
+    return t_path, e_path, trials
+
+
+def best_per_cell(trials: Sequence[Mapping[str, Any]]) -> dict[int, Mapping[str, Any]]:
+    """Each cell's best finished trial by final validation PGD accuracy (then test robust
+    accuracy): chosen on validation data, so the test numbers stay unbiased."""
+    best: dict[int, Mapping[str, Any]] = {}
+    for row in trials:
+        if row.get("status") != "ok":
+            continue
+        key = (row.get("final_val_pgd_acc") or 0.0, row.get("robust_acc") or 0.0)
+        cell = int(row["grid_cell"])
+        cur = best.get(cell)
+        if cur is None or key > (cur.get("final_val_pgd_acc") or 0.0, cur.get("robust_acc") or 0.0):
+            best[cell] = row
+    return best

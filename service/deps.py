@@ -1,0 +1,59 @@
+"""Request dependencies, as ``Annotated`` aliases routes declare in their signatures.
+
+They are ``async`` because they never block: FastAPI runs plain ``def`` dependencies in
+its thread pool, a hop every request would pay.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.errors import ApiError
+from service.jobs import JobManager
+from service.runner import Runner
+from service.settings import Settings
+
+# Declares the bearer scheme in the OpenAPI schema; the check itself is ours, so a missing
+# or malformed header gets the same JSON 401 as a wrong token.
+_bearer = HTTPBearer(auto_error=False, description="S2AP_API_TOKEN of the service")
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_jobs(request: Request) -> JobManager:
+    return request.app.state.jobs
+
+
+async def get_runner(request: Request) -> Runner:
+    return request.app.state.runner
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+JobsDep = Annotated[JobManager, Depends(get_jobs)]
+RunnerDep = Annotated[Runner, Depends(get_runner)]
+
+
+async def require_token(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """``Authorization: Bearer <S2AP_API_TOKEN>``; skipped only for a local-only service
+    started without a token (bound to loopback)."""
+    if not settings.auth_required:
+        return
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None:
+        raise ApiError(401, "unauthorized", "missing bearer token: send 'Authorization: Bearer <token>'",
+                       "header.authorization", challenge)
+    expected = (settings.api_token or "").encode()
+    if not hmac.compare_digest(credentials.credentials.encode(), expected):
+        raise ApiError(401, "unauthorized", "wrong bearer token", "header.authorization", challenge)
+
+
+Authorized = Depends(require_token)

@@ -1,0 +1,109 @@
+"""How far a search has come, read from its ``trials.parquet``.
+
+The search rewrites ``trials.parquet`` atomically whenever a trial ends (one row per
+finished trial, with a ``status`` column), so the file is both the progress counter and
+the leaderboard. Only a few columns are read, and only when the file changed: the poller
+keeps the file's version next to the numbers it derived from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+TABLES = {"trials": TRIALS_FILE, "epochs": EPOCHS_FILE}
+# What "best so far" ranks by: the validation PGD accuracy the search itself selects on
+# (test accuracies are reported, never used to choose).
+BEST_METRIC = "final_val_pgd_acc"
+_REPORTED = ("robust_acc", "clean_acc")
+
+
+@dataclass(frozen=True)
+class Progress:
+    version: str  # "<mtime_ns>:<size>" of trials.parquet
+    trials: dict[str, int]  # done, ok, stopped, errored
+    best: dict[str, Any] | None
+
+
+def file_version(path: Path) -> str | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return f"{st.st_mtime_ns}:{st.st_size}"
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return None if math.isnan(value) or math.isinf(value) else float(value)
+
+
+def _rank(value: Any) -> float:
+    number = _number(value)
+    return -math.inf if number is None else number
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_progress(results_dir: str | Path, config_keys: Iterable[str], known: str | None = None) -> Progress | None:
+    """Counts and best trial, or None when there is no table yet or it did not change
+    since ``known`` (a version this function returned before)."""
+    path = Path(results_dir) / TRIALS_FILE
+    version = file_version(path)
+    if version is None or version == known:
+        return None
+    schema = pq.read_schema(path)
+    names = set(schema.names)
+    keys = [k for k in dict.fromkeys(config_keys) if k in names]
+    wanted = [c for c in ("trial_id", "status", BEST_METRIC, *_REPORTED) if c in names] + keys
+    rows = pq.read_table(path, columns=wanted).to_pylist()
+    counts = {"done": len(rows), "ok": 0, "stopped": 0, "errored": 0}
+    for row in rows:
+        status = row.get("status")
+        if status == "ok":
+            counts["ok"] += 1
+        elif status == "stopped":
+            counts["stopped"] += 1
+        elif status == "error":
+            counts["errored"] += 1
+    return Progress(version=version, trials=counts, best=best_trial(rows, keys))
+
+
+def best_trial(rows: Iterable[Mapping[str, Any]], keys: Iterable[str]) -> dict[str, Any] | None:
+    """The finished trial with the highest validation PGD accuracy (ties: test robust accuracy)."""
+    best: Mapping[str, Any] | None = None
+    best_key = (-math.inf, -math.inf)
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        key = (_rank(row.get(BEST_METRIC)), _rank(row.get("robust_acc")))
+        if best is None or key > best_key:
+            best, best_key = row, key
+    if best is None:
+        return None
+    return {
+        "trial_id": str(best.get("trial_id")),
+        "metric": BEST_METRIC,
+        "value": _number(best.get(BEST_METRIC)),
+        "robust_acc": _number(best.get("robust_acc")),
+        "clean_acc": _number(best.get("clean_acc")),
+        "config": {k: _plain(best.get(k)) for k in keys},
+    }
+
+
+def config_keys(spec: Mapping[str, Any]) -> list[str]:
+    """The config values that tell trials apart: grid axes, then searched parameters."""
+    return [*dict(spec.get("grid") or {}), *dict(spec.get("search") or {})]

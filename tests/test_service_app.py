@@ -1,0 +1,136 @@
+"""The app without a cluster (a fake runner): startup rules, auth, the OpenAPI schema, and
+the HTTP shape of results, over a real uvicorn server on a loopback port."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from service import Settings, create_app
+from service.app import DataDirBusy, open_services
+from service.settings import SettingsError
+from service.testing import FakeRunner, ThreadedServer
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "app-test-token"
+SPEC = {
+    "name": "tiny",
+    "base": {"data": {"name": "digits", "image_size": 8}, "pretrain": {"epochs": 1}, "prune": {"epochs": 2},
+             "finetune": {"epochs": 1}, "s2ap": {"enabled": True, "warmup_epochs": 1}, "eval": {"autoattack": False}},
+    "scheduler": {"type": "fifo"},
+}
+
+
+@pytest.fixture
+def fake() -> FakeRunner:
+    return FakeRunner()
+
+
+@pytest.fixture
+def server(tmp_path: Path, fake: FakeRunner) -> Iterator[ThreadedServer]:
+    app = create_app(Settings(api_token=TOKEN, data_dir=tmp_path, poll_interval_s=0.1), runner=fake)
+    with ThreadedServer(app) as srv:
+        yield srv
+
+
+def auth(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_no_token_means_no_start_unless_local_only(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="S2AP_API_TOKEN"):
+        Settings.from_env({"S2AP_DATA_DIR": str(tmp_path)})
+    assert Settings.from_env({"S2AP_DATA_DIR": str(tmp_path)}, local_only=True).auth_required is False
+    with pytest.raises(SettingsError, match="S2AP_PAGE_SIZE"):
+        Settings.from_env({"S2AP_API_TOKEN": "x", "S2AP_PAGE_SIZE": "lots"})
+    with pytest.raises(SettingsError, match="RAY_ADDRESS"):
+        Settings.from_env({"S2AP_API_TOKEN": "x", "RAY_ADDRESS": "ray-head:6379"})
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        ([], {}, "S2AP_API_TOKEN is not set"),
+        (["--local-only", "--host", "0.0.0.0"], {}, "loopback only"),
+        (["--port", "0"], {"S2AP_API_TOKEN": "x"}, "--port"),
+    ],
+)
+def test_cli_refuses_unsafe_starts(tmp_path: Path, args: list[str], env: dict[str, str], message: str) -> None:
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("S2AP_", "RAY_ADDRESS"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "service", *args], env={**base_env, "S2AP_DATA_DIR": str(tmp_path), **env},
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_local_only_without_token_serves_without_auth(tmp_path: Path, fake: FakeRunner) -> None:
+    app = create_app(Settings(data_dir=tmp_path, local_only=True), runner=fake)
+    with ThreadedServer(app) as srv:
+        assert httpx.get(f"{srv.url}/jobs").status_code == 200
+
+
+def test_one_service_per_data_dir(tmp_path: Path, fake: FakeRunner, server: ThreadedServer) -> None:
+    del server  # holds the lock on its own tmp_path
+    settings = Settings(api_token=TOKEN, data_dir=tmp_path)
+    with pytest.raises(DataDirBusy):
+        open_services(settings, fake)
+
+
+def test_every_endpoint_is_in_the_schema_and_needs_the_token(server: ThreadedServer) -> None:
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    ops = {(m.upper(), p): op for p, item in schema["paths"].items() for m, op in item.items()}
+    assert set(ops) == {
+        ("GET", "/healthz"), ("POST", "/jobs"), ("GET", "/jobs"), ("GET", "/jobs/{job_id}"),
+        ("POST", "/jobs/{job_id}/cancel"), ("GET", "/jobs/{job_id}/results"), ("GET", "/jobs/{job_id}/logs"),
+    }
+    for key, op in ops.items():
+        assert ("security" in op) == (key != ("GET", "/healthz")), key
+    body = ops[("POST", "/jobs")]["requestBody"]["content"]
+    assert {"application/json", "application/yaml"} <= set(body)
+    assert "application/vnd.apache.parquet" in ops[("GET", "/jobs/{job_id}/results")]["responses"]["200"]["content"]
+
+
+def test_submit_follow_and_fetch_results_over_http(server: ThreadedServer, fake: FakeRunner, tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    from s2ap import results
+    from s2ap.tune.results import epochs_schema, to_table
+
+    with httpx.Client(base_url=server.url, headers=auth(), timeout=30) as c:
+        r = c.post("/jobs", json=SPEC)
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+        assert c.get(f"/jobs/{job_id}/results", params={"table": "epochs"}).status_code == 409
+        detail = c.get(f"/jobs/{job_id}").json()
+        rows = [{"trial_id": "t1", "search": "tiny", "grid_cell": 0, "global_epoch": 1, "search_epoch": 0,
+                 "config_hash": "h", "seed": 0, "code_version": "v", "phase": "pretrain", "epoch": 0}]
+        out = Path(detail["spec"]["storage"]).parent.parent / "jobs" / job_id / "search" / "epochs.parquet"
+        results.write_table(to_table(rows, epochs_schema()), out)
+        r = c.get(f"/jobs/{job_id}/results", params={"table": "epochs"})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/vnd.apache.parquet"
+        assert list(pd.read_parquet(io.BytesIO(r.content))["trial_id"]) == ["t1"]
+        assert c.get(f"/jobs/{job_id}/logs").text == f"fake log of {job_id}\n"
+        fake.finish(job_id)
+        for _ in range(100):
+            if c.get(f"/jobs/{job_id}").json()["status"] == "succeeded":
+                break
+            time.sleep(0.05)
+        assert c.get(f"/jobs/{job_id}").json()["status"] == "succeeded"
+        yaml_r = c.post("/jobs", content=yaml.safe_dump(SPEC), headers={"Content-Type": "application/yaml"})
+        assert yaml_r.status_code == 201
+
+
+def test_healthz_reports_an_unreachable_cluster_without_failing(server: ThreadedServer, fake: FakeRunner) -> None:
+    fake.reachable = False
+    r = httpx.get(f"{server.url}/healthz")
+    assert r.status_code == 200 and r.json()["ray"]["reachable"] is False

@@ -1,0 +1,112 @@
+"""The Docker deployment, checked by reading it (no Docker engine needed): a Ray head,
+scalable workers and the service sharing one results volume, with the addresses, ports
+and tokens wired consistently, and an image that pins torch like the package."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+DOCKER = Path(__file__).resolve().parent.parent / "docker"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    # Compose files are YAML with merge keys (<<), which safe_load resolves like Compose does.
+    return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+
+
+def _flags(command: str) -> dict[str, str]:
+    out = {}
+    for arg in shlex.split(command):
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            out[key] = value
+        elif arg.startswith("--"):
+            out[arg[2:]] = ""
+    return out
+
+
+def test_three_services_share_the_results_volume_at_the_data_dir(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"ray-head", "ray-worker", "service"}
+    assert "results" in compose["volumes"]
+    for name, svc in services.items():
+        assert "results:/data" in svc["volumes"], name
+        assert svc["environment"]["S2AP_DATA_DIR"] == "/data", name
+        assert svc["image"] == services["service"]["image"], name
+        assert svc["build"]["dockerfile"] == "docker/Dockerfile" and svc["build"]["context"] == ".."
+        assert svc["shm_size"], name
+
+
+def test_ray_token_auth_is_on_everywhere_with_one_token(compose: dict[str, Any]) -> None:
+    tokens = set()
+    for name, svc in compose["services"].items():
+        env = svc["environment"]
+        assert env["RAY_AUTH_MODE"] == "token", name
+        tokens.add(env["RAY_AUTH_TOKEN"])
+    assert len(tokens) == 1 and tokens.pop().startswith("${RAY_AUTH_TOKEN:?")  # required, never defaulted
+    assert compose["services"]["service"]["environment"]["S2AP_API_TOKEN"].startswith("${S2AP_API_TOKEN:?")
+
+
+def test_workers_and_service_point_at_the_head(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    head = _flags(services["ray-head"]["command"])
+    assert "head" in head and "block" in head
+    assert head["dashboard-host"] == "0.0.0.0"  # reachable from the other containers
+    worker = _flags(services["ray-worker"]["command"])
+    assert worker["address"] == f"ray-head:{head['port']}" and "block" in worker
+    svc = services["service"]
+    assert svc["environment"]["RAY_ADDRESS"] == f"http://ray-head:{head['dashboard-port']}"
+    cmd = shlex.split(svc["command"])
+    assert cmd[:3] == ["python", "-m", "service"] and cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    port = cmd[cmd.index("--port") + 1]
+    assert any(p.endswith(f":{port}") for p in svc["ports"])
+    for name in ("ray-worker", "service"):
+        assert services[name]["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    assert "gcs_healthz" in " ".join(services["ray-head"]["healthcheck"]["test"])
+    assert "/healthz" in " ".join(svc["healthcheck"]["test"])
+
+
+def test_workers_can_be_scaled(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["ray-worker"]
+    assert "container_name" not in worker  # a fixed name would clash on --scale
+    assert "ports" not in worker  # so would fixed host ports
+
+
+def test_no_shell_substitution_compose_would_misread() -> None:
+    # Compose interpolates $VAR and ${VAR}; a bare "$(" is an invalid interpolation error.
+    for n, line in enumerate((DOCKER / "compose.yaml").read_text().splitlines(), 1):
+        if not line.lstrip().startswith("#"):
+            assert "$(" not in line, f"compose.yaml:{n}: {line}"
+
+
+def test_ray_ports_are_published_on_loopback_only(compose: dict[str, Any]) -> None:
+    for mapping in compose["services"]["ray-head"]["ports"]:
+        assert mapping.startswith("127.0.0.1:"), mapping
+
+
+def test_gpu_override_gives_workers_gpus() -> None:
+    gpu = yaml.safe_load((DOCKER / "compose.gpu.yaml").read_text())
+    worker = gpu["services"]["ray-worker"]
+    assert "--num-gpus" in worker["command"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+def test_dockerfile_cpu_by_default_cuda_by_build_arg_and_torch_pinned() -> None:
+    text = (DOCKER / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE=python:3\.11-slim$", text, re.M)
+    assert re.search(r"^FROM \$\{BASE\}$", text, re.M)
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in text
+    assert re.search(r'TORCH_SPEC="torch[^"]*<=2\.14\.1"', text)
+    assert "pip install ." in text
+    assert "nvidia/cuda:" in text  # the CUDA variant is documented in the file
+    assert re.search(r"^USER s2ap$", text, re.M)  # not root
+    pyproject = (DOCKER.parent / "pyproject.toml").read_text()
+    assert "torch>=2.1,<=2.14.1" in pyproject and "torch>=2.1,<=2.14.1" in text

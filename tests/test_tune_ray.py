@@ -1,0 +1,224 @@
+"""Real Ray Tune searches over Ray Train trials on tiny digits configs (CPU, a few minutes).
+
+Each test starts its own Ray (embedded, a two-node ``Cluster``, or one the drivers join)
+and shuts it down again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ray = pytest.importorskip("ray")
+pd = pytest.importorskip("pandas")
+
+from s2ap.tune.results import latest_checkpoint  # noqa: E402
+from s2ap.tune.spec import load_spec  # noqa: E402
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parent.parent
+
+# Learns within a few epochs (Adam pretraining), so sparsity visibly matters.
+BASE: dict[str, Any] = {
+    "seed": 0,
+    "data": {"name": "digits", "image_size": 8, "train_limit": 512, "test_limit": 64, "batch_size": 32},
+    "attack": {"steps": 1},
+    "objective": {"name": "pgd"},
+    "pretrain": {"epochs": 2, "lr": 0.01, "optimizer": "adam"},
+    "prune": {"epochs": 2, "sparsity": 0.5},
+    "finetune": {"epochs": 1, "lr": 0.01},
+    "s2ap": {"enabled": True, "gamma": 0.005, "warmup_epochs": 1},
+    "eval": {"pgd_steps": 2, "autoattack": False, "val_pgd_steps": 1, "val_limit": 64},
+}
+
+
+def spec_dict(tmp_path: Path, base: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": "t",
+        "base": base or BASE,
+        "num_samples": 1,
+        "scheduler": {"type": "fifo"},
+        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "max_concurrent": 1,
+        "storage": str(tmp_path / "runs"),
+    }
+    spec.update(changes)
+    return spec
+
+
+@pytest.fixture(autouse=True)
+def _ray_down() -> Any:
+    yield
+    ray.shutdown()
+
+
+def read_all(path: Path) -> tuple[Any, Any, Any]:
+    """The same table through pandas, DuckDB and polars: all three must read it as is."""
+    duckdb = pytest.importorskip("duckdb")
+    pl = pytest.importorskip("polars")
+    return pd.read_parquet(path), duckdb.sql(f"select * from '{path}'").df(), pl.read_parquet(path)
+
+
+def assert_each_epoch_once(epochs: Any) -> None:
+    keys = epochs[["trial_id", "phase", "epoch"]].apply(tuple, axis=1)
+    assert keys.is_unique, epochs[["trial_id", "phase", "epoch"]]
+    for _, grp in epochs.groupby("trial_id"):
+        assert list(grp.sort_values("global_epoch")["global_epoch"]) == list(range(1, len(grp) + 1))
+
+
+def kill_mid_trial(search_dir: Path, rank: int, after_epoch: int, thread: threading.Thread) -> tuple[str, int]:
+    """SIGKILL one Train worker of the first trial once its checkpoint of ``after_epoch``
+    exists (and the trial has not finished): a worker fault, as a node losing a process."""
+    deadline = time.time() + 300
+    while time.time() < deadline and thread.is_alive():
+        for run in sorted((search_dir / "train").glob("*")):
+            found = latest_checkpoint(run)
+            if found is None or found[1].get("final") or found[1]["metrics"]["global_epoch"] < after_epoch:
+                continue
+            for path in (search_dir / "trials" / run.name / "workers").glob("*.json"):
+                worker = json.loads(path.read_text())
+                if worker["rank"] == rank:
+                    os.kill(worker["pid"], signal.SIGKILL)
+                    return run.name, found[1]["metrics"]["global_epoch"]
+        time.sleep(0.05)
+    raise AssertionError("no mid-trial checkpoint appeared before the trial ended")
+
+
+def test_ddp_search_survives_a_killed_worker_writes_tables_and_asha_stops_a_trial(tmp_path: Path) -> None:
+    from s2ap.tune.search import run_search, start_local_ray
+
+    spec = load_spec(
+        spec_dict(
+            tmp_path,
+            grid={"prune.sparsity": [0.5, 0.999]},
+            search={"s2ap.gamma": {"type": "loguniform", "low": 0.001, "high": 0.01}},
+            # One ASHA over both cells, run one after the other: the 99.9% sparse trial
+            # meets the 50% one's score at the first rung and is stopped.
+            scheduler={"type": "asha", "per_cell": False, "reduction_factor": 2},
+            resources={"workers": 2, "cpus_per_worker": 1},
+            max_failures=2,
+        )
+    )
+    assert spec.grace_period() == 2
+    start_local_ray(num_cpus=3)
+    box: list[Any] = []
+    thread = threading.Thread(target=lambda: box.append(run_search(spec, quiet=True)), daemon=True)
+    thread.start()
+    killed, at_epoch = kill_mid_trial(spec.search_dir, rank=1, after_epoch=3, thread=thread)
+    thread.join(timeout=400)
+    assert box, "the search did not finish"
+    outcome = box[0]
+
+    trials, trials_duck, trials_pl = read_all(outcome.trials_path)
+    epochs, epochs_duck, epochs_pl = read_all(outcome.epochs_path)
+    assert len(trials) == len(trials_duck) == trials_pl.height == 2
+    assert len(epochs) == len(epochs_duck) == epochs_pl.height > 0
+    assert list(trials.columns) == list(trials_duck.columns) == trials_pl.columns
+    assert trials_pl.schema["prune.sparsity"].is_float() and trials_pl.schema["epochs_run"].is_integer()
+
+    trials = trials.set_index("prune.sparsity")
+    dense, sparse = trials.loc[0.5], trials.loc[0.999]
+    # The killed DDP trial restarted both workers from its checkpoint and finished.
+    assert dense["trial_id"] == killed and dense["status"] == "ok" and not dense["stopped_early"]
+    assert dense["attempts"] == 2 and len(dense["pids"]) == 4  # 2 workers x 2 starts
+    starts = [json.loads(p.read_text()) for p in (spec.search_dir / "trials" / killed / "workers").glob("*.json")]
+    assert sorted(s["resumed_from"] is not None for s in starts) == [False, False, True, True]
+    assert dense["search_epochs_run"] == 3 and dense["epochs_run"] == 5  # every epoch, each once
+    assert 0.0 <= dense["robust_acc"] <= 1.0 and dense["final_val_pgd_acc"] is not None
+    assert dense["s2ap.gamma"] == dense["gamma"]  # searched value: flat column = run column
+    # ASHA stopped the sparse trial at the grace period, after one S2AP epoch.
+    assert sparse["status"] == "stopped" and sparse["stopped_early"]
+    assert sparse["search_epochs_run"] == 2 and sparse["attempts"] == 1
+    assert_each_epoch_once(epochs)
+    at_rung = epochs[epochs["search_epoch"] == 2].set_index("trial_id")["val_pgd_acc"]
+    assert at_rung[sparse["trial_id"]] < at_rung[dense["trial_id"]]
+    # Pretraining ran once (the second trial loaded it from the cache).
+    assert (epochs["phase"] == "pretrain").sum() == BASE["pretrain"]["epochs"]
+    assert outcome.best[0]["trial_id"] == dense["trial_id"] and 1 not in outcome.best
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes_and_records_divergence(tmp_path: Path) -> None:
+    from ray.cluster_utils import Cluster
+
+    from s2ap.tune.search import run_search, runtime_env
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
+    cluster.add_node(num_cpus=3)
+    try:
+        ray.init(address=cluster.address, runtime_env=runtime_env(cluster.address))
+        # Each trial's one worker takes 2 of a node's 3 CPUs, so two at once need both nodes.
+        spec = load_spec(
+            spec_dict(
+                tmp_path,
+                grid={"finetune.lr": [0.01, 1.0e30]},  # the second one's loss turns NaN
+                resources={"workers": 1, "cpus_per_worker": 2},
+                max_concurrent=2,
+            ),
+            nodes=None,
+        )
+        outcome = run_search(spec, quiet=True)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    trials = pd.read_parquet(outcome.trials_path).set_index("finetune.lr")
+    assert trials.loc[0.01, "status"] == "ok"
+    assert trials.loc[1.0e30, "status"] == "error"
+    assert "diverged" in trials.loc[1.0e30, "error"] and "nan" in trials.loc[1.0e30, "error"].lower()
+    assert trials.loc[1.0e30, "attempts"] == 1  # a NaN is not retried
+    nodes = {n for ids in trials["node_ids"] for n in ids}
+    assert len(nodes) == 2, trials[["node_ids", "hostnames", "pids"]]
+    epochs = pd.read_parquet(outcome.epochs_path)
+    assert_each_epoch_once(epochs)
+    # The diverged trial keeps the epochs before the NaN.
+    diverged = epochs[epochs["trial_id"] == trials.loc[1.0e30, "trial_id"]]
+    assert set(diverged["phase"]) <= {"pretrain", "prune"} and len(diverged) >= 2
+
+
+def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
+    from s2ap.tune.search import start_local_ray
+
+    address = start_local_ray(num_cpus=2)  # the drivers join this instance
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec_dict(tmp_path, grid={"prune.sparsity": [0.5, 0.9]})))
+    out = tmp_path / "search"
+    cmd = [sys.executable, "-m", "s2ap.tune", str(spec_file), "--address", address, "--out", str(out), "-q"]
+    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and driver.poll() is None:
+            if (out / "trials.parquet").exists() and len(pd.read_parquet(out / "trials.parquet")) >= 1:
+                break
+            time.sleep(0.5)
+        assert driver.poll() is None, driver.communicate()[0][-3000:]
+        time.sleep(3)  # let Tune snapshot the finished trial (every 2 s)
+    finally:
+        driver.kill()
+        driver.wait()
+    first = pd.read_parquet(out / "trials.parquet")
+    assert len(first) == 1
+    done = dict(zip(first["trial_id"], first["attempts"], strict=True))
+
+    again = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "best per grid cell" in again.stdout
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == 2 and trials["trial_id"].is_unique
+    assert set(trials["status"]) == {"ok"}
+    assert sorted(trials["prune.sparsity"]) == [0.5, 0.9]
+    for trial_id, attempts in done.items():  # finished before the kill: not run again
+        assert trials.set_index("trial_id").loc[trial_id, "attempts"] == attempts
+    assert_each_epoch_once(pd.read_parquet(out / "epochs.parquet"))
+
+    # A second start without --resume must not clobber the search.
+    clash = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert clash.returncode == 2 and clash.stderr.startswith("error: --out: ")

@@ -1,0 +1,107 @@
+"""The search's result tables, built from checkpoint folders as Train leaves them. No Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from s2ap import results
+from s2ap.tune import results as tables
+from s2ap.tune.spec import load_spec
+
+SPEC = {
+    "name": "r",
+    "base": {
+        "data": {"name": "digits", "image_size": 8},
+        "pretrain": {"epochs": 1},
+        "prune": {"epochs": 2},
+        "finetune": {"epochs": 1},
+        "s2ap": {"enabled": True, "warmup_epochs": 0},
+        "eval": {"autoattack": False},
+    },
+    "grid": {"prune.sparsity": [0.5, 0.9, 0.99]},
+    "storage": "/unused",
+}
+PHASES = [("pretrain", 0), ("prune", 0), ("prune", 1), ("finetune", 0)]
+
+
+def epoch_row(phase: str, epoch: int, val: float) -> dict[str, Any]:
+    return {"config_hash": "h", "seed": 0, "code_version": "v", "phase": phase, "epoch": epoch,
+            "train_loss": 1.0, "train_acc": 0.5, "val_clean_acc": val, "val_pgd_acc": val, "hamming": None,
+            "lambda_max": None, "s2ap_active": phase == "prune", "lr": 0.1, "time_s": 0.1}
+
+
+def checkpoint(run: Path, name: str, stamp: float, n_epochs: int, final: bool = False) -> Path:
+    """A checkpoint folder as the trial's rank 0 writes it: meta, epochs so far, final row."""
+    folder = run / name
+    folder.mkdir(parents=True)
+    rows = [epoch_row(p, e, 0.1 * (i + 1)) for i, (p, e) in enumerate(PHASES[:n_epochs])]
+    results.write_rows(rows, results.EPOCH_SCHEMA, folder / "epochs.parquet")
+    metrics = {**rows[-1], "search_epoch": n_epochs - 1, "global_epoch": n_epochs, "final": final}
+    (folder / "meta.json").write_text(json.dumps({"time": stamp, "final": final, "metrics": metrics}))
+    if final:
+        results.write_rows(
+            [{"config_hash": "h", "seed": 0, "code_version": "v", "status": "ok", "clean_acc": 0.8,
+              "pgd_acc": 0.6, "robust_acc": 0.6, "hamming": [0.1, 0.2], "wall_time_s": 3.0}],
+            results.RUN_SCHEMA,
+            folder / "final.parquet",
+        )
+    return folder
+
+
+def test_tables_hold_each_epoch_once_from_the_run_that_counted(tmp_path: Path) -> None:
+    spec = load_spec(SPEC, nodes=None)
+    train, trials_dir = tmp_path / "train", tmp_path / "trials"
+    # ok: restarted from its epoch-1 checkpoint after epoch 3 had been reported; the newest
+    # checkpoint (by time, not by epoch) is the run that counted.
+    checkpoint(train / "a", "checkpoint_old", 2.0, 3)
+    checkpoint(train / "a", "checkpoint_new", 5.0, 4, final=True)
+    # stopped by ASHA after epoch 2 (it was judged on that checkpoint).
+    stopped = checkpoint(train / "b", "checkpoint_1", 1.0, 2)
+    # errored: NaN during pruning.
+    checkpoint(train / "c", "checkpoint_1", 1.0, 2)
+    (trials_dir / "c").mkdir(parents=True)
+    (trials_dir / "c" / "diverged.json").write_text(json.dumps({"reason": "training diverged: loss is nan"}))
+    for trial, starts in (("a", 2), ("b", 1), ("c", 1)):
+        workers = trials_dir / trial / "workers"
+        workers.mkdir(parents=True, exist_ok=True)
+        for i in range(starts):
+            (workers / f"{i}.json").write_text(json.dumps(
+                {"time": i, "rank": 0, "node_id": f"node{i}", "hostname": "h", "pid": 100 + i, "resumed_from": None}
+            ))
+    records = [
+        tables.TrialRecord("a", {"cell": 0, "prune.sparsity": 0.5}, "TERMINATED", {"final": True, "val_pgd_acc": 0.4}),
+        tables.TrialRecord("b", {"cell": 1, "prune.sparsity": 0.9}, "TERMINATED",
+                           {"checkpoint_path": str(stopped), "search_epoch": 1}),
+        tables.TrialRecord("c", {"cell": 2, "prune.sparsity": 0.99}, "ERROR", {}, error="TrialDiverged"),
+    ]
+    t_path, e_path, rows = tables.write_tables(spec, records, tmp_path)
+
+    duckdb = pytest.importorskip("duckdb")
+    pl = pytest.importorskip("polars")
+    pd = pytest.importorskip("pandas")
+    trials = pd.read_parquet(t_path).set_index("trial_id")
+    epochs = pd.read_parquet(e_path)
+    assert duckdb.sql(f"select count(*) from '{t_path}'").fetchall()[0][0] == 3
+    assert pl.read_parquet(e_path).height == len(epochs) == 4 + 2 + 2
+
+    assert list(trials["status"]) == ["ok", "stopped", "error"]
+    assert list(trials["stopped_early"]) == [False, True, False]
+    assert trials.loc["c", "error"] == "training diverged: loss is nan"
+    assert list(trials["epochs_run"]) == [4, 2, 2]
+    assert list(trials["search_epochs_run"]) == [3, 1, 1]
+    assert list(trials["attempts"]) == [2, 1, 1]
+    assert list(trials.loc["a", "node_ids"]) == ["node0", "node1"]
+    assert trials.loc["a", "robust_acc"] == 0.6 and list(trials.loc["a", "hamming"]) == [0.1, 0.2]
+    assert trials.loc["a", "final_val_pgd_acc"] == pytest.approx(0.4)
+    # Identity columns come from the config, also for trials without a final row.
+    assert trials.loc["b", "method"] == "hydra" and trials.loc["b", "sparsity"] == 0.9
+    assert trials.loc["c", "prune.sparsity"] == 0.99 and trials.loc["c", "s2ap"]
+    assert trials.loc["a", "cell_key"] == "prune.sparsity=0.5"
+    keys = epochs[["trial_id", "phase", "epoch"]].apply(tuple, axis=1)
+    assert keys.is_unique
+    assert list(epochs[epochs.trial_id == "a"]["search_epoch"]) == [0, 1, 2, 3]
+    assert tables.best_per_cell(rows)[0]["trial_id"] == "a" and set(tables.best_per_cell(rows)) == {0}

@@ -1,0 +1,117 @@
+"""The per-cell searcher and scheduler, driven by hand (imports Ray Tune, starts no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ray.tune")
+pytest.importorskip("optuna")
+
+from ray.tune.schedulers import TrialScheduler  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+
+from s2ap.tune.search import CellScheduler, CellSearcher  # noqa: E402
+from s2ap.tune.spec import load_spec  # noqa: E402
+
+SPEC = {
+    "name": "s",
+    "base": {
+        "data": {"name": "digits"},
+        "prune": {"epochs": 4},
+        "finetune": {"epochs": 2},
+        "s2ap": {"enabled": True, "warmup_epochs": 1},
+    },
+    "grid": {"s2ap.enabled": [False, True], "prune.sparsity": [0.9, 0.99]},
+    "search": {
+        "s2ap.gamma": {"type": "loguniform", "low": 0.00075, "high": 0.01},
+        "s2ap.warmup_epochs": {"type": "int", "low": 1, "high": 2},
+    },
+    "num_samples": 4,
+    "storage": "/unused",
+}
+
+
+def searcher(seed: int = 0, storage: str | None = None) -> tuple[Any, CellSearcher]:
+    spec = load_spec({**SPEC, "seed": seed}, nodes=None)
+    return spec, CellSearcher(spec.cells(), "val_pgd_acc", "max", seed, "s", storage)
+
+
+def drain(s: CellSearcher) -> list[dict[str, Any]]:
+    out = []
+    for i in range(100):
+        config = s.suggest(f"t{i}")
+        if config == Searcher.FINISHED:
+            return out
+        out.append(config)
+        s.on_trial_complete(f"t{i}", {"val_pgd_acc": 0.1 * (i % 5)})
+    raise AssertionError("never finished")
+
+
+def test_every_cell_gets_its_samples_and_baselines_run_once() -> None:
+    spec, s = searcher()
+    configs = drain(s)
+    assert len(configs) == spec.num_trials() == 1 + 1 + 4 + 4
+    by_cell: dict[int, list[dict[str, Any]]] = {}
+    for c in configs:
+        by_cell.setdefault(c["cell"], []).append(c)
+    assert {k: len(v) for k, v in by_cell.items()} == {0: 1, 1: 1, 2: 4, 3: 4}
+    # S2AP off: nothing searched; S2AP on: both searched values inside their bounds.
+    assert set(by_cell[0][0]) == {"cell", "s2ap.enabled", "prune.sparsity"}
+    for c in by_cell[2] + by_cell[3]:
+        assert 0.00075 <= c["s2ap.gamma"] <= 0.01 and c["s2ap.warmup_epochs"] in (1, 2)
+        assert c["s2ap.enabled"] is True
+    # Round-robin: the first four suggestions cover the four cells.
+    assert [c["cell"] for c in configs[:4]] == [0, 1, 2, 3]
+
+
+def test_seeded_tpe_is_reproducible_and_save_restore_continues(tmp_path: Path) -> None:
+    first, second = drain(searcher(seed=7)[1]), drain(searcher(seed=7)[1])
+    assert first == second
+    assert drain(searcher(seed=8)[1]) != first
+    _, s = searcher(seed=7)
+    head = [s.suggest(f"t{i}") for i in range(5)]
+    for i in range(5):
+        s.on_trial_complete(f"t{i}", {"val_pgd_acc": 0.1 * (i % 5)})
+    s.save(str(tmp_path / "searcher.pkl"))
+    _, restored = searcher(seed=7)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    tail = [restored.suggest(f"t{i}") for i in range(5, 7)]
+    assert head + tail == first[:7]
+
+
+def test_optuna_storage_url_keeps_one_study_per_cell(tmp_path: Path) -> None:
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    drain(searcher(storage=url)[1])
+    names = sorted(st.study_name for st in optuna.get_all_study_summaries(url))
+    assert names == ["s-cell2", "s-cell3"]
+
+
+def fake_trial(trial_id: str, cell: int) -> Any:
+    return SimpleNamespace(trial_id=trial_id, config={"cell": cell})
+
+
+def test_asha_per_cell_never_compares_across_cells() -> None:
+    sched = CellScheduler("val_pgd_acc", "max", max_t=5, grace_period=2, reduction_factor=2, per_cell=True)
+    good, bad, other = fake_trial("good", 0), fake_trial("bad", 0), fake_trial("other", 1)
+    for t in (good, bad, other):
+        sched.on_trial_add(None, t)
+    before = {"search_epoch": 1, "val_pgd_acc": 0.0}
+    assert sched.on_trial_result(None, bad, before) == TrialScheduler.CONTINUE  # grace period
+    assert sched.on_trial_result(None, good, {"search_epoch": 2, "val_pgd_acc": 0.8}) == TrialScheduler.CONTINUE
+    # Worse than its own cell's first trial at the rung: stopped.
+    assert sched.on_trial_result(None, bad, {"search_epoch": 2, "val_pgd_acc": 0.3}) == TrialScheduler.STOP
+    # Just as weak, but alone in its cell: it goes on.
+    assert sched.on_trial_result(None, other, {"search_epoch": 2, "val_pgd_acc": 0.1}) == TrialScheduler.CONTINUE
+    # The final report (evaluation done) is never judged.
+    assert sched.on_trial_result(None, bad, {"search_epoch": 6, "val_pgd_acc": 0.0, "final": True}) == "CONTINUE"
+    shared = CellScheduler("val_pgd_acc", "max", max_t=5, grace_period=2, reduction_factor=2, per_cell=False)
+    for t in (good, other):
+        shared.on_trial_add(None, t)
+    shared.on_trial_result(None, good, {"search_epoch": 2, "val_pgd_acc": 0.8})
+    assert shared.on_trial_result(None, other, {"search_epoch": 2, "val_pgd_acc": 0.1}) == TrialScheduler.STOP

@@ -1,0 +1,294 @@
+"""Search specs: parsing, every rejection, the shipped spaces, the result schemas. No Ray."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from s2ap.config import ConfigError
+from s2ap.tune import results as tables
+from s2ap.tune.spec import (
+    Resources,
+    concurrency,
+    load_spec,
+    search_epoch,
+    spec_hash,
+    spec_to_dict,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACES = ROOT / "search_spaces"
+
+
+def tiny(**changes: Any) -> dict[str, Any]:
+    """A small valid spec mapping; ``changes`` replace top-level keys (None deletes)."""
+    spec: dict[str, Any] = {
+        "name": "tiny",
+        "base": {
+            "data": {"name": "digits", "image_size": 8, "train_limit": 128, "batch_size": 32},
+            "attack": {"steps": 1},
+            "pretrain": {"epochs": 2},
+            "prune": {"epochs": 4},
+            "finetune": {"epochs": 1},
+            "s2ap": {"enabled": True, "warmup_epochs": 1},
+            "eval": {"autoattack": False},
+        },
+        "grid": {"s2ap.enabled": [False, True], "prune.sparsity": [0.5, 0.9]},
+        "search": {
+            "s2ap.gamma": {"type": "loguniform", "low": 0.001, "high": 0.01},
+            "s2ap.warmup_epochs": {"type": "int", "low": 1, "high": 2},
+        },
+        "num_samples": 3,
+        "scheduler": {"type": "asha"},
+        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "storage": "/tmp/s2ap-tune-spec-tests",
+    }
+    for key, value in changes.items():
+        if value is None:
+            spec.pop(key, None)
+        else:
+            spec[key] = value
+    return spec
+
+
+def rejects(spec: dict[str, Any], field: str, nodes: Any = None, contains: str = "") -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_spec(spec, nodes=nodes)
+    assert info.value.field == field, str(info.value)
+    assert contains in info.value.message
+    return info.value
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def test_tiny_spec_parses_into_cells() -> None:
+    spec = load_spec(tiny(), nodes=None)
+    cells = spec.cells()
+    assert [c.values for c in cells] == [
+        {"s2ap.enabled": False, "prune.sparsity": 0.5},
+        {"s2ap.enabled": False, "prune.sparsity": 0.9},
+        {"s2ap.enabled": True, "prune.sparsity": 0.5},
+        {"s2ap.enabled": True, "prune.sparsity": 0.9},
+    ]
+    # S2AP off: gamma and warm-up cannot matter, so the baseline runs once, unsearched.
+    assert [c.samples for c in cells] == [1, 1, 3, 3]
+    assert not cells[0].space and set(cells[2].space) == {"s2ap.gamma", "s2ap.warmup_epochs"}
+    assert spec.num_trials() == 8
+    # ASHA judges a trial only after the longest warm-up (2) plus one S2AP epoch.
+    assert spec.grace_period() == 3
+    assert spec.max_search_epochs() == 5  # 4 pruning + 1 finetuning
+    assert spec.device == "cpu" and spec.pretrain_cache == "/tmp/s2ap-tune-spec-tests/pretrain_cache"
+    cfg = spec.trial_config({"s2ap.enabled": True, "prune.sparsity": 0.9, "s2ap.gamma": 0.004})
+    assert cfg.prune.sparsity == 0.9 and cfg.s2ap.gamma == 0.004 and cfg.device == "cpu"
+
+
+def test_spec_round_trips_and_hash_ignores_storage() -> None:
+    spec = load_spec(tiny(), nodes=None)
+    again = load_spec(json.loads(json.dumps(spec_to_dict(spec))), nodes=None)
+    assert again == spec
+    moved = load_spec(tiny(storage="/tmp/elsewhere"), nodes=None)
+    assert spec_hash(moved) == spec_hash(spec)
+    assert spec_hash(load_spec(tiny(num_samples=4), nodes=None)) != spec_hash(spec)
+
+
+def test_search_epoch_counts_after_pretraining() -> None:
+    cfg = load_spec(tiny(), nodes=None).base_config()
+    assert search_epoch(cfg, "pretrain", 1) == 0
+    assert search_epoch(cfg, "prune", 0) == 1
+    assert search_epoch(cfg, "finetune", 0) == cfg.prune.epochs + 1
+
+
+def test_base_from_file_with_overrides(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny()["base"]))
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump(tiny(base="base.yaml", overrides={"prune.epochs": 5})))
+    spec = load_spec(spec_file, nodes=None)
+    assert spec.base_config().prune.epochs == 5
+    assert spec.name == "tiny"
+
+
+@pytest.mark.parametrize("name", ["quickstart", "gamma", "warmup", "ablation"])
+def test_shipped_search_spaces_are_valid(name: str) -> None:
+    text = (SPACES / f"{name}.yaml").read_text()
+    from s2ap.pruning.methods import METHODS
+
+    if "harp" in text and "harp" not in METHODS:
+        pytest.skip("the harp method is not registered in this checkout")
+    spec = load_spec(SPACES / f"{name}.yaml", nodes=None)
+    assert spec.name == name
+    if name == "ablation":
+        assert spec.num_trials() == 2 * 2 * 4 * 3
+        assert spec.scheduler.type == "fifo"
+    if name == "gamma":
+        d = spec.search["s2ap.gamma"]
+        assert (d.type, d.low, d.high) == ("loguniform", 0.00075, 0.01)
+        assert spec.base_config().prune.sparsity == 0.9 and spec.base_config().model.name == "resnet18"
+    if name == "quickstart":
+        assert spec.resources.gpus_per_worker == 0
+        load_spec(SPACES / f"{name}.yaml")  # fits this machine
+        assert {"s2ap.gamma", "s2ap.warmup_epochs"} <= set(spec.search)
+        assert [c.samples for c in spec.cells()] == [1, spec.num_samples]
+
+
+def test_spec_module_does_not_import_ray() -> None:
+    code = "import sys, s2ap.tune, s2ap.tune.spec, s2ap.tune.results, s2ap.tune.trainable; " \
+           "s2ap.tune.load_spec({'base': {}}, nodes=None); print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- rejections
+
+
+def test_rejects_unknown_keys() -> None:
+    rejects(tiny(bogus=1), "bogus", contains="unknown key")
+    rejects(tiny(scheduler={"type": "asha", "patience": 3}), "scheduler.patience")
+    rejects(tiny(resources={"workers": 1, "tpus": 1}), "resources.tpus")
+    rejects(tiny(grid={"prune.bogus": [1, 2]}), "grid.prune.bogus", contains="unknown key")
+    rejects(tiny(search={"model.depth": {"type": "int", "low": 1, "high": 3}}), "search.model.depth")
+    base = copy.deepcopy(tiny()["base"])
+    base["prune"]["speed"] = 3
+    rejects(tiny(base=base), "base.prune.speed")
+    rejects(tiny(overrides={"prune.nope": 1}), "overrides.prune.nope")
+
+
+@pytest.mark.parametrize(
+    ("dist", "field"),
+    [
+        ({"low": 0.1, "high": 1}, "search.s2ap.gamma.type"),
+        ({"type": "gaussian", "low": 0, "high": 1}, "search.s2ap.gamma.type"),
+        ({"type": "loguniform", "low": 0.0, "high": 0.01}, "search.s2ap.gamma.low"),
+        ({"type": "uniform", "low": 0.01, "high": 0.001}, "search.s2ap.gamma.high"),
+        ({"type": "uniform", "low": 0.001}, "search.s2ap.gamma.high"),
+        ({"type": "uniform", "low": "a", "high": 1}, "search.s2ap.gamma.low"),
+        ({"type": "loguniform", "low": 0.001, "high": 0.01, "step": 0.001}, "search.s2ap.gamma.step"),
+        ({"type": "int", "low": 0.5, "high": 3}, "search.s2ap.gamma.low"),
+        ({"type": "categorical", "values": []}, "search.s2ap.gamma.values"),
+        ({"type": "categorical", "values": [0.1, 0.1]}, "search.s2ap.gamma.values"),
+        ({"type": "categorical", "values": [[1], [2]]}, "search.s2ap.gamma.values[0]"),
+        ([0.001, 0.01], "search.s2ap.gamma"),
+    ],
+)
+def test_rejects_malformed_distributions(dist: Any, field: str) -> None:
+    rejects(tiny(search={"s2ap.gamma": dist}), field)
+
+
+def test_rejects_empty_grid_and_duplicates() -> None:
+    rejects(tiny(grid={}), "grid", contains="non-empty")
+    rejects(tiny(grid={"prune.sparsity": []}), "grid.prune.sparsity")
+    rejects(tiny(grid={"prune.sparsity": [0.9, 0.9]}), "grid.prune.sparsity", contains="distinct")
+    rejects(tiny(grid={"s2ap.gamma": [0.001]}), "search.s2ap.gamma", contains="grid")
+    rejects(tiny(grid={"device": ["cpu"]}), "grid.device")
+    assert load_spec(tiny(grid=None), nodes=None).cells()[0].values == {}
+
+
+def test_rejects_a_metric_the_pipeline_never_reports() -> None:
+    rejects(tiny(scheduler={"type": "asha", "metric": "val_robust_acc"}), "scheduler.metric")
+    rejects(tiny(scheduler={"type": "asha", "metric": "hamming"}), "scheduler.metric")
+    rejects(tiny(scheduler={"type": "asha", "mode": "up"}), "scheduler.mode")
+    rejects(tiny(scheduler={"type": "hyperband"}), "scheduler.type")
+    rejects(tiny(scheduler={"type": "asha", "reduction_factor": 1}), "scheduler.reduction_factor")
+
+
+def test_rejects_resources_no_node_provides() -> None:
+    laptop = [{"CPU": 2.0, "GPU": 0.0}]
+    rejects(tiny(resources={"gpus_per_worker": 1}), "resources.gpus_per_worker", nodes=laptop)
+    rejects(tiny(resources={"cpus_per_worker": 64}), "resources.cpus_per_worker", nodes=laptop)
+    two_nodes = [{"CPU": 2.0}, {"CPU": 2.0}]
+    rejects(tiny(resources={"workers": 5}), "resources.workers", nodes=two_nodes)
+    rejects(tiny(resources={"workers": 0}), "resources.workers")
+    rejects(tiny(resources={"cpus_per_worker": 0}), "resources.cpus_per_worker")
+    # The embedded Ray is sized to fit: a 2-worker trial is fine on this machine.
+    load_spec(tiny(resources={"workers": 2, "cpus_per_worker": 1}))
+    base = copy.deepcopy(tiny()["base"])
+    base["device"] = "cuda"
+    rejects(tiny(base=base), "resources.gpus_per_worker", contains="cuda")
+
+
+def test_rejects_warmup_longer_than_pruning_in_any_cell() -> None:
+    # Searched warm-up reaching the 4 pruning epochs of a cell.
+    err = rejects(tiny(search={"s2ap.warmup_epochs": {"type": "int", "low": 1, "high": 4}}), "search.s2ap.warmup_epochs")
+    assert "prune.epochs" in err.message
+    # A grid cell with fewer pruning epochs than the fixed warm-up of the base.
+    base = copy.deepcopy(tiny()["base"])
+    base["s2ap"]["warmup_epochs"] = 3
+    err = rejects(tiny(base=base, search={}, grid={"prune.epochs": [6, 2]}), "base.s2ap.warmup_epochs")
+    assert "prune.epochs=2" in err.message
+    # With S2AP off in every cell the warm-up does not matter.
+    load_spec(tiny(base=base, search={}, grid={"prune.epochs": [6, 2], "s2ap.enabled": [False]}), nodes=None)
+
+
+def test_rejects_grace_period_before_warmup_ends() -> None:
+    rejects(tiny(scheduler={"type": "asha", "grace_period": 2}), "scheduler.grace_period", contains="warm-up")
+    rejects(tiny(scheduler={"type": "asha", "grace_period": 5}), "scheduler.grace_period", contains="smaller than")
+    assert load_spec(tiny(scheduler={"type": "asha", "grace_period": 4}), nodes=None).grace_period() == 4
+
+
+def test_rejects_other_bad_values() -> None:
+    rejects(tiny(num_samples=0), "num_samples")
+    rejects(tiny(num_samples=2.5), "num_samples")
+    rejects(tiny(name="a b"), "name")
+    rejects(tiny(base=None), "base")
+    rejects(tiny(max_concurrent=0), "max_concurrent")
+    rejects(tiny(optuna_storage="optuna.db"), "optuna_storage")
+    rejects(tiny(storage="s3://bucket/runs"), "storage")
+    rejects(tiny(grid={"prune.sparsity": [0.5, 1.5]}), "grid.prune.sparsity", contains="(0, 1)")
+    rejects(tiny(grid={"prune.method": ["hydra", "nope"]}), "grid.prune.method", contains="allowed")
+
+
+def test_concurrency_never_starts_a_trial_that_cannot_fit() -> None:
+    one_cpu_trials = load_spec(tiny(resources={"workers": 1, "cpus_per_worker": 2}), nodes=None)
+    # Two 2-CPU nodes: both worker bundles fit, but the trainables' sliver would not.
+    assert concurrency(one_cpu_trials, [{"CPU": 2.0}, {"CPU": 2.0}]) == 1
+    assert concurrency(one_cpu_trials, [{"CPU": 3.0}, {"CPU": 3.0}]) == 2
+    ddp = load_spec(tiny(resources={"workers": 2, "cpus_per_worker": 1}, max_concurrent=2), nodes=None)
+    assert concurrency(ddp, [{"CPU": 8.0}]) == 2  # capped by max_concurrent
+    assert Resources(2, 1.5, 0).trial_cpus == 3.0
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "s2ap.tune", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+
+
+def test_cli_bad_input_is_one_line_and_status_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(tiny(scheduler={"type": "asha", "metric": "accuracy"})))
+    outs = [run_cli(*args) for args in ([str(bad)], [str(tmp_path / "missing.yaml")], [str(bad), "--bogus"])]
+    for out in outs:
+        assert out.returncode == 2, out
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+        assert "Traceback" not in out.stderr
+    assert outs[0].stderr.startswith("error: scheduler.metric: ")
+    assert outs[1].stderr.startswith("error: spec: file not found")
+
+
+# --------------------------------------------------------------------------- result tables
+
+
+def test_result_schemas_are_typed_and_unique() -> None:
+    trials, epochs = tables.trials_schema(), tables.epochs_schema()
+    assert len(set(trials.names)) == len(trials.names)
+    assert len(set(epochs.names)) == len(epochs.names)
+    assert trials.field("prune.sparsity").type == pa.float64()
+    assert trials.field("data.image_size").type == pa.int64()
+    assert trials.field("s2ap.enabled").type == pa.bool_()
+    assert trials.field("eval.loss_diff_rhos").type == pa.list_(pa.float64())
+    assert trials.field("robust_acc").type == pa.float64()
+    assert trials.field("status").type == pa.string()
+    assert epochs.field("val_pgd_acc").type == pa.float64()
+    assert epochs.field("global_epoch").type == pa.int64()
