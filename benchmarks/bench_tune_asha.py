@@ -10,7 +10,7 @@ end (same config, so the same result it would have had), and compares:
 Trials ASHA let finish are not re-run: their configs are identical, so their full-run
 results are the ones already measured.
 
-    python benchmarks/bench_tune_asha.py [--samples 9] [--keep DIR]
+    python benchmarks/bench_tune_asha.py [--samples 12] [--reduction-factor 4] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ BASE: dict[str, Any] = {
     "objective": {"name": "trades"},
     "pretrain": {"epochs": 6, "lr": 0.01, "optimizer": "adam"},
     "prune": {"method": "hydra", "sparsity": 0.9, "epochs": 4, "lr": 0.1},
-    "finetune": {"epochs": 6, "lr": 0.01},
+    "finetune": {"epochs": 8, "lr": 0.01},
     "s2ap": {"enabled": True, "gamma": 0.005, "warmup_epochs": 1},
     "eval": {"pgd_steps": 10, "autoattack": False, "val_pgd_steps": 2, "val_limit": 100},
 }
@@ -50,7 +50,8 @@ def search(root: Path, name: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=9, help="trials in the gamma search")
+    parser.add_argument("--samples", type=int, default=12, help="trials in the gamma search")
+    parser.add_argument("--reduction-factor", type=float, default=4.0, help="ASHA's reduction factor")
     parser.add_argument("--keep", help="keep the searches here instead of a temporary folder")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -63,7 +64,8 @@ def main() -> None:
             {
                 "search": {"s2ap.gamma": {"type": "loguniform", "low": 0.0005, "high": 0.05}},
                 "num_samples": args.samples,
-                "scheduler": {"type": "asha", "reduction_factor": 3},
+                # Grace period: the warm-up (1) + 1 epoch; rungs at 2 and 8 of 12 epochs.
+                "scheduler": {"type": "asha", "reduction_factor": args.reduction_factor},
                 "max_concurrent": 2,
             },
         )
