@@ -1,8 +1,10 @@
-"""The README's promise: two Quick start commands, the test one run verbatim by CI, the main
-one pointing at a spec that validates."""
+"""The README's promise: two Quick start commands, both run verbatim by CI in a fresh
+virtual environment, the main one pointing at a spec that validates."""
 
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,10 +22,35 @@ def test_quickstart_has_exactly_two_commands() -> None:
     assert len(quickstart_commands()) == 2
 
 
-def test_ci_runs_the_readme_test_command_verbatim() -> None:
-    test_cmd = quickstart_commands()[1]
+def test_ci_runs_both_readme_commands_verbatim_in_a_fresh_venv() -> None:
+    # .ci/run executes, line by line, what .ci/readme_commands.py prints: that must be the
+    # README's two commands exactly as a newcomer reads them.
+    printed = subprocess.run(
+        [sys.executable, str(ROOT / ".ci" / "readme_commands.py")], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert printed == [c.strip() for c in quickstart_commands()]
+    test_cmd = printed[1]
     assert "pytest" in test_cmd and "pip install" in test_cmd
-    assert test_cmd in (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "-m venv" in ci and ". \"$work/venv/bin/activate\"" in ci
+    assert "readme_commands.py" in ci and 'bash -euo pipefail -c "$cmd"' in ci
+    assert "ruff check ." in ci and "ruff format --check ." in ci
+
+
+def test_readme_commands_refuses_a_readme_without_quickstart(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_commands", ROOT / ".ci" / "readme_commands.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.quickstart_commands("## Quick start\n```bash\n# c\na && b\n```\n## Next\n") == ["a && b"]
+    try:
+        module.quickstart_commands("# s2ap\nno section\n")
+    except ValueError as exc:
+        assert "Quick start" in str(exc)
+    else:
+        raise AssertionError("a README without Quick start was accepted")
 
 
 def test_main_command_installs_and_runs_a_valid_spec() -> None:

@@ -4,17 +4,23 @@ The server is the real app under uvicorn on a loopback port with a real SQLite s
 with a fake runner: fuzzing generates *valid* specs too (``{"base": {}}`` is one, with 100
 pretraining epochs), and the HTTP layer's robustness must not cost real trainings. The
 Ray-backed path is covered by ``test_service.py``.
+
+The cases come from schemathesis' strategies driven by hypothesis directly (one pytest test
+per API operation), not from schemathesis' pytest plugin: the plugin reaches into pytest
+internals that pytest releases change (pytest 9.2 broke it), while ``as_strategy`` is its
+stable, documented API.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 from service import Settings, create_app  # noqa: E402
 from service.testing import FakeRunner, ThreadedServer  # noqa: E402
@@ -22,46 +28,67 @@ from service.testing import FakeRunner, ThreadedServer  # noqa: E402
 TOKEN = "fuzz-token"
 
 
+def _app(data_dir: Path) -> Any:
+    return create_app(Settings(api_token=TOKEN, data_dir=data_dir, max_body_bytes=64 * 1024), runner=FakeRunner())
+
+
+def _schema_document() -> dict[str, Any]:
+    """The app's OpenAPI document, read without starting a server (collection time)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return _app(Path(tmp)).openapi()
+
+
+SCHEMA = schemathesis.openapi.from_dict(_schema_document())
+OPERATIONS = {op.ok().label: op.ok() for op in SCHEMA.get_all_operations()}
+
+
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
-    data_dir = tmp_path_factory.mktemp("fuzz-data")
-    app = create_app(Settings(api_token=TOKEN, data_dir=data_dir, max_body_bytes=64 * 1024), runner=FakeRunner())
-    with ThreadedServer(app) as srv:
+    with ThreadedServer(_app(tmp_path_factory.mktemp("fuzz-data"))) as srv:
         yield srv
 
 
-@pytest.fixture(scope="module")
-def api_schema(live_server: ThreadedServer) -> object:
-    return schemathesis.openapi.from_url(f"{live_server.url}/openapi.json")
-
-
-schema = schemathesis.pytest.from_fixture("api_schema")
-
-
-def content_type(response: schemathesis.Response) -> str:
+def content_type(response: Any) -> str:
     values = response.headers.get("content-type") or [""]
     return values[0] if isinstance(values, list) else str(values)
 
 
-@schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-def test_no_request_gets_a_server_error(case: schemathesis.Case) -> None:
-    response = case.call(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
-    assert response.status_code < 500, f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text}"
-    if response.status_code >= 400:
-        assert content_type(response).startswith("application/json"), response.text
-        assert set(response.json()["error"]) == {"code", "message", "field"}
+def test_every_operation_is_fuzzed() -> None:
+    paths = {label.split(" ", 1)[1] for label in OPERATIONS}
+    assert {"/healthz", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel"} <= paths
 
 
-@schema.parametrize()
-@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
-def test_without_a_token_only_healthz_answers(case: schemathesis.Case) -> None:
-    response = case.call(headers={"Authorization": "Bearer wrong"}, timeout=60)
-    if case.path == "/healthz":
-        assert response.status_code in (200, 405)  # 405: schemathesis also tries other methods
-    else:
-        assert response.status_code in (401, 404, 405, 413, 422), response.text  # never 2xx, never 5xx
-        assert response.status_code != 401 or response.json()["error"]["code"] == "unauthorized"
+@pytest.mark.parametrize("label", sorted(OPERATIONS))
+def test_no_request_gets_a_server_error(label: str, live_server: ThreadedServer) -> None:
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(case=OPERATIONS[label].as_strategy())
+    def check(case: Any) -> None:
+        response = case.call(base_url=live_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        assert response.status_code < 500, (
+            f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text}"
+        )
+        if response.status_code >= 400:
+            assert content_type(response).startswith("application/json"), response.text
+            assert set(response.json()["error"]) == {"code", "message", "field"}
+
+    check()
+
+
+@pytest.mark.parametrize("label", sorted(OPERATIONS))
+def test_without_a_token_only_healthz_answers(label: str, live_server: ThreadedServer) -> None:
+    @settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(case=OPERATIONS[label].as_strategy())
+    def check(case: Any) -> None:
+        response = case.call(base_url=live_server.url, headers={"Authorization": "Bearer wrong"}, timeout=60)
+        if case.path == "/healthz":
+            assert response.status_code == 200
+        else:
+            assert response.status_code in (401, 404, 405, 413, 422), response.text  # never 2xx, never 5xx
+            assert response.status_code != 401 or response.json()["error"]["code"] == "unauthorized"
+
+    check()
 
 
 def test_the_fuzzed_server_left_a_consistent_store(live_server: ThreadedServer, tmp_path: Path) -> None:
