@@ -22,7 +22,11 @@ def quickstart_commands(text: str) -> list[str]:
     block = re.search(r"```bash\n(.*?)```", section, re.S)
     if block is None:
         raise ValueError("the Quick start section has no bash block")
-    return [line.strip() for line in block.group(1).splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        line.strip()
+        for line in block.group(1).splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 if __name__ == "__main__":

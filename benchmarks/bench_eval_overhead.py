@@ -53,7 +53,9 @@ def main() -> None:
 
     splits = load_splits(DataConfig(name="digits", image_size=args.image_size, test_limit=args.points), 0)
     i = splits.info
-    model = build_model(args.model, i.num_classes, i.in_channels, args.image_size, i.mean, i.std, masked=False)
+    model = build_model(
+        args.model, i.num_classes, i.in_channels, args.image_size, i.mean, i.std, masked=False
+    )
     loader = torch.utils.data.DataLoader(splits.test, batch_size=args.batch)
     batches = list(loader)  # the same tensors for both
     eps, alpha, steps = 8 / 255, 2 / 255, 50
@@ -72,8 +74,10 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
             last = acc
     project, plain = statistics.median(times["project"]), statistics.median(times["plain"])
-    print(f"PGD-50 evaluation, model {args.model}, {args.points} digits points at {args.image_size}px, "
-          f"{args.rounds} rounds (median); last accuracy {last:.3f}")
+    print(
+        f"PGD-50 evaluation, model {args.model}, {args.points} digits points at {args.image_size}px, "
+        f"{args.rounds} rounds (median); last accuracy {last:.3f}"
+    )
     print(f"project  {project:7.3f} s")
     print(f"plain    {plain:7.3f} s")
     print(f"ratio project/plain = {project / plain:.3f}x (target <= 1.05x)")

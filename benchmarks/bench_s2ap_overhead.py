@@ -41,11 +41,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    cfg = from_dict({
-        "data": {"name": args.data, "image_size": args.image_size, "batch_size": args.batch},
-        "model": {"name": args.model},
-        "prune": {"method": "hydra", "sparsity": 0.9},
-    })
+    cfg = from_dict(
+        {
+            "data": {"name": args.data, "image_size": args.image_size, "batch_size": args.batch},
+            "model": {"name": args.model},
+            "prune": {"method": "hydra", "sparsity": 0.9},
+        }
+    )
     splits = load_splits(cfg.data, 0)
     i = splits.info
     base = build_model(args.model, i.num_classes, i.in_channels, args.image_size, i.mean, i.std).to(device)
@@ -82,13 +84,19 @@ def main() -> None:
             if it >= 3:  # warm-up iterations
                 times.append(time.perf_counter() - t0)
     med = {name: statistics.mean(sorted(r[3])[: max(1, len(r[3]) * 3 // 4)]) for name, r in runs.items()}
-    print(f"device {device}, model {args.model}, {args.data} {args.image_size}px, batch {args.batch}, "
-          f"TRADES PGD-10, gamma {args.gamma}, {args.iters} iterations each (mean of fastest 75%)")
+    print(
+        f"device {device}, model {args.model}, {args.data} {args.image_size}px, batch {args.batch}, "
+        f"TRADES PGD-10, gamma {args.gamma}, {args.iters} iterations each (mean of fastest 75%)"
+    )
     for name in runs:
         frac = sum(runs[name][4]) / len(runs[name][4])
-        print(f"{name:12s} {med[name] * 1000:8.1f} ms/iter  ratio {med[name] / med['orig']:.3f}x  "
-              f"second pass run on {frac:.0%} of iterations")
-    print("target <= 1.12x for s2ap; the paper measured 1.06-1.18x (mean 1.15x) with the second pass always run")
+        print(
+            f"{name:12s} {med[name] * 1000:8.1f} ms/iter  ratio {med[name] / med['orig']:.3f}x  "
+            f"second pass run on {frac:.0%} of iterations"
+        )
+    print(
+        "target <= 1.12x for s2ap; the paper measured 1.06-1.18x (mean 1.15x) with the second pass always run"
+    )
 
 
 if __name__ == "__main__":

@@ -72,8 +72,9 @@ async def drive(url: str, token: str, job_id: str, clients: int, seconds: float)
 
     async def client(i: int) -> None:
         nonlocal errors
-        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"},
-                                     timeout=30) as c:
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as c:
             n = i
             while time.perf_counter() < stop_at:
                 key, path = ("GET /jobs", "/jobs") if n % 2 == 0 else ("GET /jobs/{id}", f"/jobs/{job_id}")
@@ -106,8 +107,9 @@ def schedstat(pid: int) -> tuple[float, float]:
     return cpu, wait
 
 
-def summarize(lat: dict[str, list[float]], seconds: float, cpu: float = float("nan"),
-              wait: float = float("nan")) -> dict[str, float]:
+def summarize(
+    lat: dict[str, list[float]], seconds: float, cpu: float = float("nan"), wait: float = float("nan")
+) -> dict[str, float]:
     every = [v for values in lat.values() for v in values]
     return {
         "cpu ms/req": cpu / len(every) * 1000,
@@ -122,14 +124,26 @@ def summarize(lat: dict[str, list[float]], seconds: float, cpu: float = float("n
 
 
 def print_table(rows: list[tuple[str, int, dict[str, float]]]) -> None:
-    head = ["phase", "clients", "req/s", "p50", "p99", "max", "p99 /jobs", "p99 /jobs/{id}", "cpu ms/req",
-            "runq wait %"]
+    head = [
+        "phase",
+        "clients",
+        "req/s",
+        "p50",
+        "p99",
+        "max",
+        "p99 /jobs",
+        "p99 /jobs/{id}",
+        "cpu ms/req",
+        "runq wait %",
+    ]
     print("\n" + "  ".join(f"{h:>14}" for h in head))
     for phase, clients, m in rows:
         cells = [phase, str(clients)] + [f"{m[k]:.1f}" if k != "req/s" else f"{m[k]:.0f}" for k in head[2:]]
         print("  ".join(f"{c:>14}" for c in cells))
-    print("latencies in ms; cpu ms/req and runq wait % are the service process's own (runq wait: share "
-          "of the wall time its threads waited for a CPU)")
+    print(
+        "latencies in ms; cpu ms/req and runq wait % are the service process's own (runq wait: share "
+        "of the wall time its threads waited for a CPU)"
+    )
 
 
 def wait_running(c: httpx.Client, job_id: str, timeout_s: float = 300) -> str:
@@ -142,8 +156,9 @@ def wait_running(c: httpx.Client, job_id: str, timeout_s: float = 300) -> str:
     raise SystemExit(f"job {job_id} did not start in {timeout_s:.0f}s")
 
 
-def measure(url: str, token: str, job_id: str, clients: list[int], seconds: float,
-            phase: str, pid: int | None = None) -> list[tuple[str, int, dict[str, float]]]:
+def measure(
+    url: str, token: str, job_id: str, clients: list[int], seconds: float, phase: str, pid: int | None = None
+) -> list[tuple[str, int, dict[str, float]]]:
     rows = []
     for n in clients:
         before = schedstat(pid) if pid else (float("nan"), float("nan"))
@@ -198,12 +213,16 @@ def main() -> None:
                 rows += measure(svc.url, TOKEN, job_id, clients, args.seconds, "search running", pid)
                 job = c.get(f"/jobs/{job_id}").json()
                 print_table(rows)
-                print(f"\njob status at the end: {job['status']}, trials done {job['trials']['done']}/"
-                      f"{job['trials']['total']}; load average after: "
-                      f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+                print(
+                    f"\njob status at the end: {job['status']}, trials done {job['trials']['done']}/"
+                    f"{job['trials']['total']}; load average after: "
+                    f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+                )
                 worst = max(m["p99"] for phase, _, m in rows if phase == "search running")
-                print(f"worst p99 while the search runs: {worst:.1f} ms "
-                      f"({'within' if worst < 50 else 'OVER'} the 50 ms target)")
+                print(
+                    f"worst p99 while the search runs: {worst:.1f} ms "
+                    f"({'within' if worst < 50 else 'OVER'} the 50 ms target)"
+                )
                 if job["status"] in ("queued", "running"):
                     c.post(f"/jobs/{job_id}/cancel")
         finally:

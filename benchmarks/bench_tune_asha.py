@@ -76,8 +76,11 @@ def main() -> None:
             search(
                 root,
                 "to_the_end",
-                {"grid": {"s2ap.gamma": [r["s2ap.gamma"] for r in stopped]}, "scheduler": {"type": "fifo"},
-                 "max_concurrent": 2},
+                {
+                    "grid": {"s2ap.gamma": [r["s2ap.gamma"] for r in stopped]},
+                    "scheduler": {"type": "fifo"},
+                    "max_concurrent": 2,
+                },
             )
             if stopped
             else []
@@ -95,7 +98,9 @@ def main() -> None:
     best_asha = max(r["robust_acc"] for r in finished)
     best_full = max(r["robust_acc"] for r in full)
     errors = [r for r in asha + rerun if r["status"] == "error"]
-    print(f"trials: {len(asha)} ({len(finished)} finished, {len(stopped)} stopped by ASHA, {len(errors)} errored)")
+    print(
+        f"trials: {len(asha)} ({len(finished)} finished, {len(stopped)} stopped by ASHA, {len(errors)} errored)"
+    )
     print(f"ASHA search wall {asha_s:.0f} s; re-running the stopped trials to the end took {full_s:.0f} s")
     print(f"trial-epochs used by ASHA: {used} of {total} = {used / total:.1%}")
     print(

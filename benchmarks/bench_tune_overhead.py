@@ -78,8 +78,13 @@ def tune_trials(root: Path, name: str, trials: int, workers: int, concurrent: in
         nodes=None,
     )
     start = time.perf_counter()
-    ray.init(address="local", num_cpus=max(2, workers * concurrent + 1), runtime_env=runtime_env(),
-             log_to_driver=False, logging_level=logging.WARNING)
+    ray.init(
+        address="local",
+        num_cpus=max(2, workers * concurrent + 1),
+        runtime_env=runtime_env(),
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
     ray_up = time.perf_counter() - start
     try:
         search_start = time.perf_counter()
@@ -109,7 +114,11 @@ def main() -> None:
     print(f"direct run_experiment (in-process):            {base:6.2f} s")
     results = {}
     try:
-        for label, workers, conc in (("1 worker", 1, 1), ("2 DDP workers", 2, 1), ("1 worker, 2 at a time", 1, 2)):
+        for label, workers, conc in (
+            ("1 worker", 1, 1),
+            ("2 DDP workers", 2, 1),
+            ("1 worker, 2 at a time", 1, 2),
+        ):
             r = tune_trials(root, label.replace(" ", "_").replace(",", ""), args.trials, workers, conc)
             results[label] = r
             print(
@@ -125,8 +134,10 @@ def main() -> None:
         fixed = r["trial_s"] - base
         print(f"{label:<24} fixed {fixed:6.2f} s per trial, ratio trial / direct {r['trial_s'] / base:5.2f}x")
     hidden = results["1 worker, 2 at a time"]["wall_per_trial_s"]
-    print(f"with 2 trials at a time the search spends {hidden:.2f} s of wall time per trial "
-          f"({hidden - base:+.2f} s over the direct run)")
+    print(
+        f"with 2 trials at a time the search spends {hidden:.2f} s of wall time per trial "
+        f"({hidden - base:+.2f} s over the direct run)"
+    )
 
 
 if __name__ == "__main__":

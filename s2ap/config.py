@@ -304,8 +304,7 @@ def build(cls: type[T], data: Any, path: str = "") -> T:
             where = f"{path}.{key}" if path else str(key)
             raise ConfigError(where, f"unknown key; allowed: {', '.join(sorted(known))}")
     kwargs = {
-        key: _coerce(value, hints[key], f"{path}.{key}" if path else key)
-        for key, value in data.items()
+        key: _coerce(value, hints[key], f"{path}.{key}" if path else key) for key, value in data.items()
     }
     return cls(**kwargs)  # type: ignore[call-arg]
 
@@ -365,17 +364,29 @@ def _validate_methods(cfg: ExperimentConfig) -> None:
     """Ranges of the method sections (whether a method accepts them is its check_config)."""
     p, h, a = cfg.prune, cfg.harp, cfg.adasap
     if p.flops_reduction is not None:
-        _check(p.flops_reduction > 1, "prune.flops_reduction", f"must be > 1 (a reduction factor), got {p.flops_reduction}")
-    _check(0 < h.min_rate_fraction < 1, "harp.min_rate_fraction", f"must be in (0, 1), got {h.min_rate_fraction}")
+        _check(
+            p.flops_reduction > 1,
+            "prune.flops_reduction",
+            f"must be > 1 (a reduction factor), got {p.flops_reduction}",
+        )
+    _check(
+        0 < h.min_rate_fraction < 1, "harp.min_rate_fraction", f"must be in (0, 1), got {h.min_rate_fraction}"
+    )
     for i, r in enumerate(h.init_rates):
         _check(0 < r <= 1, f"harp.init_rates[{i}]", f"must be a keep-rate in (0, 1], got {r}")
     _check(h.penalty_init > 0, "harp.penalty_init", f"must be > 0, got {h.penalty_init}")
     _check(h.penalty_growth >= 1, "harp.penalty_growth", f"must be >= 1, got {h.penalty_growth}")
     _check(a.rho_min >= 0, "adasap.rho_min", f"must be >= 0, got {a.rho_min}")
-    _check(a.rho_max >= a.rho_min, "adasap.rho_max", f"must be >= adasap.rho_min ({a.rho_min}), got {a.rho_max}")
+    _check(
+        a.rho_max >= a.rho_min, "adasap.rho_max", f"must be >= adasap.rho_min ({a.rho_min}), got {a.rho_max}"
+    )
     _check(a.finetune_rho >= 0, "adasap.finetune_rho", f"must be >= 0, got {a.finetune_rho}")
     _check(a.eta >= 0, "adasap.eta", f"must be >= 0, got {a.eta}")
-    _check(a.warmup_epochs >= 1, "adasap.warmup_epochs", f"must be >= 1 (the warm-up primes the network), got {a.warmup_epochs}")
+    _check(
+        a.warmup_epochs >= 1,
+        "adasap.warmup_epochs",
+        f"must be >= 1 (the warm-up primes the network), got {a.warmup_epochs}",
+    )
 
 
 def _check_registered(cfg: ExperimentConfig) -> None:
@@ -420,9 +431,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def apply_overrides(
-    cfg: ExperimentConfig, overrides: Mapping[str, Any] | Iterable[str]
-) -> ExperimentConfig:
+def apply_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any] | Iterable[str]) -> ExperimentConfig:
     """Return a new config with dotted keys replaced, validated like the YAML."""
     items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
     data = cfg.to_dict()

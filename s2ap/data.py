@@ -94,8 +94,10 @@ class TensorImageDataset(Dataset):
 
     def __init__(self, images: Tensor, labels: Tensor, classes: Sequence[str], scale: float) -> None:
         if images.ndim != 4 or images.shape[0] != labels.shape[0]:
-            raise ValueError(f"expected N x C x H x W images and N labels, got {tuple(images.shape)} "
-                             f"and {tuple(labels.shape)}")
+            raise ValueError(
+                f"expected N x C x H x W images and N labels, got {tuple(images.shape)} "
+                f"and {tuple(labels.shape)}"
+            )
         self.images = images
         self.targets = labels.to(torch.int64)
         self.classes = list(classes)
@@ -134,8 +136,9 @@ class Resized(Dataset):
         return len(self.base)  # type: ignore[arg-type]
 
     def _resize(self, batch: Tensor) -> Tensor:
-        out = F.interpolate(batch, size=(self.size, self.size), mode="bilinear",
-                            align_corners=False, antialias=True)
+        out = F.interpolate(
+            batch, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
+        )
         return out.clamp_(0.0, 1.0)  # guard against float round-off past the [0, 1] contract
 
     def __getitem__(self, index: int) -> Item:
@@ -157,8 +160,11 @@ class Resized(Dataset):
 
 
 def _missing(path: Path, expected: str, downloadable: bool) -> ConfigError:
-    hint = ("set data.download: true to fetch it, or point data.root at a folder that has them"
-            if downloadable else "point data.root at a folder that has them")
+    hint = (
+        "set data.download: true to fetch it, or point data.root at a folder that has them"
+        if downloadable
+        else "point data.root at a folder that has them"
+    )
     return ConfigError("data.root", f"no data set found at {path}: expected {expected}; {hint}")
 
 
@@ -236,8 +242,11 @@ def _read_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
         images = torch.from_numpy(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32).copy())
         targets = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise ConfigError("data.root", f"{path} is not a readable CIFAR-10 batch ({exc}); "
-                                       "delete it and set data.download: true to fetch it again") from None
+        raise ConfigError(
+            "data.root",
+            f"{path} is not a readable CIFAR-10 batch ({exc}); "
+            "delete it and set data.download: true to fetch it again",
+        ) from None
     if images.shape[0] != targets.shape[0]:
         raise ConfigError("data.root", f"{path} has {images.shape[0]} images but {targets.shape[0]} labels")
     return images, targets
@@ -284,11 +293,16 @@ def _read_svhn(path: Path) -> tuple[Tensor, Tensor]:
         mat = loadmat(str(path), variable_names=["X", "y"])
         x, y = np.asarray(mat["X"]), np.asarray(mat["y"], dtype=np.int64).reshape(-1)
     except (OSError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
-        raise ConfigError("data.root", f"{path} is not a readable SVHN .mat file ({exc}); "
-                                       "delete it and set data.download: true to fetch it again") from None
+        raise ConfigError(
+            "data.root",
+            f"{path} is not a readable SVHN .mat file ({exc}); "
+            "delete it and set data.download: true to fetch it again",
+        ) from None
     if x.ndim != 4 or x.shape[2] != 3 or x.shape[3] != y.shape[0]:
-        raise ConfigError("data.root", f"{path}: expected X of shape 32 x 32 x 3 x N and N labels, "
-                                       f"got {x.shape} and {y.shape[0]}")
+        raise ConfigError(
+            "data.root",
+            f"{path}: expected X of shape 32 x 32 x 3 x N and N labels, got {x.shape} and {y.shape[0]}",
+        )
     images = torch.from_numpy(np.ascontiguousarray(x.astype(np.uint8).transpose(3, 2, 0, 1)))
     y = np.where(y == 10, 0, y)
     return images, torch.from_numpy(y)
@@ -338,11 +352,13 @@ def load_imagenet(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     """
     root = Path(cfg.root).expanduser()
     size = cfg.image_size or 224
-    transform = transforms.Compose([
-        transforms.Resize(round(size / 0.875), antialias=True),
-        transforms.CenterCrop(size),
-        transforms.ToTensor(),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.Resize(round(size / 0.875), antialias=True),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+        ]
+    )
     expected = "train/ and val/ class folders (train/<class>/*.JPEG, val/<class>/*.JPEG)"
     if not (root / "train").is_dir() or not (root / "val").is_dir():
         raise _missing(root, expected, downloadable=False)
@@ -427,14 +443,24 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     channels, height, width = (int(s) for s in x0.shape)
     mean, std = _PUBLISHED_STATS.get(cfg.name) or _channel_stats(full_train)
     size = cfg.image_size or height
-    info = DataInfo(num_classes=_classes(full_train), in_channels=channels, image_size=size,
-                    mean=tuple(mean), std=tuple(std))
+    info = DataInfo(
+        num_classes=_classes(full_train),
+        in_channels=channels,
+        image_size=size,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
     if (height, width) != (size, size):
         full_train, test = Resized(full_train, size), Resized(test, size)
-    splits = Splits(train=Subset(full_train, train_idx), val=Subset(full_train, val_idx),
-                    test=Subset(test, test_idx), info=info)
-    log.info("data %s: %d train, %d val, %d test, %s", cfg.name, len(train_idx), len(val_idx),
-             len(test_idx), info)
+    splits = Splits(
+        train=Subset(full_train, train_idx),
+        val=Subset(full_train, val_idx),
+        test=Subset(test, test_idx),
+        info=info,
+    )
+    log.info(
+        "data %s: %d train, %d val, %d test, %s", cfg.name, len(train_idx), len(val_idx), len(test_idx), info
+    )
     return splits
 
 

@@ -225,7 +225,9 @@ def _fit_targets(adversary: object, n_classes: int) -> None:
     for name in ("apgd_targeted", "fab"):
         attack = getattr(adversary, name)
         if attack.n_target_classes > targets:
-            logger.info("AutoAttack: %s uses %d target classes (model has %d classes)", name, targets, n_classes)
+            logger.info(
+                "AutoAttack: %s uses %d target classes (model has %d classes)", name, targets, n_classes
+            )
             attack.n_target_classes = targets
     run = adversary.attacks_to_run  # type: ignore[attr-defined]
     if n_classes < 4 and "apgd-t" in run:
@@ -308,7 +310,9 @@ def check_gradient_masking(
     """
     reasons = []
     if pgd_acc is not None and aa_acc is not None and aa_acc > pgd_acc + tolerance:
-        reasons.append(f"AutoAttack accuracy {aa_acc:.4f} exceeds PGD accuracy {pgd_acc:.4f} on the same points")
+        reasons.append(
+            f"AutoAttack accuracy {aa_acc:.4f} exceeds PGD accuracy {pgd_acc:.4f} on the same points"
+        )
     if clean_acc is not None and pgd_acc is not None and pgd_acc > clean_acc + tolerance:
         reasons.append(f"PGD accuracy {pgd_acc:.4f} exceeds clean accuracy {clean_acc:.4f}")
     if zero_grad_fraction is not None and zero_grad_fraction > max_zero_grad_fraction:
@@ -364,7 +368,9 @@ def corruption_accuracy(
         for path in files:
             images = np.load(path, mmap_mode="r")
             if images.shape[0] != labels.shape[0] or images.ndim != 4:
-                logger.warning("skipping %s: shape %s does not match labels %s", path.name, images.shape, labels.shape)
+                logger.warning(
+                    "skipping %s: shape %s does not match labels %s", path.name, images.shape, labels.shape
+                )
                 continue
             correct = torch.zeros((), dtype=torch.long, device=device)
             for lo in range(start, stop, batch_size):
@@ -412,13 +418,17 @@ def evaluate(
         loss="ce",
     )
     if cfg.autoattack:
-        collect: int | None = None if cfg.autoattack_n is None else max(cfg.autoattack_n, GRADIENT_CHECK_POINTS)
+        collect: int | None = (
+            None if cfg.autoattack_n is None else max(cfg.autoattack_n, GRADIENT_CHECK_POINTS)
+        )
     else:
         collect = GRADIENT_CHECK_POINTS
     clean_flags, pgd_flags, xs, ys = _pgd_pass(model, test_loader, attack, device, collect)
     clean_acc = float(clean_flags.float().mean())
     pgd_acc = float(pgd_flags.float().mean())
-    logger.info("clean accuracy %.4f, %s accuracy %.4f (%d points)", clean_acc, attack, pgd_acc, len(pgd_flags))
+    logger.info(
+        "clean accuracy %.4f, %s accuracy %.4f (%d points)", clean_acc, attack, pgd_acc, len(pgd_flags)
+    )
 
     aa_acc: float | None = None
     pgd_on_aa_points: float | None = None
@@ -431,7 +441,9 @@ def evaluate(
         )
         aa_acc = float(robust.float().mean())
         pgd_on_aa_points = float(pgd_flags[:n].float().mean())
-        logger.info("AutoAttack accuracy %.4f on %d points (PGD %.4f on the same)", aa_acc, n, pgd_on_aa_points)
+        logger.info(
+            "AutoAttack accuracy %.4f on %d points (PGD %.4f on the same)", aa_acc, n, pgd_on_aa_points
+        )
 
     check_n = min(GRADIENT_CHECK_POINTS, xs.shape[0])
     zero_frac = zero_gradient_fraction(model, xs[:check_n], ys[:check_n], device)

@@ -49,7 +49,9 @@ def hamming(m0: Mapping[str, Tensor], mt: Mapping[str, Tensor]) -> float:
     for name, a in m0.items():
         b = mt[name]
         if a.shape != b.shape:
-            raise ValueError(f"hamming: layer {name!r} has shape {tuple(a.shape)} in m0 but {tuple(b.shape)} in mt")
+            raise ValueError(
+                f"hamming: layer {name!r} has shape {tuple(a.shape)} in m0 but {tuple(b.shape)} in mt"
+            )
         differing += int(torch.count_nonzero((a != 0) ^ (b.to(a.device) != 0)))
         total += a.numel()
     if total == 0:
@@ -88,8 +90,7 @@ def power_iteration(
         raise ValueError("power_iteration: no tensors to iterate over")
     gen_device = generator.device if generator is not None else torch.device("cpu")
     v = [
-        torch.randn(t.shape, generator=generator, device=gen_device, dtype=t.dtype).to(t.device)
-        for t in like
+        torch.randn(t.shape, generator=generator, device=gen_device, dtype=t.dtype).to(t.device) for t in like
     ]
     norm = _norm(v)
     v = [x / norm for x in v]
@@ -227,7 +228,12 @@ def loss_difference(
         if random_start:
             gen_device = generator.device if generator is not None else torch.device("cpu")
             nu = [
-                (torch.rand(w.shape, generator=generator, device=gen_device, dtype=w.dtype).to(w.device) * 2 - 1) * w
+                (
+                    torch.rand(w.shape, generator=generator, device=gen_device, dtype=w.dtype).to(w.device)
+                    * 2
+                    - 1
+                )
+                * w
                 for w in width
             ]
             f_cur, grad = evaluate(nu)

@@ -80,9 +80,7 @@ class TradesObjective(Objective):
 
 def trades_loss(clean_logits: Tensor, adv_logits: Tensor, y: Tensor, beta: float) -> Tensor:
     natural = F.cross_entropy(clean_logits, y)
-    robust = F.kl_div(
-        F.log_softmax(adv_logits, dim=1), F.softmax(clean_logits, dim=1), reduction="batchmean"
-    )
+    robust = F.kl_div(F.log_softmax(adv_logits, dim=1), F.softmax(clean_logits, dim=1), reduction="batchmean")
     return natural + beta * robust
 
 

@@ -503,18 +503,32 @@ class Pipeline:
         if n:
             out = evaluate(self.model, loader, eval_cfg, self.cfg.attack, self.device)
         else:  # a rank with no test points in a tiny distributed evaluation
-            out = {"clean_acc": 0.0, "pgd_acc": 0.0, "aa_acc": 0.0 if autoattack else None,
-                   "robust_acc": 0.0, "gradient_masking": False, "corruption_acc": None}
+            out = {
+                "clean_acc": 0.0,
+                "pgd_acc": 0.0,
+                "aa_acc": 0.0 if autoattack else None,
+                "robust_acc": 0.0,
+                "gradient_masking": False,
+                "corruption_acc": None,
+            }
         if self.dist.world > 1:
             # Weight each rank's accuracies by the points they were measured on.
             n_aa = min(n, eval_cfg.autoattack_n or n)
             keys = ["clean_acc", "pgd_acc", "aa_acc", "corruption_acc"]
             weights = [n, n, n_aa, n]
-            vals = [float(out[k]) * w if out.get(k) is not None else 0.0 for k, w in zip(keys, weights, strict=True)]
+            vals = [
+                float(out[k]) * w if out.get(k) is not None else 0.0
+                for k, w in zip(keys, weights, strict=True)
+            ]
             summed = self.dist.all_reduce_sum(
                 vals + [n, n_aa, float(bool(out.get("gradient_masking")))], self.device
             )
-            totals = {"clean_acc": summed[4], "pgd_acc": summed[4], "aa_acc": summed[5], "corruption_acc": summed[4]}
+            totals = {
+                "clean_acc": summed[4],
+                "pgd_acc": summed[4],
+                "aa_acc": summed[5],
+                "corruption_acc": summed[4],
+            }
             for k, v in zip(keys, summed, strict=False):
                 if out.get(k) is not None:
                     out[k] = v / max(totals[k], 1)

@@ -127,7 +127,11 @@ def _prepare(df: pd.DataFrame, epochs: pd.DataFrame | None) -> pd.DataFrame:
     df["s2ap"] = df["s2ap"].fillna(False).astype(bool)
     df["method"] = df.apply(_method_label, axis=1)
     df["sparsity"] = df["sparsity"].astype(float).round(6)
-    acc_cols = [c for c in ("clean_acc", "robust_acc", "pgd_acc", "aa_acc", "mask_clean_acc", "mask_robust_acc") if c in df]
+    acc_cols = [
+        c
+        for c in ("clean_acc", "robust_acc", "pgd_acc", "aa_acc", "mask_clean_acc", "mask_robust_acc")
+        if c in df
+    ]
     for col in acc_cols:
         df[col] = df[col].astype(float)
     # Results are fractions; a table already in percent (values above 1) is left as is.
@@ -270,7 +274,7 @@ def table1(df: pd.DataFrame) -> str:
         "Accuracies in %: clean / robust, mean over seeds; ± is the sample std (ddof=1) of the robust "
         "accuracy over seeds (absent with one seed); n = number of seeds. Δ = (clean − robust)_Orig. − "
         "(clean − robust)_S2AP from the means: positive when S2AP narrows the gap. "
-        "\"k/n pre-S2AP masks\": runs whose returned mask was chosen before S2AP began (warm-up). "
+        '"k/n pre-S2AP masks": runs whose returned mask was chosen before S2AP began (warm-up). '
         "[γ=…]: the gamma with the best mean robust accuracy, when several were run. – : no runs."
     )
     return "# Table 1: clean / robust accuracy\n\n" + _markdown(header, rows) + "\n\n" + notes + "\n"
@@ -280,7 +284,9 @@ def table5(df: pd.DataFrame) -> str | None:
     """Markdown like the paper's Table 5 (Table 10 with clean): the raw mask before finetuning."""
     if "mask_robust_acc" not in df.columns or df["mask_robust_acc"].isna().all():
         return None
-    clean_col = "mask_clean_acc" if "mask_clean_acc" in df.columns and df["mask_clean_acc"].notna().any() else None
+    clean_col = (
+        "mask_clean_acc" if "mask_clean_acc" in df.columns and df["mask_clean_acc"].notna().any() else None
+    )
     row_keys, methods, cells = _cells(df, clean_col, "mask_robust_acc")
     header = ["Network", "Dataset", "Sparsity"]
     for m in methods:
@@ -411,7 +417,9 @@ def plot_gamma(df: pd.DataFrame, path: Path) -> str | None:
     s2ap = df[df["s2ap"] & df["gamma"].notna() & (df["gamma"] > 0) & df["robust_acc"].notna()]
     if s2ap.empty:
         return "no S2AP run with a positive gamma and a robust accuracy"
-    keys = sorted({tuple(k) for k in s2ap[PANEL_KEY].itertuples(index=False)}, key=lambda k: tuple(map(str, k)))
+    keys = sorted(
+        {tuple(k) for k in s2ap[PANEL_KEY].itertuples(index=False)}, key=lambda k: tuple(map(str, k))
+    )
     fig, axes = _panels(len(keys))
     for ax, key in zip(axes, keys, strict=True):
         match = np.logical_and.reduce([df[c] == v for c, v in zip(PANEL_KEY, key, strict=True)])
@@ -441,7 +449,9 @@ def plot_loss_diff(df: pd.DataFrame, path: Path) -> str | None:
         for label, flag in (("Orig.", False), ("S2AP", True)):
             values: dict[float, list[float]] = {}
             for rhos, diffs in zip(
-                rows.loc[rows["s2ap"] == flag, "loss_diff_rho"], rows.loc[rows["s2ap"] == flag, "loss_diff"], strict=True
+                rows.loc[rows["s2ap"] == flag, "loss_diff_rho"],
+                rows.loc[rows["s2ap"] == flag, "loss_diff"],
+                strict=True,
             ):
                 for rho, d in zip(rhos, diffs, strict=False):
                     values.setdefault(round(rho, 12), []).append(d)
@@ -540,7 +550,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m s2ap.report",
         description="Paper-style tables (Table 1, Table 5) and figures from run/trial Parquet tables.",
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="final.parquet, trials.parquet, or a folder with one")
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="final.parquet, trials.parquet, or a folder with one"
+    )
     parser.add_argument("--out", metavar="DIR", help="output folder (default: report/ beside the first PATH)")
     args = parser.parse_args(argv)
     try:

@@ -21,8 +21,14 @@ log = logging.getLogger("s2ap.run")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m s2ap.run", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="experiment YAML")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set prune.sparsity=0.95 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set prune.sparsity=0.95 (repeatable)",
+    )
     parser.add_argument("--out", help="run folder (default: out_dir from the config)")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's state.pt")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")

@@ -74,7 +74,8 @@ class LayerwisePerturbation:
             p.add_(z)
             self.last_norms.append(float(z.norm()))
         self.unchanged = before is not None and all(
-            torch.equal(a, b) for a, b in zip(before, self.fingerprint(), strict=True)  # type: ignore[misc]
+            torch.equal(a, b)
+            for a, b in zip(before, self.fingerprint(), strict=True)  # type: ignore[misc]
         )
 
     @torch.no_grad()

@@ -83,13 +83,13 @@ class ShardedBatches:
         self.seed = seed
 
     def global_batches(self) -> list[np.ndarray]:
-        order = (
-            np.random.default_rng(self.seed).permutation(self.n) if self.shuffle else np.arange(self.n)
-        )
+        order = np.random.default_rng(self.seed).permutation(self.n) if self.shuffle else np.arange(self.n)
         batches = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
         # A batch smaller than the world would leave a rank without data.
-        if batches and (len(batches[-1]) < self.dist.world or (self.drop_last and len(batches) > 1
-                                                               and len(batches[-1]) < self.batch_size)):
+        if batches and (
+            len(batches[-1]) < self.dist.world
+            or (self.drop_last and len(batches) > 1 and len(batches[-1]) < self.batch_size)
+        ):
             batches.pop()
         return batches
 

@@ -18,10 +18,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--local-only", action="store_true",
-                        help="allow running without S2AP_API_TOKEN; binds to 127.0.0.1 only")
-    parser.add_argument("--stop-ray", action="store_true",
-                        help="stop the embedded Ray head recorded in the data directory, then exit")
+    parser.add_argument(
+        "--local-only",
+        action="store_true",
+        help="allow running without S2AP_API_TOKEN; binds to 127.0.0.1 only",
+    )
+    parser.add_argument(
+        "--stop-ray",
+        action="store_true",
+        help="stop the embedded Ray head recorded in the data directory, then exit",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
 
@@ -50,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
 
     host = args.host or "127.0.0.1"
     if settings.local_only and not is_loopback(host):
-        print(f"error: --host {host}: a local-only service binds to loopback only (127.0.0.1)", file=sys.stderr)
+        print(
+            f"error: --host {host}: a local-only service binds to loopback only (127.0.0.1)", file=sys.stderr
+        )
         return 2
     if not 0 < args.port < 65536:
         print(f"error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
@@ -61,8 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     from service.app import create_app
 
     # One process: the poller and the SQLite store assume a single service per data dir.
-    uvicorn.run(create_app(settings), host=host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=30)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=30,
+    )
     return 0
 
 

@@ -58,7 +58,8 @@ class Services:
                 log.warning(
                     "keeping the embedded Ray head (pid %s) for %d unfinished job(s); the next service start "
                     "attaches to it, `python -m service --stop-ray` stops it",
-                    record.pid if record else "?", len(unfinished),
+                    record.pid if record else "?",
+                    len(unfinished),
                 )
             else:
                 self.head.stop()
@@ -93,7 +94,9 @@ def open_services(settings: Settings, runner: Runner | None = None) -> Services:
         owns_runner = runner is None
         if runner is None:
             if settings.embedded_ray:
-                head = EmbeddedRayHead(settings.data_root / "ray", settings.ray_num_cpus, settings.ray_autogroup_nice)
+                head = EmbeddedRayHead(
+                    settings.data_root / "ray", settings.ray_num_cpus, settings.ray_autogroup_nice
+                )
                 ray_runner = RayJobRunner(head.ensure())
                 watchdog = _head_watchdog(head, ray_runner)
                 runner = ray_runner
@@ -101,7 +104,9 @@ def open_services(settings: Settings, runner: Runner | None = None) -> Services:
                 assert settings.ray_address is not None
                 runner = RayJobRunner(settings.ray_address)
         store = JobStore(settings.db_path)
-        manager = JobManager(settings, store, runner, job_python=default_job_python(settings), watchdog=watchdog)
+        manager = JobManager(
+            settings, store, runner, job_python=default_job_python(settings), watchdog=watchdog
+        )
         manager.cleanup_orphans()
         count = manager.reconcile()
         log.info("reconciled %d unfinished job(s) with the cluster", count)

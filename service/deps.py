@@ -49,8 +49,13 @@ async def require_token(
         return
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None:
-        raise ApiError(401, "unauthorized", "missing bearer token: send 'Authorization: Bearer <token>'",
-                       "header.authorization", challenge)
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing bearer token: send 'Authorization: Bearer <token>'",
+            "header.authorization",
+            challenge,
+        )
     expected = (settings.api_token or "").encode()
     if not hmac.compare_digest(credentials.credentials.encode(), expected):
         raise ApiError(401, "unauthorized", "wrong bearer token", "header.authorization", challenge)

@@ -42,9 +42,7 @@ _CURSOR = re.compile(r"^[1-9][0-9]{0,17}$")
 SPEC_FILE = "spec.yaml"
 SUBMIT_GRACE_S = 30.0  # a queued record younger than this may still be in its POST
 RESULTS_DIR = "search"
-LOST_MESSAGE = (
-    "the Ray cluster no longer knows this job (the cluster was restarted); results written before that are kept"
-)
+LOST_MESSAGE = "the Ray cluster no longer knows this job (the cluster was restarted); results written before that are kept"
 
 
 @dataclass(frozen=True)
@@ -82,8 +80,12 @@ class JobManager:
         request_hash = hashlib.sha256(body).hexdigest()
         if idempotency_key is not None:
             if not _KEY.match(idempotency_key):
-                raise ApiError(422, "invalid_request", "Idempotency-Key must be 1-255 visible ASCII characters",
-                               "header.idempotency-key")
+                raise ApiError(
+                    422,
+                    "invalid_request",
+                    "Idempotency-Key must be 1-255 visible ASCII characters",
+                    "header.idempotency-key",
+                )
             earlier = self.store.get_by_key(idempotency_key)
             if earlier is not None:
                 return self._replay(earlier, request_hash)
@@ -144,7 +146,8 @@ class JobManager:
     def _replay(self, earlier: JobRecord, request_hash: str) -> Submitted:
         if earlier.request_hash != request_hash:
             raise ApiError(
-                409, "idempotency_key_reused",
+                409,
+                "idempotency_key_reused",
                 f"this Idempotency-Key was used for job {earlier.id} with a different body; use a new key",
                 "header.idempotency-key",
             )
@@ -168,16 +171,23 @@ class JobManager:
             raise ApiError(404, "job_not_found", f"no job with id {job_id!r}", "path.job_id")
         return job
 
-    def page(self, limit: int | None, cursor: str | None, status: str | None) -> tuple[list[JobRecord], str | None]:
+    def page(
+        self, limit: int | None, cursor: str | None, status: str | None
+    ) -> tuple[list[JobRecord], str | None]:
         size = self.settings.page_size if limit is None else limit
         if size > self.settings.max_page_size:
-            raise ApiError(422, "invalid_request", f"limit must be at most {self.settings.max_page_size}",
-                           "query.limit")
+            raise ApiError(
+                422, "invalid_request", f"limit must be at most {self.settings.max_page_size}", "query.limit"
+            )
         before = None
         if cursor is not None:
             if not _CURSOR.match(cursor):
-                raise ApiError(422, "invalid_request", "cursor must be a next_cursor value from a previous page",
-                               "query.cursor")
+                raise ApiError(
+                    422,
+                    "invalid_request",
+                    "cursor must be a next_cursor value from a previous page",
+                    "query.cursor",
+                )
             before = int(cursor)
         items = self.store.page(size + 1, before, status)
         more = len(items) > size
@@ -192,7 +202,8 @@ class JobManager:
                 return f.read()
         except FileNotFoundError:
             raise ApiError(
-                409, "results_not_ready",
+                409,
+                "results_not_ready",
                 f"job {job_id} is {job.status} and has no {table} table yet: it appears when the first trial ends",
                 "query.table",
             ) from None
@@ -201,8 +212,12 @@ class JobManager:
         job = self.get(job_id)
         count = self.settings.log_tail_lines if lines is None else lines
         if count > self.settings.max_log_tail_lines:
-            raise ApiError(422, "invalid_request", f"lines must be at most {self.settings.max_log_tail_lines}",
-                           "query.lines")
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"lines must be at most {self.settings.max_log_tail_lines}",
+                "query.lines",
+            )
         try:
             return tail(self.runner.logs(job.id), count)
         except ClusterUnavailable as exc:
@@ -304,8 +319,13 @@ class JobManager:
     def _update_progress(self, job: JobRecord, *, allow_terminal: bool = False) -> None:
         progress = read_progress(job.results_dir, config_keys(job.spec), job.results_version)
         if progress is not None:
-            self.store.update(job.id, allow_terminal=allow_terminal, trials=progress.trials, best=progress.best,
-                              results_version=progress.version)
+            self.store.update(
+                job.id,
+                allow_terminal=allow_terminal,
+                trials=progress.trials,
+                best=progress.best,
+                results_version=progress.version,
+            )
 
     def _failure_reason(self, job_id: str, message: str | None) -> str | None:
         try:

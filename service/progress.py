@@ -58,7 +58,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def read_progress(results_dir: str | Path, config_keys: Iterable[str], known: str | None = None) -> Progress | None:
+def read_progress(
+    results_dir: str | Path, config_keys: Iterable[str], known: str | None = None
+) -> Progress | None:
     """Counts and best trial, or None when there is no table yet or it did not change
     since ``known`` (a version this function returned before)."""
     path = Path(results_dir) / TRIALS_FILE

@@ -166,7 +166,9 @@ class EmbeddedRayHead:
                 # a second start usually makes it.
                 if attempt == _START_ATTEMPTS:
                     raise
-                log.warning("the embedded Ray head failed to start (%s); trying again", str(exc).splitlines()[0])
+                log.warning(
+                    "the embedded Ray head failed to start (%s); trying again", str(exc).splitlines()[0]
+                )
         raise AssertionError("unreachable")
 
     def _start(self, timeout_s: float) -> HeadRecord:
@@ -175,14 +177,24 @@ class EmbeddedRayHead:
         temp_dir = tempfile.mkdtemp(prefix="s2ap-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
         ports = {flag: _free_port() for flag in _PORT_FLAGS}
         args = [
-            sys.executable, "-c", "from ray.scripts.scripts import main; main()",
-            "start", "--head", "--block",
-            "--node-ip-address", "127.0.0.1",
-            "--dashboard-host", "127.0.0.1",
-            "--include-dashboard", "true",
-            "--num-cpus", str(self.num_cpus),
-            "--object-store-memory", str(_OBJECT_STORE_BYTES),
-            "--temp-dir", temp_dir,
+            sys.executable,
+            "-c",
+            "from ray.scripts.scripts import main; main()",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--include-dashboard",
+            "true",
+            "--num-cpus",
+            str(self.num_cpus),
+            "--object-store-memory",
+            str(_OBJECT_STORE_BYTES),
+            "--temp-dir",
+            temp_dir,
             "--disable-usage-stats",
         ]
         for flag, port in ports.items():
@@ -197,8 +209,13 @@ class EmbeddedRayHead:
         log.info("starting an embedded Ray head with %d logical CPUs (log: %s)", self.num_cpus, self.log_path)
         with open(self.log_path, "ab") as out:
             self._proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, close_fds=True,
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
             )
         record = HeadRecord(
             pid=self._proc.pid,
@@ -236,15 +253,21 @@ class EmbeddedRayHead:
         ready_since: float | None = None
         while time.monotonic() < deadline:
             if not _alive(record.pid):
-                raise RuntimeError(f"the embedded Ray head exited while starting; see {self.log_path}:\n"
-                                   + _tail(self.log_path))
+                raise RuntimeError(
+                    f"the embedded Ray head exited while starting; see {self.log_path}:\n"
+                    + _tail(self.log_path)
+                )
             try:
                 if ready_since is None:
                     r = httpx.get(f"{record.dashboard_url}/api/gcs_healthz", timeout=2)
                     r.raise_for_status()
                     JobSubmissionClient(record.dashboard_url).list_jobs()
-                    alive = list_nodes(address=record.dashboard_url, filters=[("state", "=", "ALIVE")],
-                                       timeout=10, raise_on_missing_output=False)
+                    alive = list_nodes(
+                        address=record.dashboard_url,
+                        filters=[("state", "=", "ALIVE")],
+                        timeout=10,
+                        raise_on_missing_output=False,
+                    )
                     if alive:
                         ready_since = time.monotonic()
                 elif time.monotonic() - ready_since >= _SETTLE_S:

@@ -160,7 +160,9 @@ class RayJobRunner:
                 try:
                     self._client = JobSubmissionClient(self.address)
                 except Exception as exc:  # ConnectionError, AuthenticationError, ...
-                    raise ClusterUnavailable(f"cannot reach the Ray cluster at {self.address}: {exc}") from exc
+                    raise ClusterUnavailable(
+                        f"cannot reach the Ray cluster at {self.address}: {exc}"
+                    ) from exc
             return self._client
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -172,7 +174,9 @@ class RayJobRunner:
         except Exception as exc:  # connection refused, timeouts, auth
             with self._lock:
                 self._client = None
-            raise ClusterUnavailable(f"{what}: the Ray cluster at {self.address} did not answer ({exc})") from exc
+            raise ClusterUnavailable(
+                f"{what}: the Ray cluster at {self.address} did not answer ({exc})"
+            ) from exc
 
     # ------------------------------------------------------------------ Runner
 
@@ -181,7 +185,9 @@ class RayJobRunner:
             return False
         runtime_env = {"env_vars": dict(env)} if env else None
         try:
-            self._call("submit", "submit_job", entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env)
+            self._call(
+                "submit", "submit_job", entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env
+            )
         except RuntimeError as exc:
             # Two submitters raced (or a retry after a lost answer): Ray refuses the
             # second with a 500 that says "already exists". Confirm rather than trust text.
@@ -238,8 +244,12 @@ class RayJobRunner:
         try:
             from ray.util.state import list_nodes
 
-            found = list_nodes(address=self.address, filters=[("state", "=", "ALIVE")], timeout=5,
-                               raise_on_missing_output=False)
+            found = list_nodes(
+                address=self.address,
+                filters=[("state", "=", "ALIVE")],
+                timeout=5,
+                raise_on_missing_output=False,
+            )
         except Exception as exc:  # state API unavailable: skip the resource check, the job re-checks
             log.warning("could not list the cluster's nodes: %s", _first_line(exc))
             return None

@@ -98,12 +98,16 @@ def check_plain(data: Any, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPT
         if seen > max_nodes:
             raise SpecProblem("spec_too_complex", f"the spec has more than {max_nodes} values once expanded")
         if depth > max_depth:
-            raise SpecProblem("spec_too_complex", f"the spec nests deeper than {max_depth} levels", path or None)
+            raise SpecProblem(
+                "spec_too_complex", f"the spec nests deeper than {max_depth} levels", path or None
+            )
         if isinstance(value, Mapping):
             for key, item in value.items():
                 if not isinstance(key, str):
                     raise SpecProblem(
-                        "invalid_spec", f"keys must be strings, got {key!r}", f"{path}.{key}" if path else str(key)
+                        "invalid_spec",
+                        f"keys must be strings, got {key!r}",
+                        f"{path}.{key}" if path else str(key),
                     )
                 stack.append((item, depth + 1, f"{path}.{key}" if path else key))
         elif isinstance(value, list):
@@ -128,7 +132,9 @@ def confine(value: Any, root: Path, field: str) -> str:
         raise SpecProblem("invalid_spec", f"expected a path, got {value!r}", field)
     if "://" in value:
         raise SpecProblem(
-            "path_outside_data_dir", f"only paths inside the service's data directory are allowed, got {value!r}", field
+            "path_outside_data_dir",
+            f"only paths inside the service's data directory are allowed, got {value!r}",
+            field,
         )
     if "\0" in value:
         raise SpecProblem("invalid_spec", "paths cannot contain NUL bytes", field)
@@ -167,7 +173,9 @@ def confine_paths(data: Mapping[str, Any], root: Path) -> dict[str, Any]:
         try:
             loaded = yaml.safe_load(Path(where).read_text())
         except OSError:
-            raise SpecProblem("invalid_spec", f"config file not found: {base!r} (inside {root})", "base") from None
+            raise SpecProblem(
+                "invalid_spec", f"config file not found: {base!r} (inside {root})", "base"
+            ) from None
         except yaml.YAMLError:
             raise SpecProblem("invalid_spec", f"{base!r} is not valid YAML", "base") from None
         check_plain(loaded)
@@ -182,7 +190,9 @@ def confine_paths(data: Mapping[str, Any], root: Path) -> dict[str, Any]:
     grid = out.get("grid")
     if isinstance(grid, dict):
         out["grid"] = {
-            k: [_rewrite(k, v, root, f"grid.{k}[{i}]") for i, v in enumerate(vs)] if isinstance(vs, list) else vs
+            k: [_rewrite(k, v, root, f"grid.{k}[{i}]") for i, v in enumerate(vs)]
+            if isinstance(vs, list)
+            else vs
             for k, vs in grid.items()
         }
     search = out.get("search")
@@ -203,7 +213,9 @@ def confine_paths(data: Mapping[str, Any], root: Path) -> dict[str, Any]:
                 f"the service accepts only sqlite:/// Optuna storage inside its data directory, got {optuna!r}",
                 "optuna_storage",
             )
-        out["optuna_storage"] = "sqlite:///" + confine(optuna.removeprefix("sqlite:///"), root, "optuna_storage")
+        out["optuna_storage"] = "sqlite:///" + confine(
+            optuna.removeprefix("sqlite:///"), root, "optuna_storage"
+        )
     return out
 
 
@@ -239,8 +251,11 @@ def validate(
         raise SpecProblem("invalid_spec", f"expected a mapping at the top, got {type(data).__name__}", "spec")
     cells = grid_cells(data)
     if cells > max_grid_cells:
-        raise SpecProblem("invalid_spec", f"the grid spans {cells} cells; this service accepts at most "
-                          f"{max_grid_cells}", "grid")
+        raise SpecProblem(
+            "invalid_spec",
+            f"the grid spans {cells} cells; this service accepts at most {max_grid_cells}",
+            "grid",
+        )
     confined = confine_paths(data, root)
     try:
         spec = load_spec(confined, nodes=list(nodes) if nodes is not None else None, base_dir=root)
@@ -250,7 +265,9 @@ def validate(
         raise SpecProblem("spec_too_complex", "the spec nests too deeply") from None
     except Exception as exc:  # a validator bug must not become a 500 for the submitter
         log.exception("load_spec failed on a submitted spec")
-        raise SpecProblem("invalid_spec", f"the spec could not be validated ({type(exc).__name__}: {exc})") from None
+        raise SpecProblem(
+            "invalid_spec", f"the spec could not be validated ({type(exc).__name__}: {exc})"
+        ) from None
     resolved = absolute_paths(spec_to_dict(spec), root)
     return ValidSpec(spec=spec, resolved=resolved, name=spec.name, trials_total=int(spec.num_trials()))
 

@@ -91,7 +91,14 @@ class JobRecord:
 # Columns stored as JSON text, and their attribute names.
 _JSON_COLUMNS = {"spec_json": "spec", "trials_json": "trials", "best_json": "best"}
 _UPDATABLE = {
-    "status", "started_at", "finished_at", "trials", "best", "error", "ray_status", "results_version",
+    "status",
+    "started_at",
+    "finished_at",
+    "trials",
+    "best",
+    "error",
+    "ray_status",
+    "results_version",
 }
 
 
@@ -220,7 +227,9 @@ class JobStore:
             params.append(status)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         # Listings never show the spec: leave its JSON (the largest column) unread.
-        return self._many(f"SELECT {_LIST_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*params, limit))
+        return self._many(
+            f"SELECT {_LIST_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*params, limit)
+        )
 
     def unfinished(self) -> list[JobRecord]:
         marks = ", ".join("?" for _ in UNFINISHED)

@@ -66,8 +66,14 @@ class ThreadedServer:
 class ServiceProcess:
     """``python -m service`` on 127.0.0.1, its output in ``data_dir/service-N.log``."""
 
-    def __init__(self, data_dir: Path, *, token: str | None, port: int | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        token: str | None,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.token = token
         self.port = port or free_port()
@@ -99,8 +105,14 @@ class ServiceProcess:
         with open(self.log_path, "ab") as out:
             # Its own session, like a deployed service: no signal meant for the caller's
             # process group reaches it, and the scheduler weighs it apart from the caller.
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                         cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+            self.proc = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=Path(__file__).resolve().parent.parent,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

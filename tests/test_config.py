@@ -35,7 +35,11 @@ def test_fraction_strings_and_overrides_make_new_frozen_config(tmp_path) -> None
         ({"prune": {"sparsity": 1.0}}, "prune.sparsity", "(0, 1)"),
         ({"prune": {"sparsity": 0}}, "prune.sparsity", "(0, 1)"),
         ({"s2ap": {"gamma": -0.1}}, "s2ap.gamma", ">= 0"),
-        ({"s2ap": {"enabled": True, "warmup_epochs": 20}, "prune": {"epochs": 20}}, "s2ap.warmup_epochs", "smaller"),
+        (
+            {"s2ap": {"enabled": True, "warmup_epochs": 20}, "prune": {"epochs": 20}},
+            "s2ap.warmup_epochs",
+            "smaller",
+        ),
         ({"model": {"name": "resnet19"}}, "model.name", "resnet18"),
         ({"prune": {"method": "hydro"}}, "prune.method", "hydra"),
         ({"data": {"name": "cifar100"}}, "data.name", "digits"),
@@ -58,11 +62,23 @@ def test_cli_bad_input_one_line_exit_2(tmp_path) -> None:
     assert proc.stderr.strip().count("\n") == 0
     assert "prune.sparsity" in proc.stderr and "Traceback" not in proc.stderr
     proc = subprocess.run(
-        [sys.executable, "-m", "s2ap.run", str(path), "--set", "prune.sparsity=0.5", "--set", "model.name=nope"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "s2ap.run",
+            str(path),
+            "--set",
+            "prune.sparsity=0.5",
+            "--set",
+            "model.name=nope",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2 and "model.name" in proc.stderr and "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "s2ap.run", str(tmp_path / "missing.yaml")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "s2ap.run", str(tmp_path / "missing.yaml")], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "not found" in proc.stderr
 
 

@@ -127,8 +127,12 @@ def _write_cifar(root: Path, per_batch: int = 4) -> tuple[np.ndarray, np.ndarray
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for b, name in enumerate(names):
         sl = slice(b * per_batch, (b + 1) * per_batch)
-        batch = {b"batch_label": name.encode(), b"data": images[sl].reshape(per_batch, 3072),
-                 b"labels": labels[sl], b"filenames": [b"x.png"] * per_batch}
+        batch = {
+            b"batch_label": name.encode(),
+            b"data": images[sl].reshape(per_batch, 3072),
+            b"labels": labels[sl],
+            b"filenames": [b"x.png"] * per_batch,
+        }
         with (folder / name).open("wb") as fh:
             pickle.dump(batch, fh)
     return images, np.asarray(labels)
@@ -213,8 +217,9 @@ def _write_image_folder(root: Path) -> None:
 
 def test_imagenet_folder(tmp_path: Path) -> None:
     _write_image_folder(tmp_path)
-    splits = load_splits(DataConfig(name="imagenet", root=str(tmp_path), image_size=16,
-                                    val_fraction=0.34), seed=0)
+    splits = load_splits(
+        DataConfig(name="imagenet", root=str(tmp_path), image_size=16, val_fraction=0.34), seed=0
+    )
     assert splits.info.num_classes == 3 and splits.info.in_channels == 3
     assert splits.info.image_size == 16
     assert len(splits.train) + len(splits.val) == 9 and len(splits.test) == 2
@@ -236,7 +241,9 @@ def test_imagenet_folder(tmp_path: Path) -> None:
         ("imagenet", "train/ and val/", False),
     ],
 )
-def test_missing_data_is_one_clear_error(tmp_path: Path, name: str, expected: str, downloadable: bool) -> None:
+def test_missing_data_is_one_clear_error(
+    tmp_path: Path, name: str, expected: str, downloadable: bool
+) -> None:
     root = tmp_path / "nowhere"
     with pytest.raises(ConfigError) as info:
         load_splits(DataConfig(name=name, root=str(root)), seed=0)

@@ -78,7 +78,9 @@ def test_autoattack_no_higher_than_pgd(trained: tuple[nn.Module, Tensor, Tensor]
     n = x.shape[0]
     pgd = pgd_accuracy(model, _loader(x, y), PGD(eps=EPS, step_size=EPS / 4, steps=20), "cpu")
     # A fast subset for the test; the library default is the standard version.
-    aa = autoattack_accuracy(model, x, y, EPS, "cpu", batch_size=64, version="custom", attacks=["apgd-ce", "apgd-t"])
+    aa = autoattack_accuracy(
+        model, x, y, EPS, "cpu", batch_size=64, version="custom", attacks=["apgd-ce", "apgd-t"]
+    )
     assert 0.0 <= aa <= pgd + 1.0 / n
     assert aa < clean_accuracy(model, _loader(x, y), "cpu")  # the attack does something
 
@@ -109,7 +111,10 @@ def test_zero_gradient_model_raises_masking_warning(caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.WARNING, logger="s2ap.evaluate"):
         result = evaluate(model, _loader(x, y), cfg, AttackConfig(eps=EPS, step_size=EPS / 4), "cpu")
     assert result["gradient_masking"] is True
-    assert any("GRADIENT MASKING" in r.getMessage() and "zero input gradient" in r.getMessage() for r in caplog.records)
+    assert any(
+        "GRADIENT MASKING" in r.getMessage() and "zero input gradient" in r.getMessage()
+        for r in caplog.records
+    )
     assert any("flags_doc" in r.getMessage() for r in caplog.records)  # points to the AA checks
 
 
@@ -119,16 +124,27 @@ def test_masking_check_flags_autoattack_above_pgd(caplog: pytest.LogCaptureFixtu
     assert "AutoAttack accuracy 0.4500 exceeds PGD accuracy 0.4000" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="s2ap.evaluate"):
-        assert check_gradient_masking(clean_acc=0.9, pgd_acc=0.45, aa_acc=0.40, zero_grad_fraction=0.0) is False
+        assert (
+            check_gradient_masking(clean_acc=0.9, pgd_acc=0.45, aa_acc=0.40, zero_grad_fraction=0.0) is False
+        )
     assert caplog.text == ""
 
 
-def test_evaluate_keys_without_autoattack(trained: tuple[nn.Module, Tensor, Tensor], caplog: pytest.LogCaptureFixture) -> None:
+def test_evaluate_keys_without_autoattack(
+    trained: tuple[nn.Module, Tensor, Tensor], caplog: pytest.LogCaptureFixture
+) -> None:
     model, x, y = trained
     cfg = EvalConfig(pgd_steps=5, pgd_restarts=2, autoattack=False)
     with caplog.at_level(logging.WARNING, logger="s2ap.evaluate"):
         result = evaluate(model, _loader(x, y), cfg, AttackConfig(eps=EPS, step_size=EPS / 4), "cpu")
-    assert set(result) == {"clean_acc", "pgd_acc", "aa_acc", "robust_acc", "gradient_masking", "corruption_acc"}
+    assert set(result) == {
+        "clean_acc",
+        "pgd_acc",
+        "aa_acc",
+        "robust_acc",
+        "gradient_masking",
+        "corruption_acc",
+    }
     assert result["aa_acc"] is None and result["corruption_acc"] is None
     assert result["robust_acc"] == result["pgd_acc"]
     assert result["gradient_masking"] is False

@@ -35,8 +35,15 @@ def tiny(**overrides) -> object:
 
 
 def test_end_to_end_digits_writes_run_folder(tmp_path: Path) -> None:
-    cfg = tiny(**{"s2ap.enabled": True, "eval.loss_diff_rhos": [0.01], "eval.loss_diff_steps": 2,
-                  "eval.lambda_max_every": 2, "eval.lambda_max_iters": 2})
+    cfg = tiny(
+        **{
+            "s2ap.enabled": True,
+            "eval.loss_diff_rhos": [0.01],
+            "eval.loss_diff_steps": 2,
+            "eval.lambda_max_every": 2,
+            "eval.lambda_max_iters": 2,
+        }
+    )
     seen: list[dict] = []
     final = run_experiment(cfg, tmp_path, reporter=lambda m, p: seen.append(dict(m, path=p)))
     for name in ("config.yaml", "state.pt", "masks.pt", "pruned_dense.pt", "epochs.parquet", "final.parquet"):
@@ -67,7 +74,11 @@ def test_end_to_end_digits_writes_run_folder(tmp_path: Path) -> None:
     plain.load_state_dict(torch.load(tmp_path / "pruned_dense.pt"), strict=True)
     conv = plain.net.modules().__next__()
     assert conv is not None
-    zero_frac = sum(int((m.weight == 0).sum()) for m in plain.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear))
+    zero_frac = sum(
+        int((m.weight == 0).sum())
+        for m in plain.modules()
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)
+    )
     assert zero_frac >= 0.8 * sum(m.numel() for m in masks.values()) - 1
 
 
@@ -89,8 +100,10 @@ def test_s2ap_off_matches_original_and_warmup_epochs_are_identical(tmp_path: Pat
         assert [ra[k] for k in keys] == [ro[k] for k in keys]
     assert rows_on[4]["s2ap_active"] and not rows_a[4]["s2ap_active"]
     # The forward pass depends on the mask only, so the losses may agree; the scores may not.
-    changed = [not torch.equal(a.scores, b.scores)
-               for (_, a), (_, b) in zip(L.scored_layers(off_a.model), L.scored_layers(on.model), strict=True)]
+    changed = [
+        not torch.equal(a.scores, b.scores)
+        for (_, a), (_, b) in zip(L.scored_layers(off_a.model), L.scored_layers(on.model), strict=True)
+    ]
     assert all(changed)
 
 
@@ -118,8 +131,15 @@ def test_gamma_zero_perturbation_step_equals_plain_step() -> None:
         opt = build_optimizer(params, "sgd", 0.1, 0.9, 1e-4)
         pert = None if gamma is None else score_perturbation([ly for _, ly in L.scored_layers(model)], gamma)
         torch.manual_seed(1)
-        train_epoch(model, loader, batches, build_objective(cfg.objective, cfg.attack), opt,
-                    torch.device("cpu"), perturbation=pert)
+        train_epoch(
+            model,
+            loader,
+            batches,
+            build_objective(cfg.objective, cfg.attack),
+            opt,
+            torch.device("cpu"),
+            perturbation=pert,
+        )
         outs.append([p.detach().clone() for p in params])
     assert all(torch.equal(a, b) for a, b in zip(*outs, strict=True))
 
@@ -182,8 +202,11 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> N
 
 @pytest.mark.slow
 def test_two_process_ddp_gives_same_masks_as_single_process(tmp_path: Path) -> None:
-    cfg_dict = {**TINY, "s2ap": {"enabled": True, "gamma": 0.05, "warmup_epochs": 1},
-                "finetune": {"epochs": 1, "lr": 0.01}}
+    cfg_dict = {
+        **TINY,
+        "s2ap": {"enabled": True, "gamma": 0.05, "warmup_epochs": 1},
+        "finetune": {"epochs": 1, "lr": 0.01},
+    }
     single = Pipeline(from_dict(cfg_dict), tmp_path / "single")
     single.run()
     out = tmp_path / "ddp"
@@ -204,8 +227,11 @@ def test_nan_loss_stops_with_phase_and_epoch_and_keeps_earlier_epochs(tmp_path: 
     d = dict(TINY, out_dir=str(tmp_path / "run"))
     d["finetune"] = {"epochs": 2, "lr": 1e12, "momentum": 0.0}
     cfg_path.write_text(yaml.safe_dump(d))
-    proc = subprocess.run([sys.executable, "-m", "s2ap.run", str(cfg_path), "-q", "--threads", "1"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "s2ap.run", str(cfg_path), "-q", "--threads", "1"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "phase finetune, epoch" in proc.stderr and "Traceback" not in proc.stderr
     epochs = pd.read_parquet(tmp_path / "run" / "epochs.parquet")

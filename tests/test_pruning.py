@@ -56,7 +56,9 @@ def test_scaled_init_gives_layerwise_magnitude_mask() -> None:
         expected[w.topk(k).indices] = 1
         assert torch.equal(layer.score_mask().flatten(), expected)
         ratio = layer.scores.detach() / layer.weight.detach()
-        assert torch.allclose(ratio, torch.full_like(ratio, math.sqrt(6 / layer.fan_in) / layer.weight.abs().max().item()))
+        assert torch.allclose(
+            ratio, torch.full_like(ratio, math.sqrt(6 / layer.fan_in) / layer.weight.abs().max().item())
+        )
 
 
 def test_gradients_reach_scores_not_frozen_weights() -> None:
@@ -96,7 +98,11 @@ def test_dense_export_loads_into_plain_model_with_same_outputs() -> None:
     plain.load_state_dict(L.dense_state_dict(model), strict=True)
     x = torch.rand(3, 3, 16, 16)
     assert torch.allclose(plain(x), model(x), atol=1e-6)
-    zeros = sum(int((m.weight == 0).sum()) for m in plain.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear))
+    zeros = sum(
+        int((m.weight == 0).sum())
+        for m in plain.modules()
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)
+    )
     kept, _ = L.density(model)
     assert zeros >= (1 - kept) * sum(layer.weight.numel() for _, layer in L.scored_layers(model)) - 1
 

@@ -32,7 +32,7 @@ def test_ci_runs_both_readme_commands_verbatim_in_a_fresh_venv() -> None:
     test_cmd = printed[1]
     assert "pytest" in test_cmd and "pip install" in test_cmd
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "-m venv" in ci and ". \"$work/venv/bin/activate\"" in ci
+    assert "-m venv" in ci and '. "$work/venv/bin/activate"' in ci
     assert "readme_commands.py" in ci and 'bash -euo pipefail -c "$cmd"' in ci
     assert "ruff check ." in ci and "ruff format --check ." in ci
 

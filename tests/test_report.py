@@ -86,15 +86,23 @@ def _row(markdown: str, sparsity: str) -> list[str]:
     raise AssertionError(f"no {sparsity} row in:\n{markdown}")
 
 
-def test_table1_has_hand_computed_cells(run_table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_table1_has_hand_computed_cells(
+    run_table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     assert main([str(run_table), "--out", str(out)]) == 0
     md = (out / "table1.md").read_text(encoding="utf-8")
     header = [c.strip() for c in md.splitlines()[2].strip("|").split("|")]
     assert header == [
-        "Network", "Dataset", "Sparsity",
-        "harp Orig.", "harp S2AP", "harp Δ",
-        "hydra Orig.", "hydra S2AP", "hydra Δ",
+        "Network",
+        "Dataset",
+        "Sparsity",
+        "harp Orig.",
+        "harp S2AP",
+        "harp Δ",
+        "hydra Orig.",
+        "hydra S2AP",
+        "hydra Δ",
     ]
     row = _row(md, "90%")
     assert row[3] == "71.00 / 32.00 ± 2.83 (n=2)"
@@ -130,9 +138,15 @@ def test_plots_are_valid_pngs(run_table: Path) -> None:
         assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
 
 
-def test_missing_plot_data_is_skipped_with_a_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_plot_data_is_skipped_with_a_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rows = [
-        {k: v for k, v in _run("hydra", s, 0, 0.8, 0.4).items() if k not in ("hamming", "lambda_max", "loss_diff", "loss_diff_rho")}
+        {
+            k: v
+            for k, v in _run("hydra", s, 0, 0.8, 0.4).items()
+            if k not in ("hamming", "lambda_max", "loss_diff", "loss_diff_rho")
+        }
         for s in (False, True)
     ]
     path = write_rows(rows, RUN_SCHEMA, tmp_path / "final.parquet")
@@ -145,17 +159,30 @@ def test_missing_plot_data_is_skipped_with_a_reason(tmp_path: Path, capsys: pyte
     assert (tmp_path / "r" / "gamma.png").exists()
     assert not (tmp_path / "r" / "hamming_diff.png").exists()
     md = (tmp_path / "r" / "table1.md").read_text(encoding="utf-8")
-    assert _row(md, "90%")[3:6] == ["80.00 / 40.00 (n=1)", "80.00 / 40.00 (n=1) (0/1 pre-S2AP masks)", "+0.00"]
+    assert _row(md, "90%")[3:6] == [
+        "80.00 / 40.00 (n=1)",
+        "80.00 / 40.00 (n=1) (0/1 pre-S2AP masks)",
+        "+0.00",
+    ]
 
 
-def test_hamming_taken_from_epochs_table_when_runs_lack_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_hamming_taken_from_epochs_table_when_runs_lack_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     runs = [_run("hydra", s, 0, 0.8, 0.4, hamming=None) for s in (False, True)]
     folder = tmp_path / "run"
     write_rows(runs, RUN_SCHEMA, folder / "final.parquet")
     epochs = [
-        {"config_hash": r["config_hash"], "seed": 0, "code_version": "t", "phase": "prune", "epoch": e,
-         "hamming": 0.1 * e * (1 if not r["s2ap"] else 0.5)}
-        for r in runs for e in range(4)
+        {
+            "config_hash": r["config_hash"],
+            "seed": 0,
+            "code_version": "t",
+            "phase": "prune",
+            "epoch": e,
+            "hamming": 0.1 * e * (1 if not r["s2ap"] else 0.5),
+        }
+        for r in runs
+        for e in range(4)
     ]
     write_rows(epochs, EPOCH_SCHEMA, folder / "epochs.parquet")
     assert main([str(folder)]) == 0
@@ -188,9 +215,16 @@ def test_empty_table_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_missing_columns_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    table = pa.table({
-        "model": ["m"], "dataset": ["d"], "method": ["hydra"], "sparsity": [0.9], "s2ap": [False], "seed": [0],
-    })
+    table = pa.table(
+        {
+            "model": ["m"],
+            "dataset": ["d"],
+            "method": ["hydra"],
+            "sparsity": [0.9],
+            "s2ap": [False],
+            "seed": [0],
+        }
+    )
     path = tmp_path / "results.parquet"
     pq.write_table(table, path)
     assert main([str(path)]) == 2
@@ -207,7 +241,9 @@ def test_not_parquet_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_only_failed_runs_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_rows([_run("hydra", False, 0, 0.8, 0.4, status="error")], RUN_SCHEMA, tmp_path / "final.parquet")
+    path = write_rows(
+        [_run("hydra", False, 0, 0.8, 0.4, status="error")], RUN_SCHEMA, tmp_path / "final.parquet"
+    )
     assert main([str(path)]) == 2
     _assert_one_error_line(capsys.readouterr().err, "no successful runs")
 
@@ -215,7 +251,10 @@ def test_only_failed_runs_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_module_cli_bad_input(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "s2ap.report", str(tmp_path / "missing.parquet")],
-        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
     )
     assert proc.returncode == 2
     _assert_one_error_line(proc.stderr, "missing.parquet")

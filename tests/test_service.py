@@ -90,8 +90,13 @@ def service(data_dir: Path) -> Iterator[ServiceProcess]:
     # The head's session keeps the default CPU weight here (autogroup nice 0): these tests
     # check behaviour, and on a shared machine a lighter session makes the trials crawl.
     svc = ServiceProcess(
-        data_dir, token=TOKEN,
-        env={"S2AP_POLL_INTERVAL_S": "0.5", "S2AP_MAX_BODY_BYTES": str(BODY_CAP), "S2AP_RAY_AUTOGROUP_NICE": "0"},
+        data_dir,
+        token=TOKEN,
+        env={
+            "S2AP_POLL_INTERVAL_S": "0.5",
+            "S2AP_MAX_BODY_BYTES": str(BODY_CAP),
+            "S2AP_RAY_AUTOGROUP_NICE": "0",
+        },
     )
     try:
         svc.start()
@@ -136,9 +141,12 @@ def ray_job_status(data_dir: Path, job_id: str) -> str:
     """Ray's own view of the job, from its dashboard (not through the service)."""
     head = json.loads((data_dir / "ray" / "head.json").read_text())
     token_file = Path.home() / ".ray" / "auth_token"
-    token = os.environ.get("RAY_AUTH_TOKEN") or (token_file.read_text().strip() if token_file.is_file() else "")
-    r = httpx.get(f"{head['dashboard_url']}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"},
-                  timeout=10)
+    token = os.environ.get("RAY_AUTH_TOKEN") or (
+        token_file.read_text().strip() if token_file.is_file() else ""
+    )
+    r = httpx.get(
+        f"{head['dashboard_url']}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
     assert r.status_code == 200, r.text
     return str(r.json()["status"])
 
@@ -164,50 +172,185 @@ def _bad_requests() -> list[Any]:
     json_ct = {"Content-Type": "application/json"}
     p = pytest.param
     return [
-        p("POST", "/jobs", {"content": b"name: x\nbase: {data: [1,", "headers": yaml_ct}, 422,
-          "malformed_yaml", "body", id="malformed-yaml"),
-        p("POST", "/jobs", {"content": b'{"name": "x", "base": {', "headers": json_ct}, 422,
-          "malformed_json", "body", id="malformed-json"),
-        p("POST", "/jobs", {"content": b"!!python/object/apply:os.system ['touch /tmp/pwned']",
-                            "headers": yaml_ct}, 422, "malformed_yaml", "body", id="yaml-python-tag"),
+        p(
+            "POST",
+            "/jobs",
+            {"content": b"name: x\nbase: {data: [1,", "headers": yaml_ct},
+            422,
+            "malformed_yaml",
+            "body",
+            id="malformed-yaml",
+        ),
+        p(
+            "POST",
+            "/jobs",
+            {"content": b'{"name": "x", "base": {', "headers": json_ct},
+            422,
+            "malformed_json",
+            "body",
+            id="malformed-json",
+        ),
+        p(
+            "POST",
+            "/jobs",
+            {"content": b"!!python/object/apply:os.system ['touch /tmp/pwned']", "headers": yaml_ct},
+            422,
+            "malformed_yaml",
+            "body",
+            id="yaml-python-tag",
+        ),
         p("POST", "/jobs", {"content": b"", "headers": yaml_ct}, 422, "empty_body", "body", id="empty-body"),
-        p("POST", "/jobs", {"content": b"- a\n- b\n", "headers": yaml_ct}, 422, "invalid_spec", "spec",
-          id="not-a-mapping"),
-        p("POST", "/jobs", {"content": spec_yaml(bad_value), "headers": yaml_ct}, 422, "invalid_spec",
-          "base.prune.sparsity", id="invalid-value"),
-        p("POST", "/jobs", {"content": json.dumps(unknown_key).encode(), "headers": json_ct}, 422,
-          "invalid_spec", "bogus", id="unknown-key"),
-        p("POST", "/jobs", {"content": spec_yaml(outside), "headers": yaml_ct}, 422, "path_outside_data_dir",
-          "base.data.root", id="path-escape"),
-        p("POST", "/jobs", {"content": spec_yaml(outside_storage), "headers": yaml_ct}, 422,
-          "path_outside_data_dir", "storage", id="storage-outside"),
-        p("POST", "/jobs", {"content": b"a: " + b"x" * BODY_CAP, "headers": yaml_ct}, 413, "body_too_large",
-          None, id="body-over-cap"),
-        p("POST", "/jobs", {"content": spec_yaml(spec), "headers": {**yaml_ct, "Authorization": ""}}, 401,
-          "unauthorized", "header.authorization", id="missing-token"),
-        p("POST", "/jobs", {"content": spec_yaml(spec), "headers": {**yaml_ct, "Authorization": "Bearer nope"}},
-          401, "unauthorized", "header.authorization", id="wrong-token"),
-        p("GET", "/jobs", {"headers": {"Authorization": "Basic dXNlcjpwYXNz"}}, 401, "unauthorized",
-          "header.authorization", id="basic-auth"),
+        p(
+            "POST",
+            "/jobs",
+            {"content": b"- a\n- b\n", "headers": yaml_ct},
+            422,
+            "invalid_spec",
+            "spec",
+            id="not-a-mapping",
+        ),
+        p(
+            "POST",
+            "/jobs",
+            {"content": spec_yaml(bad_value), "headers": yaml_ct},
+            422,
+            "invalid_spec",
+            "base.prune.sparsity",
+            id="invalid-value",
+        ),
+        p(
+            "POST",
+            "/jobs",
+            {"content": json.dumps(unknown_key).encode(), "headers": json_ct},
+            422,
+            "invalid_spec",
+            "bogus",
+            id="unknown-key",
+        ),
+        p(
+            "POST",
+            "/jobs",
+            {"content": spec_yaml(outside), "headers": yaml_ct},
+            422,
+            "path_outside_data_dir",
+            "base.data.root",
+            id="path-escape",
+        ),
+        p(
+            "POST",
+            "/jobs",
+            {"content": spec_yaml(outside_storage), "headers": yaml_ct},
+            422,
+            "path_outside_data_dir",
+            "storage",
+            id="storage-outside",
+        ),
+        p(
+            "POST",
+            "/jobs",
+            {"content": b"a: " + b"x" * BODY_CAP, "headers": yaml_ct},
+            413,
+            "body_too_large",
+            None,
+            id="body-over-cap",
+        ),
+        p(
+            "POST",
+            "/jobs",
+            {"content": spec_yaml(spec), "headers": {**yaml_ct, "Authorization": ""}},
+            401,
+            "unauthorized",
+            "header.authorization",
+            id="missing-token",
+        ),
+        p(
+            "POST",
+            "/jobs",
+            {"content": spec_yaml(spec), "headers": {**yaml_ct, "Authorization": "Bearer nope"}},
+            401,
+            "unauthorized",
+            "header.authorization",
+            id="wrong-token",
+        ),
+        p(
+            "GET",
+            "/jobs",
+            {"headers": {"Authorization": "Basic dXNlcjpwYXNz"}},
+            401,
+            "unauthorized",
+            "header.authorization",
+            id="basic-auth",
+        ),
         p("GET", "/jobs/s2ap-0000000000000000", {}, 404, "job_not_found", "path.job_id", id="unknown-job"),
-        p("POST", "/jobs/s2ap-0000000000000000/cancel", {}, 404, "job_not_found", "path.job_id",
-          id="cancel-unknown"),
-        p("GET", "/jobs/s2ap-0000000000000000/results", {}, 404, "job_not_found", "path.job_id",
-          id="results-unknown"),
-        p("GET", "/jobs/s2ap-0000000000000000/logs", {}, 404, "job_not_found", "path.job_id", id="logs-unknown"),
+        p(
+            "POST",
+            "/jobs/s2ap-0000000000000000/cancel",
+            {},
+            404,
+            "job_not_found",
+            "path.job_id",
+            id="cancel-unknown",
+        ),
+        p(
+            "GET",
+            "/jobs/s2ap-0000000000000000/results",
+            {},
+            404,
+            "job_not_found",
+            "path.job_id",
+            id="results-unknown",
+        ),
+        p(
+            "GET",
+            "/jobs/s2ap-0000000000000000/logs",
+            {},
+            404,
+            "job_not_found",
+            "path.job_id",
+            id="logs-unknown",
+        ),
         p("GET", "/jobs", {"params": {"limit": 0}}, 422, "invalid_request", "query.limit", id="limit-zero"),
-        p("GET", "/jobs", {"params": {"limit": 10_000}}, 422, "invalid_request", "query.limit", id="limit-big"),
-        p("GET", "/jobs", {"params": {"cursor": "abc"}}, 422, "invalid_request", "query.cursor", id="bad-cursor"),
-        p("GET", "/jobs", {"params": {"status": "done"}}, 422, "invalid_request", "query.status",
-          id="bad-status"),
+        p(
+            "GET",
+            "/jobs",
+            {"params": {"limit": 10_000}},
+            422,
+            "invalid_request",
+            "query.limit",
+            id="limit-big",
+        ),
+        p(
+            "GET",
+            "/jobs",
+            {"params": {"cursor": "abc"}},
+            422,
+            "invalid_request",
+            "query.cursor",
+            id="bad-cursor",
+        ),
+        p(
+            "GET",
+            "/jobs",
+            {"params": {"status": "done"}},
+            422,
+            "invalid_request",
+            "query.status",
+            id="bad-status",
+        ),
         p("GET", "/nowhere", {}, 404, "not_found", None, id="unknown-route"),
     ]
 
 
 @pytest.mark.parametrize(("method", "path", "kwargs", "status", "code", "field"), _bad_requests())
 def test_bad_input_gets_a_json_error_and_creates_nothing(
-    client: httpx.Client, data_dir: Path, method: str, path: str, kwargs: dict[str, Any],
-    status: int, code: str, field: str | None,
+    client: httpx.Client,
+    data_dir: Path,
+    method: str,
+    path: str,
+    kwargs: dict[str, Any],
+    status: int,
+    code: str,
+    field: str | None,
 ) -> None:
     rows, dirs = db_rows(data_dir), job_dirs(data_dir)
     headers = kwargs.pop("headers", {})
@@ -232,8 +375,11 @@ def test_bad_input_gets_a_json_error_and_creates_nothing(
 
 
 def test_results_before_any_exist_then_cancel_a_running_job(client: httpx.Client, data_dir: Path) -> None:
-    r = client.post("/jobs", content=spec_yaml(smallest_quickstart("to-cancel")),
-                    headers={"Content-Type": "application/yaml"})
+    r = client.post(
+        "/jobs",
+        content=spec_yaml(smallest_quickstart("to-cancel")),
+        headers={"Content-Type": "application/yaml"},
+    )
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
     assert r.headers["location"] == f"/jobs/{job_id}"

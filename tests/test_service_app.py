@@ -24,8 +24,14 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "app-test-token"
 SPEC = {
     "name": "tiny",
-    "base": {"data": {"name": "digits", "image_size": 8}, "pretrain": {"epochs": 1}, "prune": {"epochs": 2},
-             "finetune": {"epochs": 1}, "s2ap": {"enabled": True, "warmup_epochs": 1}, "eval": {"autoattack": False}},
+    "base": {
+        "data": {"name": "digits", "image_size": 8},
+        "pretrain": {"epochs": 1},
+        "prune": {"epochs": 2},
+        "finetune": {"epochs": 1},
+        "s2ap": {"enabled": True, "warmup_epochs": 1},
+        "eval": {"autoattack": False},
+    },
     "scheduler": {"type": "fifo"},
 }
 
@@ -64,11 +70,17 @@ def test_no_token_means_no_start_unless_local_only(tmp_path: Path) -> None:
         (["--port", "0"], {"S2AP_API_TOKEN": "x"}, "--port"),
     ],
 )
-def test_cli_refuses_unsafe_starts(tmp_path: Path, args: list[str], env: dict[str, str], message: str) -> None:
+def test_cli_refuses_unsafe_starts(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("S2AP_", "RAY_ADDRESS"))}
     done = subprocess.run(
-        [sys.executable, "-m", "service", *args], env={**base_env, "S2AP_DATA_DIR": str(tmp_path), **env},
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "service", *args],
+        env={**base_env, "S2AP_DATA_DIR": str(tmp_path), **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert message in done.stderr
@@ -91,17 +103,27 @@ def test_every_endpoint_is_in_the_schema_and_needs_the_token(server: ThreadedSer
     schema = httpx.get(f"{server.url}/openapi.json").json()
     ops = {(m.upper(), p): op for p, item in schema["paths"].items() for m, op in item.items()}
     assert set(ops) == {
-        ("GET", "/healthz"), ("POST", "/jobs"), ("GET", "/jobs"), ("GET", "/jobs/{job_id}"),
-        ("POST", "/jobs/{job_id}/cancel"), ("GET", "/jobs/{job_id}/results"), ("GET", "/jobs/{job_id}/logs"),
+        ("GET", "/healthz"),
+        ("POST", "/jobs"),
+        ("GET", "/jobs"),
+        ("GET", "/jobs/{job_id}"),
+        ("POST", "/jobs/{job_id}/cancel"),
+        ("GET", "/jobs/{job_id}/results"),
+        ("GET", "/jobs/{job_id}/logs"),
     }
     for key, op in ops.items():
         assert ("security" in op) == (key != ("GET", "/healthz")), key
     body = ops[("POST", "/jobs")]["requestBody"]["content"]
     assert {"application/json", "application/yaml"} <= set(body)
-    assert "application/vnd.apache.parquet" in ops[("GET", "/jobs/{job_id}/results")]["responses"]["200"]["content"]
+    assert (
+        "application/vnd.apache.parquet"
+        in ops[("GET", "/jobs/{job_id}/results")]["responses"]["200"]["content"]
+    )
 
 
-def test_submit_follow_and_fetch_results_over_http(server: ThreadedServer, fake: FakeRunner, tmp_path: Path) -> None:
+def test_submit_follow_and_fetch_results_over_http(
+    server: ThreadedServer, fake: FakeRunner, tmp_path: Path
+) -> None:
     pd = pytest.importorskip("pandas")
     from s2ap import results
     from s2ap.tune.results import epochs_schema, to_table
@@ -112,8 +134,20 @@ def test_submit_follow_and_fetch_results_over_http(server: ThreadedServer, fake:
         job_id = r.json()["id"]
         assert c.get(f"/jobs/{job_id}/results", params={"table": "epochs"}).status_code == 409
         detail = c.get(f"/jobs/{job_id}").json()
-        rows = [{"trial_id": "t1", "search": "tiny", "grid_cell": 0, "global_epoch": 1, "search_epoch": 0,
-                 "config_hash": "h", "seed": 0, "code_version": "v", "phase": "pretrain", "epoch": 0}]
+        rows = [
+            {
+                "trial_id": "t1",
+                "search": "tiny",
+                "grid_cell": 0,
+                "global_epoch": 1,
+                "search_epoch": 0,
+                "config_hash": "h",
+                "seed": 0,
+                "code_version": "v",
+                "phase": "pretrain",
+                "epoch": 0,
+            }
+        ]
         out = Path(detail["spec"]["storage"]).parent.parent / "jobs" / job_id / "search" / "epochs.parquet"
         results.write_table(to_table(rows, epochs_schema()), out)
         r = c.get(f"/jobs/{job_id}/results", params={"table": "epochs"})
@@ -130,7 +164,9 @@ def test_submit_follow_and_fetch_results_over_http(server: ThreadedServer, fake:
         assert yaml_r.status_code == 201
 
 
-def test_healthz_reports_an_unreachable_cluster_without_failing(server: ThreadedServer, fake: FakeRunner) -> None:
+def test_healthz_reports_an_unreachable_cluster_without_failing(
+    server: ThreadedServer, fake: FakeRunner
+) -> None:
     fake.reachable = False
     r = httpx.get(f"{server.url}/healthz")
     assert r.status_code == 200 and r.json()["ray"]["reachable"] is False

@@ -29,7 +29,9 @@ TOKEN = "fuzz-token"
 
 
 def _app(data_dir: Path) -> Any:
-    return create_app(Settings(api_token=TOKEN, data_dir=data_dir, max_body_bytes=64 * 1024), runner=FakeRunner())
+    return create_app(
+        Settings(api_token=TOKEN, data_dir=data_dir, max_body_bytes=64 * 1024), runner=FakeRunner()
+    )
 
 
 def _schema_document() -> dict[str, Any]:
@@ -65,7 +67,9 @@ def test_no_request_gets_a_server_error(label: str, live_server: ThreadedServer)
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(case=OPERATIONS[label].as_strategy())
     def check(case: Any) -> None:
-        response = case.call(base_url=live_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        response = case.call(
+            base_url=live_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
+        )
         assert response.status_code < 500, (
             f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text}"
         )

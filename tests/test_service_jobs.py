@@ -126,12 +126,26 @@ def test_cancel_stops_the_job_and_is_idempotent(manager: JobManager, runner: Fak
     assert manager.get(job.id).status == "cancelled"
 
 
-def _trial_row(trial_id: str, status: str, val_pgd: float | None, gamma: float, sparsity: float) -> dict[str, Any]:
+def _trial_row(
+    trial_id: str, status: str, val_pgd: float | None, gamma: float, sparsity: float
+) -> dict[str, Any]:
     return {
-        "trial_id": trial_id, "search": "tiny", "grid_cell": 0, "status": status, "stopped_early": status == "stopped",
-        "epochs_run": 3, "search_epochs_run": 2, "attempts": 1, "final_val_pgd_acc": val_pgd,
-        "robust_acc": 0.3, "clean_acc": 0.9, "config_hash": "h", "seed": 0, "code_version": results.code_version(),
-        "s2ap.gamma": gamma, "prune.sparsity": sparsity,
+        "trial_id": trial_id,
+        "search": "tiny",
+        "grid_cell": 0,
+        "status": status,
+        "stopped_early": status == "stopped",
+        "epochs_run": 3,
+        "search_epochs_run": 2,
+        "attempts": 1,
+        "final_val_pgd_acc": val_pgd,
+        "robust_acc": 0.3,
+        "clean_acc": 0.9,
+        "config_hash": "h",
+        "seed": 0,
+        "code_version": results.code_version(),
+        "s2ap.gamma": gamma,
+        "prune.sparsity": sparsity,
     }
 
 
@@ -147,7 +161,11 @@ def test_progress_and_best_trial_follow_trials_parquet(manager: JobManager, runn
     now = manager.get(job.id)
     assert now.trials == {"done": 3, "ok": 2, "stopped": 1, "errored": 0}
     assert now.best == {
-        "trial_id": "b", "metric": "final_val_pgd_acc", "value": 0.55, "robust_acc": 0.3, "clean_acc": 0.9,
+        "trial_id": "b",
+        "metric": "final_val_pgd_acc",
+        "value": 0.55,
+        "robust_acc": 0.3,
+        "clean_acc": 0.9,
         "config": {"prune.sparsity": 0.9, "s2ap.gamma": 0.004},
     }
     assert manager.results(job.id, "trials")[:4] == b"PAR1"

@@ -110,7 +110,9 @@ def test_base_checkpoint_and_mask_paths_are_confined(root: Path) -> None:
     assert problem(validate, spec, root).field == "base.prune.mask"
 
 
-def test_a_symlink_out_of_the_data_dir_is_caught(root: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_a_symlink_out_of_the_data_dir_is_caught(
+    root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     outside = tmp_path_factory.mktemp("outside")
     (root / "escape").symlink_to(outside)
     assert problem(confine, "escape/runs", root, "storage").code == "path_outside_data_dir"
@@ -130,7 +132,9 @@ def test_invalid_spec_names_the_field_like_the_cli(root: Path) -> None:
     err = problem(validate, spec, root)
     assert (err.code, err.field) == ("invalid_spec", "base.prune.sparsity")
     assert "(0, 1)" in err.message
-    err = problem(validate, tiny_spec(search={"s2ap.gamma": {"type": "loguniform", "low": 0, "high": 1}}), root)
+    err = problem(
+        validate, tiny_spec(search={"s2ap.gamma": {"type": "loguniform", "low": 0, "high": 1}}), root
+    )
     assert err.field == "search.s2ap.gamma.low"
 
 

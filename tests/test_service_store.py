@@ -13,9 +13,17 @@ from service.store import DuplicateIdempotencyKey, JobRecord, JobStore
 
 def record(job_id: str, key: str | None = None, status: str = "queued") -> JobRecord:
     return JobRecord(
-        id=job_id, name="n", status=status, submitted_at=time.time(), trials_total=4, spec={"name": "n"},
-        spec_path=f"/d/{job_id}/spec.yaml", results_dir=f"/d/{job_id}/search", request_hash="h",
-        idempotency_key=key, trials={"done": 0},
+        id=job_id,
+        name="n",
+        status=status,
+        submitted_at=time.time(),
+        trials_total=4,
+        spec={"name": "n"},
+        spec_path=f"/d/{job_id}/spec.yaml",
+        results_dir=f"/d/{job_id}/search",
+        request_hash="h",
+        idempotency_key=key,
+        trials={"done": 0},
     )
 
 
@@ -60,7 +68,11 @@ def test_records_survive_reopening(tmp_path: Path) -> None:
     first.close()
     again = JobStore(path).get("a")
     assert again is not None
-    assert (again.status, again.started_at, again.best) == ("running", 5.0, {"trial_id": "t", "config": {"x": 1}})
+    assert (again.status, again.started_at, again.best) == (
+        "running",
+        5.0,
+        {"trial_id": "t", "config": {"x": 1}},
+    )
     assert again.spec == {"name": "n"} and again.trials_total == 4
 
 

@@ -76,7 +76,9 @@ def assert_each_epoch_once(epochs: Any) -> None:
         assert list(grp.sort_values("global_epoch")["global_epoch"]) == list(range(1, len(grp) + 1))
 
 
-def kill_mid_trial(search_dir: Path, rank: int, after_epoch: int, thread: threading.Thread) -> tuple[str, int]:
+def kill_mid_trial(
+    search_dir: Path, rank: int, after_epoch: int, thread: threading.Thread
+) -> tuple[str, int]:
     """SIGKILL one Train worker of the first trial once its checkpoint of ``after_epoch``
     exists (and the trial has not finished): a worker fault, as a node losing a process."""
     deadline = time.time() + 300
@@ -131,7 +133,9 @@ def test_ddp_search_survives_a_killed_worker_writes_tables_and_asha_stops_a_tria
     # The killed DDP trial restarted both workers from its checkpoint and finished.
     assert dense["trial_id"] == killed and dense["status"] == "ok" and not dense["stopped_early"]
     assert dense["attempts"] == 2 and len(dense["pids"]) == 4  # 2 workers x 2 starts
-    starts = [json.loads(p.read_text()) for p in (spec.search_dir / "trials" / killed / "workers").glob("*.json")]
+    starts = [
+        json.loads(p.read_text()) for p in (spec.search_dir / "trials" / killed / "workers").glob("*.json")
+    ]
     assert sorted(s["resumed_from"] is not None for s in starts) == [False, False, True, True]
     assert dense["search_epochs_run"] == 3 and dense["epochs_run"] == 5  # every epoch, each once
     assert 0.0 <= dense["robust_acc"] <= 1.0 and dense["final_val_pgd_acc"] is not None

@@ -29,9 +29,22 @@ PHASES = [("pretrain", 0), ("prune", 0), ("prune", 1), ("finetune", 0)]
 
 
 def epoch_row(phase: str, epoch: int, val: float) -> dict[str, Any]:
-    return {"config_hash": "h", "seed": 0, "code_version": "v", "phase": phase, "epoch": epoch,
-            "train_loss": 1.0, "train_acc": 0.5, "val_clean_acc": val, "val_pgd_acc": val, "hamming": None,
-            "lambda_max": None, "s2ap_active": phase == "prune", "lr": 0.1, "time_s": 0.1}
+    return {
+        "config_hash": "h",
+        "seed": 0,
+        "code_version": "v",
+        "phase": phase,
+        "epoch": epoch,
+        "train_loss": 1.0,
+        "train_acc": 0.5,
+        "val_clean_acc": val,
+        "val_pgd_acc": val,
+        "hamming": None,
+        "lambda_max": None,
+        "s2ap_active": phase == "prune",
+        "lr": 0.1,
+        "time_s": 0.1,
+    }
 
 
 def checkpoint(run: Path, name: str, stamp: float, n_epochs: int, final: bool = False) -> Path:
@@ -44,8 +57,19 @@ def checkpoint(run: Path, name: str, stamp: float, n_epochs: int, final: bool = 
     (folder / "meta.json").write_text(json.dumps({"time": stamp, "final": final, "metrics": metrics}))
     if final:
         results.write_rows(
-            [{"config_hash": "h", "seed": 0, "code_version": "v", "status": "ok", "clean_acc": 0.8,
-              "pgd_acc": 0.6, "robust_acc": 0.6, "hamming": [0.1, 0.2], "wall_time_s": 3.0}],
+            [
+                {
+                    "config_hash": "h",
+                    "seed": 0,
+                    "code_version": "v",
+                    "status": "ok",
+                    "clean_acc": 0.8,
+                    "pgd_acc": 0.6,
+                    "robust_acc": 0.6,
+                    "hamming": [0.1, 0.2],
+                    "wall_time_s": 3.0,
+                }
+            ],
             results.RUN_SCHEMA,
             folder / "final.parquet",
         )
@@ -69,13 +93,28 @@ def test_tables_hold_each_epoch_once_from_the_run_that_counted(tmp_path: Path) -
         workers = trials_dir / trial / "workers"
         workers.mkdir(parents=True, exist_ok=True)
         for i in range(starts):
-            (workers / f"{i}.json").write_text(json.dumps(
-                {"time": i, "rank": 0, "node_id": f"node{i}", "hostname": "h", "pid": 100 + i, "resumed_from": None}
-            ))
+            (workers / f"{i}.json").write_text(
+                json.dumps(
+                    {
+                        "time": i,
+                        "rank": 0,
+                        "node_id": f"node{i}",
+                        "hostname": "h",
+                        "pid": 100 + i,
+                        "resumed_from": None,
+                    }
+                )
+            )
     records = [
-        tables.TrialRecord("a", {"cell": 0, "prune.sparsity": 0.5}, "TERMINATED", {"final": True, "val_pgd_acc": 0.4}),
-        tables.TrialRecord("b", {"cell": 1, "prune.sparsity": 0.9}, "TERMINATED",
-                           {"checkpoint_path": str(stopped), "search_epoch": 1}),
+        tables.TrialRecord(
+            "a", {"cell": 0, "prune.sparsity": 0.5}, "TERMINATED", {"final": True, "val_pgd_acc": 0.4}
+        ),
+        tables.TrialRecord(
+            "b",
+            {"cell": 1, "prune.sparsity": 0.9},
+            "TERMINATED",
+            {"checkpoint_path": str(stopped), "search_epoch": 1},
+        ),
         tables.TrialRecord("c", {"cell": 2, "prune.sparsity": 0.99}, "ERROR", {}, error="TrialDiverged"),
     ]
     t_path, e_path, rows = tables.write_tables(spec, records, tmp_path)

@@ -103,13 +103,19 @@ def test_asha_per_cell_never_compares_across_cells() -> None:
         sched.on_trial_add(None, t)
     before = {"search_epoch": 1, "val_pgd_acc": 0.0}
     assert sched.on_trial_result(None, bad, before) == TrialScheduler.CONTINUE  # grace period
-    assert sched.on_trial_result(None, good, {"search_epoch": 2, "val_pgd_acc": 0.8}) == TrialScheduler.CONTINUE
+    assert (
+        sched.on_trial_result(None, good, {"search_epoch": 2, "val_pgd_acc": 0.8}) == TrialScheduler.CONTINUE
+    )
     # Worse than its own cell's first trial at the rung: stopped.
     assert sched.on_trial_result(None, bad, {"search_epoch": 2, "val_pgd_acc": 0.3}) == TrialScheduler.STOP
     # Just as weak, but alone in its cell: it goes on.
-    assert sched.on_trial_result(None, other, {"search_epoch": 2, "val_pgd_acc": 0.1}) == TrialScheduler.CONTINUE
+    assert (
+        sched.on_trial_result(None, other, {"search_epoch": 2, "val_pgd_acc": 0.1}) == TrialScheduler.CONTINUE
+    )
     # The final report (evaluation done) is never judged.
-    assert sched.on_trial_result(None, bad, {"search_epoch": 6, "val_pgd_acc": 0.0, "final": True}) == "CONTINUE"
+    assert (
+        sched.on_trial_result(None, bad, {"search_epoch": 6, "val_pgd_acc": 0.0, "final": True}) == "CONTINUE"
+    )
     shared = CellScheduler("val_pgd_acc", "max", max_t=5, grace_period=2, reduction_factor=2, per_cell=False)
     for t in (good, other):
         shared.on_trial_add(None, t)

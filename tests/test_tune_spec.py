@@ -140,8 +140,10 @@ def test_shipped_search_spaces_are_valid(name: str) -> None:
 
 
 def test_spec_module_does_not_import_ray() -> None:
-    code = "import sys, s2ap.tune, s2ap.tune.spec, s2ap.tune.results, s2ap.tune.trainable; " \
-           "s2ap.tune.load_spec({'base': {}}, nodes=None); print('ray' in sys.modules)"
+    code = (
+        "import sys, s2ap.tune, s2ap.tune.spec, s2ap.tune.results, s2ap.tune.trainable; "
+        "s2ap.tune.load_spec({'base': {}}, nodes=None); print('ray' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
 
@@ -216,7 +218,9 @@ def test_rejects_resources_no_node_provides() -> None:
 
 def test_rejects_warmup_longer_than_pruning_in_any_cell() -> None:
     # Searched warm-up reaching the 4 pruning epochs of a cell.
-    err = rejects(tiny(search={"s2ap.warmup_epochs": {"type": "int", "low": 1, "high": 4}}), "search.s2ap.warmup_epochs")
+    err = rejects(
+        tiny(search={"s2ap.warmup_epochs": {"type": "int", "low": 1, "high": 4}}), "search.s2ap.warmup_epochs"
+    )
     assert "prune.epochs" in err.message
     # A grid cell with fewer pruning epochs than the fixed warm-up of the base.
     base = copy.deepcopy(tiny()["base"])
@@ -229,7 +233,9 @@ def test_rejects_warmup_longer_than_pruning_in_any_cell() -> None:
 
 def test_rejects_grace_period_before_warmup_ends() -> None:
     rejects(tiny(scheduler={"type": "asha", "grace_period": 2}), "scheduler.grace_period", contains="warm-up")
-    rejects(tiny(scheduler={"type": "asha", "grace_period": 5}), "scheduler.grace_period", contains="smaller than")
+    rejects(
+        tiny(scheduler={"type": "asha", "grace_period": 5}), "scheduler.grace_period", contains="smaller than"
+    )
     assert load_spec(tiny(scheduler={"type": "asha", "grace_period": 4}), nodes=None).grace_period() == 4
 
 

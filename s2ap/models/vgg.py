@@ -20,7 +20,24 @@ logger = logging.getLogger(__name__)
 
 # Output channels of each 3x3 convolution; "M" is a 2x2 max-pool.
 VGG16_CONFIG: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
 )
 
 

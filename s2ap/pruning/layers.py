@@ -161,8 +161,14 @@ class LayerFactory:
         cls = MaskedConv2d if self.masked else nn.Conv2d
         extra = {"granularity": self.granularity} if self.masked else {}
         return cls(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-            bias=bias, groups=groups, **extra,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            bias=bias,
+            groups=groups,
+            **extra,
         )
 
     def linear(self, in_features: int, out_features: int, bias: bool = True, head: bool = False) -> nn.Linear:

@@ -25,7 +25,9 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="python -m s2ap.tune", description=__doc__.splitlines()[0])
     parser.add_argument("spec", help="search spec YAML (see search_spaces/)")
-    parser.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else an embedded Ray)")
+    parser.add_argument(
+        "--address", help="join this Ray cluster (default: RAY_ADDRESS, else an embedded Ray)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue the interrupted search in its folder")
     parser.add_argument("--out", help="search folder (default: <storage>/<name> from the spec)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no live view, only the summary")
@@ -52,8 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     from s2ap.tune.search import run_search, summary_lines
 
     try:
-        outcome = run_search(spec, address=args.address, resume=args.resume, out=args.out,
-                             quiet=args.quiet, verbose=args.verbose)
+        outcome = run_search(
+            spec,
+            address=args.address,
+            resume=args.resume,
+            out=args.out,
+            quiet=args.quiet,
+            verbose=args.verbose,
+        )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

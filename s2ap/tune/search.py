@@ -69,12 +69,17 @@ def optuna_distribution(dist: Distribution) -> Any:
         return optuna.distributions.CategoricalDistribution(list(dist.values))
     if dist.type == "int":
         return optuna.distributions.IntDistribution(
-            int(dist.low), int(dist.high), log=dist.log, step=int(dist.step or 1)  # type: ignore[arg-type]
+            int(dist.low),
+            int(dist.high),
+            log=dist.log,
+            step=int(dist.step or 1),  # type: ignore[arg-type]
         )
     if dist.type == "loguniform":
         return optuna.distributions.FloatDistribution(float(dist.low), float(dist.high), log=True)  # type: ignore[arg-type]
     return optuna.distributions.FloatDistribution(
-        float(dist.low), float(dist.high), step=None if dist.step is None else float(dist.step)  # type: ignore[arg-type]
+        float(dist.low),
+        float(dist.high),
+        step=None if dist.step is None else float(dist.step),  # type: ignore[arg-type]
     )
 
 
@@ -348,7 +353,9 @@ class LiveView(Callback):
                 f"done   {self._label(trial)}: val PGD {_pct(val)}, test clean {_pct(r.get('final_clean_acc'))}, "
                 f"robust {_pct(robust)} ({kind})"
             )
-        return f"stop   {self._label(trial)} at search epoch {r.get('search_epoch')} (val PGD {_pct(val)}, ASHA)"
+        return (
+            f"stop   {self._label(trial)} at search epoch {r.get('search_epoch')} (val PGD {_pct(val)}, ASHA)"
+        )
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._print(lambda: f"ERROR  {self._label(trial)}: {_error_text(trial)}")
@@ -460,7 +467,12 @@ def start_local_ray(num_cpus: int, *, verbose: bool = False) -> str:
 
 def join_ray(address: str, *, verbose: bool = False) -> None:
     """Join an existing cluster (``host:port``, ``auto`` or ``ray://``)."""
-    ray.init(address=address, runtime_env=runtime_env(address), log_to_driver=verbose, logging_level=logging.WARNING)
+    ray.init(
+        address=address,
+        runtime_env=runtime_env(address),
+        log_to_driver=verbose,
+        logging_level=logging.WARNING,
+    )
 
 
 def _cluster_nodes() -> list[dict[str, float]]:
@@ -511,7 +523,9 @@ def build_tuner(spec: SearchSpec, search_dir: Path, conc: int, resume: bool) -> 
         # No rung at the last epoch: stopping a trial whose training is done saves nothing
         # but its final evaluation.
         max_t = spec.max_search_epochs() - 1
-        scheduler = CellScheduler(s.metric, s.mode, max_t, spec.grace_period(), s.reduction_factor, s.per_cell)
+        scheduler = CellScheduler(
+            s.metric, s.mode, max_t, spec.grace_period(), s.reduction_factor, s.per_cell
+        )
     else:
         scheduler = FIFOScheduler()
     searcher = CellSearcher(spec.cells(), s.metric, s.mode, spec.seed, spec.name, spec.optuna_storage)
@@ -549,13 +563,17 @@ def prepare_dir(spec: SearchSpec, search_dir: Path, resume: bool) -> None:
             raise ConfigError("--resume", f"no search to resume in {search_dir}")
         if not any(search_dir.glob("experiment_state-*.json")):
             raise ConfigError(
-                "--resume", f"{search_dir} holds no saved Tune state yet: remove it and start the search again"
+                "--resume",
+                f"{search_dir} holds no saved Tune state yet: remove it and start the search again",
             )
         if saved.exists() and json.loads(saved.read_text()).get("hash") != spec_hash(spec):
             raise ConfigError("--resume", f"the spec differs from the one that started {search_dir}")
         return
     if exists:
-        raise ConfigError("--out", f"{search_dir} already holds a search: pass --resume to continue it, or pick another --out")
+        raise ConfigError(
+            "--out",
+            f"{search_dir} already holds a search: pass --resume to continue it, or pick another --out",
+        )
     search_dir.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps({"hash": spec_hash(spec), "spec": spec_to_dict(spec)}, indent=1, default=str))
 
@@ -582,7 +600,13 @@ def run_search(
     VIEW["quiet"] = quiet
     started, conc = _connect(spec, address, verbose)
     try:
-        log.info("search %s: %d trials, %d at a time, results in %s", spec.name, spec.num_trials(), conc, search_dir)
+        log.info(
+            "search %s: %d trials, %d at a time, results in %s",
+            spec.name,
+            spec.num_trials(),
+            conc,
+            search_dir,
+        )
         tuner = build_tuner(spec, search_dir, conc, resume)
         grid = tuner.fit()
         records = [

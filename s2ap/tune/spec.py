@@ -319,7 +319,9 @@ def parse_distribution(data: Any, path: str) -> Distribution:
             raise ConfigError(f"{path}.values", f"expected a non-empty list, got {values!r}")
         for i, v in enumerate(values):
             if not _is_scalar(v):
-                raise ConfigError(f"{path}.values[{i}]", f"expected a number, string, bool or null, got {v!r}")
+                raise ConfigError(
+                    f"{path}.values[{i}]", f"expected a number, string, bool or null, got {v!r}"
+                )
         if len({json.dumps(v) for v in values}) != len(values):
             raise ConfigError(f"{path}.values", "values must be distinct")
         return Distribution(kind, values=tuple(values))
@@ -407,7 +409,9 @@ def _worker_slots(node: Mapping[str, float], res: Resources) -> int:
     return max(slots, 0)
 
 
-def check_resources(spec: SearchSpec, nodes: Sequence[Mapping[str, float]], *, embedded: bool = False) -> None:
+def check_resources(
+    spec: SearchSpec, nodes: Sequence[Mapping[str, float]], *, embedded: bool = False
+) -> None:
     """Reject resources no node can provide. ``embedded``: the nodes will be sized to fit,
     so only one worker's bundle must fit a node; on a cluster one trial's workers must fit."""
     res = spec.resources
@@ -421,7 +425,8 @@ def check_resources(spec: SearchSpec, nodes: Sequence[Mapping[str, float]], *, e
     cpus = max((float(n.get("CPU", 0)) for n in nodes), default=0.0)
     if res.cpus_per_worker > cpus:
         raise ConfigError(
-            "resources.cpus_per_worker", f"{res.cpus_per_worker:g} CPUs per worker, but no node has more than {cpus:g}"
+            "resources.cpus_per_worker",
+            f"{res.cpus_per_worker:g} CPUs per worker, but no node has more than {cpus:g}",
         )
     if not embedded:
         slots = sum(_worker_slots(n, res) for n in nodes)
@@ -523,7 +528,9 @@ def load_spec(
     overrides = dict(_mapping(data.get("overrides"), "overrides"))
     for key in overrides:
         if key in RESERVED_KEYS:
-            raise ConfigError(f"overrides.{key}", "set by the search (device from resources, results under storage)")
+            raise ConfigError(
+                f"overrides.{key}", "set by the search (device from resources, results under storage)"
+            )
     try:
         base_cfg = validate(build(ExperimentConfig, base))
         base_cfg = apply_overrides(base_cfg, overrides)
@@ -536,7 +543,8 @@ def load_spec(
         raw_grid = data["grid"]
         if not isinstance(raw_grid, Mapping) or not raw_grid:
             raise ConfigError(
-                "grid", f"expected a non-empty mapping of dotted keys to lists of values, got {raw_grid!r}"
+                "grid",
+                f"expected a non-empty mapping of dotted keys to lists of values, got {raw_grid!r}"
                 " (leave grid out for a single cell)",
             )
         for key, values in raw_grid.items():
@@ -587,7 +595,9 @@ def load_spec(
         raise ConfigError("storage", f"expected a folder path, got {storage!r}")
     if "://" in storage:
         # Workers write trial notes and the pretraining cache next to Train's checkpoints.
-        raise ConfigError("storage", f"expected a folder (shared by every node on a cluster, e.g. NFS), got {storage!r}")
+        raise ConfigError(
+            "storage", f"expected a folder (shared by every node on a cluster, e.g. NFS), got {storage!r}"
+        )
     storage = str(Path(storage).expanduser().resolve())
     cache = data.get("pretrain_cache", "__default__")
     if cache == "__default__":
@@ -599,7 +609,8 @@ def load_spec(
     optuna_storage = data.get("optuna_storage")
     if optuna_storage is not None and (not isinstance(optuna_storage, str) or "://" not in optuna_storage):
         raise ConfigError(
-            "optuna_storage", f"expected an Optuna storage URL like sqlite:///optuna.db, got {optuna_storage!r}"
+            "optuna_storage",
+            f"expected an Optuna storage URL like sqlite:///optuna.db, got {optuna_storage!r}",
         )
 
     spec = SearchSpec(
@@ -630,8 +641,10 @@ def _parse_scheduler(data: Mapping[str, Any]) -> SchedulerSpec:
     kind = data.get("type", "asha")
     if kind not in SCHEDULERS:
         raise ConfigError("scheduler.type", f"expected one of {', '.join(SCHEDULERS)}, got {kind!r}")
-    allowed = ("type", "metric", "mode") if kind == "fifo" else (
-        "type", "metric", "mode", "grace_period", "reduction_factor", "per_cell"
+    allowed = (
+        ("type", "metric", "mode")
+        if kind == "fifo"
+        else ("type", "metric", "mode", "grace_period", "reduction_factor", "per_cell")
     )
     _reject_unknown(data, allowed, "scheduler")
     metric = data.get("metric", "val_pgd_acc")
@@ -702,7 +715,9 @@ def _validate_scheduler(spec: SearchSpec) -> None:
     longest = spec.max_warmup()
     total = spec.max_search_epochs()
     if total < 1:
-        raise ConfigError("scheduler.type", "asha needs pruning or finetuning epochs to judge trials; use fifo")
+        raise ConfigError(
+            "scheduler.type", "asha needs pruning or finetuning epochs to judge trials; use fifo"
+        )
     grace = spec.scheduler.grace_period
     if grace is not None and grace <= longest:
         raise ConfigError(
@@ -812,7 +827,11 @@ def json_schema() -> dict[str, Any]:
             "name": {"type": "string", "pattern": _NAME.pattern},
             "base": {"oneOf": [{"type": "object"}, {"type": "string"}]},
             "overrides": {"type": "object"},
-            "grid": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "array", "minItems": 1}},
+            "grid": {
+                "type": "object",
+                "minProperties": 1,
+                "additionalProperties": {"type": "array", "minItems": 1},
+            },
             "search": {"type": "object", "additionalProperties": dist},
             "num_samples": {"type": "integer", "minimum": 1},
             "scheduler": {

@@ -277,7 +277,9 @@ def train_worker(loop: dict[str, Any]) -> None:
                 cfg, run_dir, reporter, resume_from=resume_from, pretrain_cache=loop["pretrain_cache"]
             )
         except TrainingDiverged as exc:
-            _write_json(store / DIVERGED, {"reason": f"training diverged: {exc}", "time": time.time(), "rank": rank})
+            _write_json(
+                store / DIVERGED, {"reason": f"training diverged: {exc}", "time": time.time(), "rank": rank}
+            )
             if world == 1:
                 return
             raise  # the other ranks are stuck in a collective: Train tears the group down

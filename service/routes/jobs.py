@@ -45,10 +45,14 @@ async def _capped_body(request: Request, limit: int) -> bytes:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, "body_too_large", f"the body is over {limit} bytes; at most {limit} are accepted")
+                raise ApiError(
+                    413, "body_too_large", f"the body is over {limit} bytes; at most {limit} are accepted"
+                )
             chunks.append(chunk)
     except ClientDisconnect:
-        raise ApiError(400, "client_disconnected", "the client went away before sending the whole body") from None
+        raise ApiError(
+            400, "client_disconnected", "the client went away before sending the whole body"
+        ) from None
     return b"".join(chunks)
 
 
@@ -73,7 +77,9 @@ async def submit_job(
     """Validate the spec (422 naming the field when it is wrong) and start it on the cluster
     as ``python -m s2ap.tune SPEC --out RESULTS``. Returns the job (201)."""
     body = await _capped_body(request, settings.max_body_bytes)
-    submitted = await run_in_threadpool(jobs.submit, body, request.headers.get("content-type"), idempotency_key)
+    submitted = await run_in_threadpool(
+        jobs.submit, body, request.headers.get("content-type"), idempotency_key
+    )
     response.headers["Location"] = f"/jobs/{submitted.job.id}"
     if not submitted.created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -87,7 +93,9 @@ async def submit_job(
 async def list_jobs(
     jobs: JobsDep,
     limit: Annotated[int | None, Query(ge=1, description="Page size (default S2AP_PAGE_SIZE)")] = None,
-    cursor: Annotated[str | None, Query(max_length=32, description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=32, description="next_cursor of the previous page")
+    ] = None,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state")] = None,
 ) -> JobPage:
     items, next_cursor = jobs.page(limit, cursor, status)
@@ -100,7 +108,9 @@ async def get_job(job_id: str, jobs: JobsDep) -> JobDetail:
     return JobDetail.of(jobs.get(job_id))
 
 
-@router.post("/{job_id}/cancel", response_model=Job, summary="Cancel a job", responses=responses(404, 409, 503))
+@router.post(
+    "/{job_id}/cancel", response_model=Job, summary="Cancel a job", responses=responses(404, 409, 503)
+)
 def cancel_job(job_id: str, jobs: JobsDep) -> Job:
     """Stop the job on the cluster; its status becomes ``cancelled``. Cancelling a cancelled
     job is a no-op; a job that already succeeded or failed answers 409."""
@@ -112,8 +122,10 @@ def cancel_job(job_id: str, jobs: JobsDep) -> Job:
     response_class=Response,
     summary="A result table as Parquet",
     responses={
-        200: {"content": {PARQUET: {"schema": {"type": "string", "format": "binary"}}},
-              "description": "The table; partial while the job runs"},
+        200: {
+            "content": {PARQUET: {"schema": {"type": "string", "format": "binary"}}},
+            "description": "The table; partial while the job runs",
+        },
         **responses(404, 409, 422),
     },
 )
@@ -136,12 +148,16 @@ def get_results(
     "/{job_id}/logs",
     response_class=PlainTextResponse,
     summary="The job's log tail",
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Log tail"},
-               **responses(404, 422, 503)},
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Log tail"},
+        **responses(404, 422, 503),
+    },
 )
 def get_logs(
     job_id: str,
     jobs: JobsDep,
-    lines: Annotated[int | None, Query(ge=1, description="How many lines (default S2AP_LOG_TAIL_LINES)")] = None,
+    lines: Annotated[
+        int | None, Query(ge=1, description="How many lines (default S2AP_LOG_TAIL_LINES)")
+    ] = None,
 ) -> PlainTextResponse:
     return PlainTextResponse(jobs.logs(job_id, lines))
