@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from s2ap.config import from_dict
 from s2ap.data import load_splits
+from s2ap.experiment import from_dict
 from s2ap.models import build_model
 from s2ap.objectives import build_objective
 from s2ap.pruning import layers as L

@@ -42,7 +42,7 @@ def direct(repeats: int) -> float:
     """Median seconds of the experiment run in-process (imports already paid)."""
     import torch
 
-    from s2ap.config import from_dict
+    from s2ap.experiment import from_dict
     from s2ap.pipeline import run_experiment
 
     torch.set_num_threads(1)

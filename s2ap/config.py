@@ -1,53 +1,51 @@
-"""Frozen experiment configuration, built from YAML with unknown keys rejected.
+"""Frozen experiment configuration: one dataclass per concept, each field with its rules.
 
-Every user-facing value is validated here, in one place, and every failure is a
-:class:`ConfigError` naming the dotted field and what is allowed. A run's dotted
-overrides (``prune.sparsity=0.95``) resolve into a new frozen config.
+Types, ranges (``bounded``) and rules between fields (``check``) live on the classes, so
+a config that exists is a valid one (:mod:`s2ap.coerce` builds them from YAML, rejecting
+unknown keys, with one-line errors naming the dotted field). What needs the registries
+(does ``model.name`` exist, does the method accept these settings, which phases run) is
+checked one floor up, in :mod:`s2ap.experiment`, which every entry point calls.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import math
-import types
-import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
+from s2ap.coerce import (
+    Checked,
+    bounded,
+    build,
+    build_with,
+    parse_override,
+    stable_hash,
+    to_dict,
+    with_changes,
+)
+from s2ap.errors import ConfigError
+from s2ap.io import read_yaml_mapping
 
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A bad user input: ``field`` is the dotted path, the message says what is allowed."""
-
-    def __init__(self, field_path: str, message: str) -> None:
-        self.field = field_path
-        self.message = message
-        super().__init__(f"{field_path}: {message}" if field_path else message)
+Phase = Literal["pretrain", "prune", "finetune"]
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Checked):
     name: str = "digits"
     root: str = "data"
     download: bool = False
-    val_fraction: float = 0.1
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    image_size: int | None = None  # resize to this side; None keeps the native size
-    train_limit: int | None = None  # use only the first N training points (after shuffling)
-    test_limit: int | None = None
-    num_workers: int = 0
+    val_fraction: float = bounded(0.1, gt=0, lt=1)
+    batch_size: int = bounded(128, ge=1)
+    eval_batch_size: int = bounded(256, ge=1)
+    image_size: int | None = bounded(None, ge=1)  # resize to this side; None keeps the native size
+    train_limit: int | None = bounded(None, ge=1)  # use only the first N training points (after shuffling)
+    test_limit: int | None = bounded(None, ge=1)
+    num_workers: int = bounded(0, ge=0)
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Checked):
     name: str = "cnn"
     # Which layers get scores: "default" lets the model decide (ViT: every linear but
     # the head), "all" prunes every conv and linear layer, "all_but_last" keeps the head.
@@ -55,44 +53,44 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class AttackConfig:
+class AttackConfig(Checked):
     """L-inf PGD used for training and for per-epoch validation."""
 
-    eps: float = 8 / 255
-    step_size: float = 2 / 255
-    steps: int = 10
+    eps: float = bounded(8 / 255, ge=0)
+    step_size: float = bounded(2 / 255, ge=0)
+    steps: int = bounded(10, ge=0)
     random_start: bool = True
 
 
 @dataclass(frozen=True)
-class ObjectiveConfig:
+class ObjectiveConfig(Checked):
     name: Literal["trades", "pgd", "clean"] = "trades"
-    beta: float = 6.0  # TRADES trade-off
+    beta: float = bounded(6.0, ge=0)  # TRADES trade-off
 
 
 @dataclass(frozen=True)
-class PhaseConfig:
-    epochs: int = 0
-    lr: float = 0.1
+class PhaseConfig(Checked):
+    epochs: int = bounded(0, ge=0)
+    lr: float = bounded(0.1, gt=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    weight_decay: float = bounded(5e-4, ge=0)
     schedule: Literal["cosine", "constant", "step"] = "cosine"
 
 
 @dataclass(frozen=True)
 class PretrainConfig(PhaseConfig):
-    epochs: int = 100
+    epochs: int = bounded(100, ge=0)
     checkpoint: str | None = None  # a dense state dict to start from instead of training
 
 
 @dataclass(frozen=True)
 class PruneConfig(PhaseConfig):
-    epochs: int = 20
-    lr: float = 0.1
-    weight_decay: float = 1e-4
+    epochs: int = bounded(20, ge=0)
+    lr: float = bounded(0.1, gt=0)
+    weight_decay: float = bounded(1e-4, ge=0)
     method: str = "hydra"
-    sparsity: float = 0.9  # fraction of prunable weights removed
+    sparsity: float = bounded(0.9, gt=0, lt=1)  # fraction of prunable weights removed
     score_init: Literal["scaled", "magnitude", "kaiming"] = "scaled"
     # How the returned mask is chosen among pruning epochs: lowest training robust loss
     # (the paper, Algorithm 1 lines 13-15), highest validation robust accuracy, or last.
@@ -103,79 +101,92 @@ class PruneConfig(PhaseConfig):
     granularity: Literal["weight", "channel"] | None = None
     # Channel pruning only: the target as a FLOPs reduction factor of the compact network
     # (the paper's 4x and 15x, Table 9) instead of prune.sparsity.
-    flops_reduction: float | None = None
+    flops_reduction: float | None = bounded(None, gt=1, note="a reduction factor")
 
 
 @dataclass(frozen=True)
-class HarpConfig:
+class HarpConfig(Checked):
     """HARP (Zhao & Wressnegger, 2023): learned per-layer keep-rates."""
 
-    min_rate_fraction: float = 0.1  # each layer's keep-rate stays >= this fraction of the target
-    init_rates: tuple[float, ...] = ()  # per pruned layer, in definition order; () = uniform
-    penalty_init: float = 1.0  # weight of the over-budget penalty in the first epoch
-    penalty_growth: float = 2.0  # factor applied after each epoch that ends over budget
+    # each layer's keep-rate stays >= this fraction of the target
+    min_rate_fraction: float = bounded(0.1, gt=0, lt=1)
+    # per pruned layer, in definition order; () = uniform
+    init_rates: tuple[float, ...] = bounded((), gt=0, le=1, note="a keep-rate")
+    penalty_init: float = bounded(1.0, gt=0)  # weight of the over-budget penalty in the first epoch
+    penalty_growth: float = bounded(2.0, ge=1)  # factor applied after each epoch that ends over budget
     # After the search, shift all rates down together until the budget holds (the soft
     # penalty alone may leave the returned mask slightly over the target).
     enforce_budget: bool = True
 
 
 @dataclass(frozen=True)
-class RlthConfig:
+class RlthConfig(Checked):
     """Robust lottery tickets (Fu et al., 2021): scores searched in frozen random weights."""
 
     weight_init: Literal["kaiming_normal", "signed_constant"] = "kaiming_normal"
 
 
 @dataclass(frozen=True)
-class AdaSAPConfig:
+class AdaSAPConfig(Checked):
     """AdaSAP (Bair et al.): defaults from its Sect. 4.1 (ASAM, rho in [0.01, 2], 10 warm-up
     epochs, rho 2 for the uniform finetuning)."""
 
-    rho_min: float = 0.01  # perturbation radius of the most important neuron
-    rho_max: float = 2.0  # perturbation radius of the least important neuron
-    finetune_rho: float = 2.0  # uniform radius during finetuning (robustness encouragement)
+    rho_min: float = bounded(0.01, ge=0)  # perturbation radius of the most important neuron
+    rho_max: float = bounded(2.0, ge=0)  # perturbation radius of the least important neuron
+    finetune_rho: float = bounded(2.0, ge=0)  # uniform radius during finetuning (robustness encouragement)
     adaptive: bool = True  # ASAM's scale-invariant ball (T_w = |w| + eta); false = plain SAM
-    eta: float = 0.01  # ASAM's offset in T_w
+    eta: float = bounded(0.01, ge=0)  # ASAM's offset in T_w
     criterion: Literal["l2", "l1"] = "l2"  # neuron importance (and pruning saliency)
-    warmup_epochs: int = 10  # prune-phase epochs before the first pruning step
+    warmup_epochs: int = bounded(
+        10, ge=1, note="the warm-up primes the network"
+    )  # prune epochs before pruning
+
+    def check(self) -> None:
+        if self.rho_max < self.rho_min:
+            raise ConfigError("rho_max", f"must be >= adasap.rho_min ({self.rho_min}), got {self.rho_max}")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig(PhaseConfig):
-    epochs: int = 100
-    lr: float = 0.01
+    epochs: int = bounded(100, ge=0)
+    lr: float = bounded(0.01, gt=0)
 
 
 @dataclass(frozen=True)
-class S2APConfig:
+class S2APConfig(Checked):
     enabled: bool = False
-    gamma: float = 0.001  # layer-wise bound ||z_l|| <= gamma * ||s_l||
-    warmup_epochs: int = 5  # pruning epochs of the plain method before S2AP starts
+    gamma: float = bounded(0.001, ge=0)  # layer-wise bound ||z_l|| <= gamma * ||s_l||
+    warmup_epochs: int = bounded(5, ge=0)  # pruning epochs of the plain method before S2AP starts
     finetune_awp: bool = True  # Algorithm 2: AWP on the kept weights with the same gamma
     # What the mask search perturbs: the scores (S2AP) or the frozen weights within
     # gamma * ||w_l|| (AWP during pruning, the paper's Table 13 ablation).
     perturb: Literal["scores", "weights"] = "scores"
 
+    @property
+    def active(self) -> bool:
+        """Whether S2AP changes anything at all: enabled, with a positive bound."""
+        return self.enabled and self.gamma > 0
+
 
 @dataclass(frozen=True)
-class EvalConfig:
-    pgd_steps: int = 50
-    pgd_restarts: int = 1
+class EvalConfig(Checked):
+    pgd_steps: int = bounded(50, ge=1)
+    pgd_restarts: int = bounded(1, ge=1)
     autoattack: bool = True
-    autoattack_n: int | None = None  # test points for AutoAttack; None = whole test set
-    val_pgd_steps: int = 10  # PGD steps for the per-epoch validation robust accuracy
-    val_limit: int | None = None  # validation points used per epoch; None = all
-    lambda_max_every: int = 0  # power iteration every N pruning iterations; 0 = off
-    lambda_max_iters: int = 10
-    lambda_max_batch: int = 64
-    loss_diff_rhos: tuple[float, ...] = ()  # e.g. (0.001, 0.0025, 0.005, 0.0075, 0.01)
-    loss_diff_steps: int = 20
+    autoattack_n: int | None = bounded(None, ge=1)  # test points for AutoAttack; None = whole test set
+    val_pgd_steps: int = bounded(10, ge=1)  # PGD steps for the per-epoch validation robust accuracy
+    val_limit: int | None = bounded(None, ge=1)  # validation points used per epoch; None = all
+    lambda_max_every: int = bounded(0, ge=0)  # power iteration every N pruning iterations; 0 = off
+    lambda_max_iters: int = bounded(10, ge=1)
+    lambda_max_batch: int = bounded(64, ge=1)
+    loss_diff_rhos: tuple[float, ...] = bounded((), gt=0)  # e.g. (0.001, 0.0025, 0.005, 0.0075, 0.01)
+    loss_diff_steps: int = bounded(20, ge=1)
     corruption_root: str | None = None  # CIFAR-10-C folder
-    corruption_severity: int = 3
+    corruption_severity: int = bounded(3, ge=1, le=5)
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(Checked):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = False
@@ -193,6 +204,15 @@ class ExperimentConfig:
     rlth: RlthConfig = field(default_factory=RlthConfig)
     adasap: AdaSAPConfig = field(default_factory=AdaSAPConfig)
 
+    def check(self) -> None:
+        s, p = self.s2ap, self.prune
+        if s.enabled and p.mask is None and s.warmup_epochs >= p.epochs:
+            raise ConfigError(
+                "s2ap.warmup_epochs",
+                f"must be smaller than prune.epochs ({p.epochs}) so S2AP runs at least one epoch, "
+                f"got {s.warmup_epochs}",
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
@@ -202,250 +222,16 @@ class ExperimentConfig:
         d.pop("out_dir", None)
         return stable_hash(d)
 
-    def with_overrides(self, overrides: Mapping[str, Any] | Iterable[str]) -> ExperimentConfig:
-        return apply_overrides(self, overrides)
+
+def changed(cfg: ExperimentConfig, overrides: Mapping[str, Any] | Iterable[str]) -> ExperimentConfig:
+    """Dotted keys replaced; shape and ranges checked. Entry points use
+    :func:`s2ap.experiment.with_overrides`, which also checks the registries."""
+    return with_changes(cfg, overrides)
 
 
-# --------------------------------------------------------------------------- building
-
-
-def stable_hash(obj: Any, length: int = 16) -> str:
-    blob = json.dumps(obj, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:length]
-
-
-def to_dict(obj: Any) -> Any:
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, tuple):
-        return [to_dict(v) for v in obj]
-    return obj
-
-
-def _parse_number(value: Any, path: str) -> Any:
-    """Accept '8/255' style fractions where a float is expected."""
-    if isinstance(value, str) and "/" in value:
-        num, _, den = value.partition("/")
-        try:
-            return float(num) / float(den)
-        except (ValueError, ZeroDivisionError):
-            raise ConfigError(path, f"expected a number or a fraction like 8/255, got {value!r}") from None
-    return value
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, path)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(path, f"expected {_type_name(tp)}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(path, f"expected a list, got {value!r}")
-        return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
-    if is_dataclass(tp):
-        return build(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(path, f"expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        value = _parse_number(value, path)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(path, f"expected a number, got {value!r}")
-        if not math.isfinite(float(value)):
-            raise ConfigError(path, f"expected a finite number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(path, f"expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp!r} at {path}")  # a bug, not bad input
-
-
-def build(cls: type[T], data: Any, path: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys."""
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(path or "config", f"expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    for key in data:
-        if key not in known:
-            where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(where, f"unknown key; allowed: {', '.join(sorted(known))}")
-    kwargs = {
-        key: _coerce(value, hints[key], f"{path}.{key}" if path else key) for key, value in data.items()
-    }
-    return cls(**kwargs)  # type: ignore[call-arg]
-
-
-def _check(cond: bool, path: str, message: str) -> None:
-    if not cond:
-        raise ConfigError(path, message)
-
-
-def validate(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Range checks and names that must exist in the registries."""
-    d, p, s, e = cfg.data, cfg.prune, cfg.s2ap, cfg.eval
-    _check(0.0 < d.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
-    for name in ("batch_size", "eval_batch_size"):
-        _check(getattr(d, name) >= 1, f"data.{name}", f"must be >= 1, got {getattr(d, name)}")
-    for name in ("image_size", "train_limit", "test_limit"):
-        v = getattr(d, name)
-        _check(v is None or v >= 1, f"data.{name}", f"must be null or >= 1, got {v}")
-    _check(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
-    _check(0.0 < p.sparsity < 1.0, "prune.sparsity", f"must be in (0, 1), got {p.sparsity}")
-    a = cfg.attack
-    _check(a.eps >= 0, "attack.eps", f"must be >= 0, got {a.eps}")
-    _check(a.step_size >= 0, "attack.step_size", f"must be >= 0, got {a.step_size}")
-    _check(a.steps >= 0, "attack.steps", f"must be >= 0, got {a.steps}")
-    _check(cfg.objective.beta >= 0, "objective.beta", f"must be >= 0, got {cfg.objective.beta}")
-    for phase in ("pretrain", "prune", "finetune"):
-        ph: PhaseConfig = getattr(cfg, phase)
-        _check(ph.epochs >= 0, f"{phase}.epochs", f"must be >= 0, got {ph.epochs}")
-        _check(ph.lr > 0, f"{phase}.lr", f"must be > 0, got {ph.lr}")
-        _check(ph.weight_decay >= 0, f"{phase}.weight_decay", f"must be >= 0, got {ph.weight_decay}")
-        _check(0 <= ph.momentum < 1, f"{phase}.momentum", f"must be in [0, 1), got {ph.momentum}")
-    _check(s.gamma >= 0, "s2ap.gamma", f"must be >= 0, got {s.gamma}")
-    _check(s.warmup_epochs >= 0, "s2ap.warmup_epochs", f"must be >= 0, got {s.warmup_epochs}")
-    if s.enabled and p.mask is None:
-        _check(
-            s.warmup_epochs < p.epochs,
-            "s2ap.warmup_epochs",
-            f"must be smaller than prune.epochs ({p.epochs}) so S2AP runs at least one epoch, "
-            f"got {s.warmup_epochs}",
-        )
-    _check(e.pgd_steps >= 1, "eval.pgd_steps", f"must be >= 1, got {e.pgd_steps}")
-    _check(e.pgd_restarts >= 1, "eval.pgd_restarts", f"must be >= 1, got {e.pgd_restarts}")
-    _check(e.val_pgd_steps >= 1, "eval.val_pgd_steps", f"must be >= 1, got {e.val_pgd_steps}")
-    _check(e.lambda_max_every >= 0, "eval.lambda_max_every", f"must be >= 0, got {e.lambda_max_every}")
-    _check(e.lambda_max_iters >= 1, "eval.lambda_max_iters", f"must be >= 1, got {e.lambda_max_iters}")
-    _check(all(r > 0 for r in e.loss_diff_rhos), "eval.loss_diff_rhos", "every rho must be > 0")
-    _check(1 <= e.corruption_severity <= 5, "eval.corruption_severity", "must be in 1..5")
-    for name in ("autoattack_n", "val_limit"):
-        v = getattr(e, name)
-        _check(v is None or v >= 1, f"eval.{name}", f"must be null or >= 1, got {v}")
-    _validate_methods(cfg)
-    _check_registered(cfg)
-    return cfg
-
-
-def _validate_methods(cfg: ExperimentConfig) -> None:
-    """Ranges of the method sections (whether a method accepts them is its check_config)."""
-    p, h, a = cfg.prune, cfg.harp, cfg.adasap
-    if p.flops_reduction is not None:
-        _check(
-            p.flops_reduction > 1,
-            "prune.flops_reduction",
-            f"must be > 1 (a reduction factor), got {p.flops_reduction}",
-        )
-    _check(
-        0 < h.min_rate_fraction < 1, "harp.min_rate_fraction", f"must be in (0, 1), got {h.min_rate_fraction}"
-    )
-    for i, r in enumerate(h.init_rates):
-        _check(0 < r <= 1, f"harp.init_rates[{i}]", f"must be a keep-rate in (0, 1], got {r}")
-    _check(h.penalty_init > 0, "harp.penalty_init", f"must be > 0, got {h.penalty_init}")
-    _check(h.penalty_growth >= 1, "harp.penalty_growth", f"must be >= 1, got {h.penalty_growth}")
-    _check(a.rho_min >= 0, "adasap.rho_min", f"must be >= 0, got {a.rho_min}")
-    _check(
-        a.rho_max >= a.rho_min, "adasap.rho_max", f"must be >= adasap.rho_min ({a.rho_min}), got {a.rho_max}"
-    )
-    _check(a.finetune_rho >= 0, "adasap.finetune_rho", f"must be >= 0, got {a.finetune_rho}")
-    _check(a.eta >= 0, "adasap.eta", f"must be >= 0, got {a.eta}")
-    _check(
-        a.warmup_epochs >= 1,
-        "adasap.warmup_epochs",
-        f"must be >= 1 (the warm-up primes the network), got {a.warmup_epochs}",
-    )
-
-
-def _check_registered(cfg: ExperimentConfig) -> None:
-    # Imported here: the registries live on higher floors and fill themselves on import.
-    from s2ap.data import DATASETS
-    from s2ap.models import MODELS
-    from s2ap.pruning.methods import METHODS
-
-    for path, value, registry in (
-        ("data.name", cfg.data.name, DATASETS),
-        ("model.name", cfg.model.name, MODELS),
-        ("prune.method", cfg.prune.method, METHODS),
-    ):
-        _check(value in registry, path, f"unknown {value!r}; allowed: {', '.join(registry.names())}")
-    METHODS.get(cfg.prune.method).check_config(cfg)
-
-
-def from_dict(data: Mapping[str, Any] | None) -> ExperimentConfig:
-    return validate(build(ExperimentConfig, data or {}))
-
-
-def load(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("config", f"file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{path} is not valid YAML: {exc}".replace("\n", " ")) from None
-    cfg = build(ExperimentConfig, data)
-    return validate(apply_overrides(cfg, overrides))
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise ConfigError("--set", f"expected key=value, got {item!r}")
-    try:
-        value = yaml.safe_load(raw) if raw else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
-def apply_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any] | Iterable[str]) -> ExperimentConfig:
-    """Return a new config with dotted keys replaced, validated like the YAML."""
-    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
-    data = cfg.to_dict()
-    for key, value in items:
-        node = data
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(key, f"unknown key {'.'.join(parts[: i + 1])!r}")
-            node = node[part]
-        if parts[-1] not in node:
-            raise ConfigError(key, f"unknown key; allowed: {', '.join(sorted(node))}")
-        node[parts[-1]] = value
-    return validate(build(ExperimentConfig, data))
+def read(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """A config YAML plus ``key=value`` overrides; shape and ranges checked."""
+    return build_with(ExperimentConfig, read_yaml_mapping(path, "config"), overrides)
 
 
 __all__ = [
@@ -459,17 +245,17 @@ __all__ = [
     "HarpConfig",
     "ModelConfig",
     "ObjectiveConfig",
+    "Phase",
     "PhaseConfig",
     "PretrainConfig",
     "PruneConfig",
     "RlthConfig",
     "S2APConfig",
-    "apply_overrides",
     "build",
-    "dataclasses",
-    "from_dict",
-    "load",
+    "changed",
+    "parse_override",
+    "read",
     "replace",
     "stable_hash",
-    "validate",
+    "to_dict",
 ]

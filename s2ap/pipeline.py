@@ -22,27 +22,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from s2ap import results
-from s2ap.config import ExperimentConfig, PhaseConfig, stable_hash
+from s2ap.config import ExperimentConfig, PhaseConfig
 from s2ap.data import Splits, load_splits
+from s2ap.distributed import DistInfo, ShardedBatches, resolve_device
+from s2ap.experiment import pretrain_key
 from s2ap.models import build_model
 from s2ap.objectives import build_objective
 from s2ap.pruning import layers as L
 from s2ap.pruning.methods import PruningMethod, build_method
 from s2ap.pruning.perturbations import search_weight_perturbation
+from s2ap.seeding import derive_seed
 from s2ap.sharpness import score_perturbation, weight_perturbation
 from s2ap.train import (
-    DistInfo,
-    ShardedBatches,
     build_optimizer,
     build_scheduler,
-    derive_seed,
     train_epoch,
 )
 
@@ -50,32 +49,6 @@ log = logging.getLogger(__name__)
 
 PHASES = ("pretrain", "prune", "finetune", "evaluate")
 Reporter = Callable[[dict[str, Any], Path | None], None]
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-    return torch.device("cpu")
-
-
-def pretrain_key(cfg: ExperimentConfig) -> str:
-    """What a pretrained checkpoint depends on: never gamma, pruning or finetuning."""
-    return stable_hash(
-        {
-            "model": results_dict(cfg.model),
-            "data": results_dict(cfg.data),
-            "seed": cfg.seed,
-            "pretrain": results_dict(cfg.pretrain),
-            "attack": results_dict(cfg.attack),
-            "objective": results_dict(cfg.objective),
-        }
-    )
-
-
-def results_dict(obj: Any) -> Any:
-    from s2ap.config import to_dict
-
-    return to_dict(obj)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -593,7 +566,3 @@ def run_experiment(
 ) -> dict[str, Any]:
     """The entry point the CLI and the Ray layer wrap."""
     return Pipeline(cfg, run_dir, reporter, resume_from, progress, pretrain_cache).run()
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()

@@ -12,8 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-from s2ap.config import ConfigError, load
-from s2ap.train import TrainingDiverged
+from s2ap.config import ConfigError
+from s2ap.errors import TrainingDiverged
+from s2ap.experiment import load
 
 log = logging.getLogger("s2ap.run")
 

@@ -15,95 +15,18 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
+from s2ap.distributed import ShardedBatches
+from s2ap.errors import TrainingDiverged
 from s2ap.objectives import Objective
 from s2ap.sharpness import LayerwisePerturbation
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
-
-
-@dataclass
-class DistInfo:
-    """Where this process sits in a ``torch.distributed`` group (world 1 without one)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @classmethod
-    def current(cls) -> DistInfo:
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
-        return cls()
-
-    def all_reduce_sum(self, values: Sequence[float], device: torch.device) -> list[float]:
-        if self.world == 1:
-            return list(values)
-        t = torch.tensor(list(values), dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return t.tolist()
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts, stable across processes and Python runs."""
-    import hashlib
-
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-class ShardedBatches:
-    """Seeded global batches, each split into contiguous per-rank chunks.
-
-    The union of the ranks' chunks is exactly the single-process batch, so a DDP run with
-    global batch B sees the same data per step as one process with batch B.
-    """
-
-    def __init__(
-        self, n: int, batch_size: int, shuffle: bool, dist_info: DistInfo, drop_last: bool = False
-    ) -> None:
-        self.n = n
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.dist = dist_info
-        self.drop_last = drop_last
-        self.seed = 0
-
-    def set_seed(self, seed: int) -> None:
-        self.seed = seed
-
-    def global_batches(self) -> list[np.ndarray]:
-        order = np.random.default_rng(self.seed).permutation(self.n) if self.shuffle else np.arange(self.n)
-        batches = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
-        # A batch smaller than the world would leave a rank without data.
-        if batches and (
-            len(batches[-1]) < self.dist.world
-            or (self.drop_last and len(batches) > 1 and len(batches[-1]) < self.batch_size)
-        ):
-            batches.pop()
-        return batches
-
-    def chunk(self, batch_len: int) -> tuple[int, int]:
-        bounds = np.linspace(0, batch_len, self.dist.world + 1).round().astype(int)
-        return int(bounds[self.dist.rank]), int(bounds[self.dist.rank + 1])
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.global_batches():
-            lo, hi = self.chunk(len(batch))
-            yield batch[lo:hi].tolist()
-
-    def __len__(self) -> int:
-        return len(self.global_batches())
 
 
 @dataclass

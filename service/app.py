@@ -135,7 +135,7 @@ def _warm_validator() -> None:
     """The first validation imports torch, the data sets and the model registry (seconds on
     a busy machine): pay that at startup, not in the first submitter's request."""
     import s2ap.tune.spec  # noqa: F401
-    from s2ap.config import from_dict
+    from s2ap.experiment import from_dict
 
     try:
         from_dict({})

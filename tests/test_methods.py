@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s2ap.config import ConfigError, from_dict
+from s2ap.config import ConfigError
+from s2ap.experiment import from_dict, with_overrides
 from s2ap.models import MODELS, build_model
 from s2ap.pipeline import Pipeline, run_experiment
 from s2ap.pruning import layers as L
@@ -38,7 +39,7 @@ SIZES = {"resnet50": 32}
 
 
 def tiny(**overrides: object):
-    return from_dict(TINY).with_overrides(overrides)
+    return with_overrides(from_dict(TINY), overrides)
 
 
 def cfg_for(method: str, model: str = "cnn", **prune: object):

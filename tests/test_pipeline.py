@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from s2ap.config import from_dict
 from s2ap.data import load_splits
+from s2ap.experiment import from_dict, with_overrides
 from s2ap.models import build_model
 from s2ap.pipeline import Pipeline, run_experiment
 from s2ap.pruning import layers as L
@@ -31,7 +31,7 @@ TINY = {
 
 
 def tiny(**overrides) -> object:
-    return from_dict(TINY).with_overrides(overrides)
+    return with_overrides(from_dict(TINY), overrides)
 
 
 def test_end_to_end_digits_writes_run_folder(tmp_path: Path) -> None:
@@ -108,9 +108,10 @@ def test_s2ap_off_matches_original_and_warmup_epochs_are_identical(tmp_path: Pat
 
 
 def test_gamma_zero_perturbation_step_equals_plain_step() -> None:
+    from s2ap.distributed import DistInfo, ShardedBatches
     from s2ap.objectives import build_objective
     from s2ap.sharpness import score_perturbation
-    from s2ap.train import DistInfo, ShardedBatches, build_optimizer, train_epoch
+    from s2ap.train import build_optimizer, train_epoch
 
     cfg = tiny()
     splits = load_splits(cfg.data, 0)
@@ -178,7 +179,7 @@ def test_resume_refuses_state_of_another_config(tmp_path: Path) -> None:
     cfg = tiny(**{"prune.epochs": 1, "pretrain.epochs": 1, "finetune.epochs": 0})
     run_experiment(cfg, tmp_path)
     with pytest.raises(ValueError, match="different config"):
-        Pipeline(cfg.with_overrides({"prune.sparsity": 0.5}), tmp_path, resume_from=tmp_path / "state.pt")
+        Pipeline(with_overrides(cfg, {"prune.sparsity": 0.5}), tmp_path, resume_from=tmp_path / "state.pt")
 
 
 def _free_port() -> int:

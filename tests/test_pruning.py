@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from s2ap.attacks import PGD
-from s2ap.config import from_dict
+from s2ap.experiment import from_dict
 from s2ap.models import MODELS, build_model
 from s2ap.objectives import TradesObjective, trades_loss
 from s2ap.pruning import layers as L

@@ -48,6 +48,7 @@ from s2ap.pruning.layers import (
     topk_count_mask,
 )
 from s2ap.registry import Registry
+from s2ap.seeding import derive_seed
 from s2ap.sharpness import LayerwisePerturbation
 
 log = logging.getLogger(__name__)
@@ -258,8 +259,6 @@ class RobustLotteryTicket(PruningMethod):
             )
 
     def prepare(self, model: nn.Module) -> None:
-        from s2ap.train import derive_seed
-
         generator = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "rlth-weights"))
         with torch.no_grad():
             for _, layer in scored_layers(model):

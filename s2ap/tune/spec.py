@@ -24,7 +24,9 @@ from typing import Any
 
 import yaml
 
-from s2ap.config import ConfigError, ExperimentConfig, apply_overrides, build, validate
+from s2ap.config import ConfigError, ExperimentConfig
+from s2ap.experiment import from_dict, phases
+from s2ap.experiment import with_overrides as apply_overrides
 
 # Per-epoch metrics the pipeline reports that a scheduler can rank trials on: they are
 # numbers in every epoch of every phase (hamming and lambda_max are not).
@@ -161,7 +163,7 @@ class SearchSpec:
         return "cuda" if self.resources.gpus_per_worker > 0 else "cpu"
 
     def base_config(self) -> ExperimentConfig:
-        return validate(build(ExperimentConfig, dict(self.base)))
+        return from_dict(dict(self.base))
 
     def cells(self) -> list[Cell]:
         """Every grid combination, in spec order, with the searched keys that matter there."""
@@ -228,16 +230,11 @@ def is_inert(cfg: ExperimentConfig, key: str) -> bool:
 
 
 def prune_epochs(cfg: ExperimentConfig) -> int:
-    from s2ap.pruning.methods import METHODS
-
-    method = METHODS.get(cfg.prune.method)
-    return cfg.prune.epochs if method.trains_scores and cfg.prune.mask is None else 0
+    return phases(cfg).prune
 
 
 def finetune_epochs(cfg: ExperimentConfig) -> int:
-    from s2ap.pruning.methods import METHODS
-
-    return cfg.finetune.epochs if METHODS.get(cfg.prune.method).finetunes else 0
+    return phases(cfg).finetune
 
 
 def search_epoch(cfg: ExperimentConfig, phase: str, epoch: int) -> int:
@@ -532,7 +529,7 @@ def load_spec(
                 f"overrides.{key}", "set by the search (device from resources, results under storage)"
             )
     try:
-        base_cfg = validate(build(ExperimentConfig, base))
+        base_cfg = from_dict(base)
         base_cfg = apply_overrides(base_cfg, overrides)
     except ConfigError as exc:
         prefix = "overrides" if exc.field in overrides else "base"

@@ -11,7 +11,7 @@ Inside a trial:
   Tune, where ASHA reads ``val_pgd_acc`` at ``search_epoch``;
 * a worker fault restarts the worker group from the checkpoint Train hands back
   (``FailureConfig``), whose ``state.pt`` goes to ``run_experiment(resume_from=...)``;
-* a NaN loss (:class:`s2ap.train.TrainingDiverged`) is written next to the trial, never
+* a NaN loss (:class:`s2ap.errors.TrainingDiverged`) is written next to the trial, never
   retried, and raised in the trainable as :class:`TrialDiverged` so Tune records the trial
   as errored with its reason while the search goes on;
 * pretraining is cached by content hash; trials needing the same pretrained model take a
@@ -114,9 +114,9 @@ class PretrainLock:
         so no rank sits in a collective that could time out while another trial pretrains."""
         import fcntl
 
-        from s2ap.pipeline import pretrain_key
+        from s2ap.distributed import DistInfo
+        from s2ap.experiment import pretrain_key
         from s2ap.pruning.methods import METHODS
-        from s2ap.train import DistInfo
 
         p = cfg.pretrain
         if cache_dir is None or p.checkpoint is not None or p.epochs == 0:
@@ -235,9 +235,10 @@ def train_worker(loop: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from s2ap.config import from_dict
-    from s2ap.pipeline import resolve_device, run_experiment
-    from s2ap.train import TrainingDiverged
+    from s2ap.distributed import resolve_device
+    from s2ap.errors import TrainingDiverged
+    from s2ap.experiment import from_dict
+    from s2ap.pipeline import run_experiment
 
     torch.set_num_threads(max(1, int(round(loop["threads"]))))
     ctx = ray.train.get_context()

@@ -1,0 +1,130 @@
+"""An experiment config checked against the registries, and what follows from it alone.
+
+:mod:`s2ap.config` checks shapes and ranges; this module, one floor above the data sets,
+models and pruning methods, checks what needs them: names that must exist, the rules a
+method puts on the settings, and which phases run. Every entry point (the run CLI, the
+search, the service) builds configs through :func:`load`, :func:`from_dict` or
+:func:`with_overrides`, so a config that reaches the pipeline has been checked once, whole.
+
+It also holds the facts about a run that the config decides before anything trains: the
+epochs each phase trains (:func:`phases`), what a pretrained checkpoint depends on
+(:func:`pretrain_key`) and the identity columns of a result row (:func:`identity`), each
+written once and shared by the pipeline, the search and its tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from s2ap.coerce import build, stable_hash, to_dict
+from s2ap.config import ExperimentConfig, changed, read
+from s2ap.data import DATASETS
+from s2ap.errors import ConfigError
+from s2ap.models import MODELS
+from s2ap.pruning import METHODS, PruningMethod
+
+
+def check(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Names that must exist in the registries, then the method's own rules."""
+    for path, value, registry in (
+        ("data.name", cfg.data.name, DATASETS),
+        ("model.name", cfg.model.name, MODELS),
+        ("prune.method", cfg.prune.method, METHODS),
+    ):
+        if value not in registry:
+            raise ConfigError(path, f"unknown {value!r}; allowed: {', '.join(registry.names())}")
+    METHODS.get(cfg.prune.method).check_config(cfg)
+    return cfg
+
+
+def from_dict(data: Mapping[str, Any] | None) -> ExperimentConfig:
+    return check(build(ExperimentConfig, data or {}))
+
+
+def load(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    return check(read(path, overrides))
+
+
+def with_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any] | Iterable[str]) -> ExperimentConfig:
+    return check(changed(cfg, overrides))
+
+
+def method_class(cfg: ExperimentConfig) -> type[PruningMethod]:
+    return METHODS.get(cfg.prune.method)
+
+
+# --------------------------------------------------------------------------- which phases run
+
+
+@dataclass(frozen=True)
+class Phases:
+    """How many epochs each phase trains in a run of one config (0: it trains nothing).
+
+    ``pretrain`` is 0 when a checkpoint is given or the method keeps random weights (a
+    pretraining cache may still skip it at run time); ``prune`` is 0 when a mask is given or
+    the method learns no scores; ``finetune`` is 0 when the method does not finetune.
+    """
+
+    pretrain: int
+    prune: int
+    finetune: int
+
+    @property
+    def after_pretraining(self) -> int:
+        return self.prune + self.finetune
+
+
+def phases(cfg: ExperimentConfig) -> Phases:
+    method = method_class(cfg)
+    pretrain = cfg.pretrain.epochs if method.pretrains and cfg.pretrain.checkpoint is None else 0
+    prune = cfg.prune.epochs if method.trains_scores and cfg.prune.mask is None else 0
+    finetune = cfg.finetune.epochs if method.finetunes else 0
+    return Phases(pretrain, prune, finetune)
+
+
+def pretrain_key(cfg: ExperimentConfig) -> str:
+    """What a pretrained checkpoint depends on: never gamma, pruning or finetuning."""
+    return stable_hash(
+        {
+            "model": to_dict(cfg.model),
+            "data": to_dict(cfg.data),
+            "seed": cfg.seed,
+            "pretrain": to_dict(cfg.pretrain),
+            "attack": to_dict(cfg.attack),
+            "objective": to_dict(cfg.objective),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- result rows
+
+
+def granularity(cfg: ExperimentConfig) -> str:
+    """What a mask entry covers in this run: the config's choice or the method's default."""
+    return cfg.prune.granularity or method_class(cfg).default_granularity
+
+
+def identity(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The result columns that follow from the config alone: every run row (and a search's
+    stopped or failed trials) carries them. S2AP's knobs are null when S2AP is off, so an
+    Orig. row never looks like it had a gamma."""
+    on = cfg.s2ap.enabled
+    return {
+        "config_hash": cfg.hash(),
+        "seed": cfg.seed,
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "method": cfg.prune.method,
+        "granularity": granularity(cfg),
+        "perturb": cfg.s2ap.perturb if on else None,
+        "flops_reduction_target": cfg.prune.flops_reduction,
+        "objective": cfg.objective.name,
+        "sparsity": cfg.prune.sparsity,
+        "s2ap": on,
+        "gamma": cfg.s2ap.gamma if on else None,
+        "warmup_epochs": cfg.s2ap.warmup_epochs if on else None,
+        "prune_epochs": cfg.prune.epochs,
+    }
