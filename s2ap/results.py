@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,42 @@ EPOCH_SCHEMA = pa.schema(
         pa.field("time_s", pa.float64()),
     ]
 )
+
+
+class Columns:
+    """A schema's column names as attributes: ``RUN.robust_acc == "robust_acc"``.
+
+    Code that reads a table names its columns through this instead of string literals, so a
+    name the schema lacks is an AttributeError where it is written (at import, for a name
+    bound at module level) rather than a KeyError deep inside a report.
+    """
+
+    def __init__(self, schema: pa.Schema) -> None:
+        for name in schema.names:
+            object.__setattr__(self, name, name)
+
+    def __getattr__(self, name: str) -> str:
+        # Only reached for a name that is not a column; dunder probes (copy, pickle) get a
+        # plain AttributeError.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise AttributeError(f"no column {name!r} in the schema (columns: {', '.join(self)})")
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Columns is read-only")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(vars(self))
+
+    def __contains__(self, name: object) -> bool:
+        return name in vars(self)
+
+    def __repr__(self) -> str:
+        return f"Columns({', '.join(self)})"
+
+
+RUN = Columns(RUN_SCHEMA)
+EPOCH = Columns(EPOCH_SCHEMA)
 
 
 def code_version() -> str:
