@@ -6,13 +6,25 @@ with respect to the input only, so no parameter gradient is touched.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (adv_logits, y, clean_logits) -> loss
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Evaluate in eval mode (no dropout, frozen BN statistics) and restore the caller's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def ce_loss(adv_logits: Tensor, y: Tensor, clean_logits: Tensor | None = None) -> Tensor:

@@ -22,9 +22,10 @@ from torch.utils.data import Dataset, Subset
 
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
-    """``auto`` is CUDA when present; each local rank gets its own GPU."""
+    """``auto`` is CUDA when present; each local rank (``LOCAL_RANK``, else the process
+    group rank) gets its own GPU."""
     if local_rank is None:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", DistInfo.current().rank))
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
     return torch.device("cpu")

@@ -17,9 +17,7 @@ as robustness.
 from __future__ import annotations
 
 import logging
-import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s2ap.attacks import PGD
+from s2ap.attacks import PGD, eval_mode
+from s2ap.autoattack import MASKING_HINTS, autoattack_accuracy, run_autoattack
 from s2ap.config import AttackConfig, EvalConfig
 
 logger = logging.getLogger(__name__)
@@ -42,19 +41,6 @@ MASKING_REFERENCE = (
 # Test points whose input gradient is checked for zeros when AutoAttack does not already
 # collect a larger subset.
 GRADIENT_CHECK_POINTS = 512
-# AutoAttack messages that point at gradient masking (as opposed to configuration notes).
-_AA_MASKING_HINTS = ("zero gradient", "Square Attack has decreased")
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Evaluate in eval mode (no dropout, frozen BN statistics) and restore the caller's mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 # --------------------------------------------------------------------------- clean and PGD
@@ -64,7 +50,7 @@ def clean_accuracy(model: nn.Module, loader: Loader, device: Device) -> float:
     """Fraction (0..1) of the loader's points the model classifies correctly, in eval mode."""
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for x, y in loader:
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
@@ -95,7 +81,7 @@ def _pgd_pass(
     xs: list[Tensor] = []
     ys: list[Tensor] = []
     kept = 0
-    with _eval_mode(model):
+    with eval_mode(model):
         for x, y in loader:
             if collect is None or kept < collect:
                 take = x.shape[0] if collect is None else min(x.shape[0], collect - kept)
@@ -122,7 +108,7 @@ def pgd_accuracy(model: nn.Module, loader: Loader, attack: PGD, device: Device) 
     """Fraction (0..1) of points still classified correctly after ``attack`` (eval mode)."""
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
-    with _eval_mode(model):
+    with eval_mode(model):
         for x, y in loader:
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
@@ -131,133 +117,6 @@ def pgd_accuracy(model: nn.Module, loader: Loader, attack: PGD, device: Device) 
                 correct += (model(x_adv).argmax(1) == y).sum()
             total += y.numel()
     return _fraction(correct, total)
-
-
-# --------------------------------------------------------------------------- AutoAttack
-
-
-class _Collect(logging.Handler):
-    """Keeps AutoAttack's warnings so they can be reported once, through our logger."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@contextmanager
-def _quiet_autoattack() -> Iterator[list[str]]:
-    """Silence AutoAttack's progress logging unless our logger is at DEBUG.
-
-    pyautoattack logs every batch of every attack through the ``auto-attack`` logger and
-    emits some checks through ``warnings``. Its warnings matter (they are gradient-masking
-    flags), so they are collected, deduplicated and re-logged once as warnings here.
-    """
-    aa_logger = logging.getLogger("auto-attack")
-    verbose = logger.isEnabledFor(logging.DEBUG)
-    saved = (aa_logger.level, aa_logger.propagate)
-    handler = _Collect()
-    aa_logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    aa_logger.propagate = verbose
-    aa_logger.addHandler(handler)
-    messages: list[str] = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield messages
-        messages.extend(handler.messages)
-        messages.extend(str(w.message) for w in caught)
-    finally:
-        aa_logger.removeHandler(handler)
-        aa_logger.setLevel(saved[0])
-        aa_logger.propagate = saved[1]
-    unique = list(dict.fromkeys(messages))
-    messages[:] = unique
-    if not verbose:
-        for msg in unique:
-            logger.warning("AutoAttack: %s", msg)
-
-
-def _run_autoattack(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    eps: float,
-    device: Device,
-    batch_size: int,
-    version: str,
-    attacks: list[str] | None,
-    seed: int,
-) -> tuple[Tensor, list[str]]:
-    """Per-point robustness flags under AutoAttack, and AutoAttack's warnings."""
-    from pyautoattack import AutoAttack  # imported lazily: it is slow to import
-
-    if x.shape[0] == 0:
-        raise ValueError("autoattack_accuracy: no points given")
-    with _eval_mode(model):
-        with torch.no_grad():
-            n_classes = int(model(x[:1].to(device)).shape[1])
-        with _quiet_autoattack() as messages:
-            adversary = AutoAttack(
-                model,
-                attacks=attacks if version == "custom" else None,
-                device=device,
-                eps=eps,
-                norm="Linf",
-                seed=seed,
-                version=version,  # type: ignore[arg-type]
-            )
-            _fit_targets(adversary, n_classes)
-            _, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
-    return (y_adv.cpu() == y.cpu()), messages
-
-
-def _fit_targets(adversary: object, n_classes: int) -> None:
-    """Fit the targeted attacks to the number of classes.
-
-    The standard version targets the 9 most likely wrong classes, which only exists for
-    10+ classes; with fewer, APGD-T would index past the logits. Use every wrong class
-    instead, and drop APGD-T below 4 classes where its targeted DLR loss is undefined.
-    """
-    targets = max(1, n_classes - 1)
-    for name in ("apgd_targeted", "fab"):
-        attack = getattr(adversary, name)
-        if attack.n_target_classes > targets:
-            logger.info(
-                "AutoAttack: %s uses %d target classes (model has %d classes)", name, targets, n_classes
-            )
-            attack.n_target_classes = targets
-    run = adversary.attacks_to_run  # type: ignore[attr-defined]
-    if n_classes < 4 and "apgd-t" in run:
-        logger.info("AutoAttack: dropping apgd-t, its targeted DLR loss needs at least 4 classes")
-        adversary.attacks_to_run = [a for a in run if a != "apgd-t"]  # type: ignore[attr-defined]
-    if n_classes < 3 and "apgd-dlr" in run:
-        adversary.attacks_to_run = [a for a in adversary.attacks_to_run if a != "apgd-dlr"]  # type: ignore[attr-defined]
-
-
-def autoattack_accuracy(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    eps: float,
-    device: Device,
-    batch_size: int = 256,
-    *,
-    version: str = "standard",
-    attacks: list[str] | None = None,
-    seed: int = 0,
-) -> float:
-    """Fraction (0..1) of ``(x, y)`` that L-inf AutoAttack at radius ``eps`` does not break.
-
-    ``version="standard"`` (APGD-CE, APGD-T, FAB-T, Square) is what papers report;
-    ``version="custom"`` with ``attacks=[...]`` exists for fast tests. ``seed`` fixes the
-    attacks' randomness (pyautoattack otherwise seeds from the clock). The model runs in
-    eval mode; AutoAttack's progress output is shown only when this module logs at DEBUG.
-    """
-    robust, _ = _run_autoattack(model, x, y, eps, device, batch_size, version, attacks, seed)
-    return float(robust.float().mean())
 
 
 # --------------------------------------------------------------------------- gradient masking
@@ -275,7 +134,7 @@ def zero_gradient_fraction(
     if x.shape[0] == 0:
         return 0.0
     zeros = 0
-    with _eval_mode(model):
+    with eval_mode(model):
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size].to(device).requires_grad_(True)
             yb = y[start : start + batch_size].to(device)
@@ -321,7 +180,7 @@ def check_gradient_masking(
             f"(threshold {max_zero_grad_fraction:.0%})"
         )
     for msg in autoattack_messages:
-        if any(hint in msg for hint in _AA_MASKING_HINTS):
+        if any(hint in msg for hint in MASKING_HINTS):
             reasons.append(f"AutoAttack check: {msg}")
     for reason in reasons:
         logger.warning(
@@ -364,7 +223,7 @@ def corruption_accuracy(
     stop = start + per_severity if limit is None else start + min(limit, per_severity)
     y_all = torch.from_numpy(np.array(labels[start:stop], dtype=np.int64))  # a writable copy
     accuracies: dict[str, float] = {}
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for path in files:
             images = np.load(path, mmap_mode="r")
             if images.shape[0] != labels.shape[0] or images.ndim != 4:
@@ -436,7 +295,7 @@ def evaluate(
     if cfg.autoattack:
         n = xs.shape[0] if cfg.autoattack_n is None else min(cfg.autoattack_n, xs.shape[0])
         batch_size = autoattack_batch_size or getattr(test_loader, "batch_size", None) or 256
-        robust, messages = _run_autoattack(
+        robust, messages = run_autoattack(
             model, xs[:n], ys[:n], attack_cfg.eps, device, batch_size, "standard", None, seed=0
         )
         aa_acc = float(robust.float().mean())

@@ -12,15 +12,13 @@ import logging
 import sys
 from pathlib import Path
 
-from s2ap.config import ConfigError
+from s2ap import cli
 from s2ap.errors import TrainingDiverged
 from s2ap.experiment import load
 
-log = logging.getLogger("s2ap.run")
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m s2ap.run", description=__doc__.splitlines()[0])
+def arguments() -> cli.Parser:
+    parser = cli.parser("python -m s2ap.run", __doc__)
     parser.add_argument("config", help="experiment YAML")
     parser.add_argument(
         "--set",
@@ -34,18 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's state.pt")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
-    args = parser.parse_args(argv)
+    return parser
 
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    try:
-        cfg = load(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load(args.config, args.overrides)
+    run_dir = Path(args.out or cfg.out_dir)
+    state = run_dir / "state.pt"
+    if args.resume and not state.exists():
+        raise cli.Failure(f"--resume: no saved state at {state}")
 
     import torch
 
@@ -53,21 +48,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_dir = Path(args.out or cfg.out_dir)
-    state = run_dir / "state.pt"
-    if args.resume and not state.exists():
-        print(f"error: --resume: no saved state at {state}", file=sys.stderr)
-        return 2
     try:
         final = run_experiment(
             cfg, run_dir, resume_from=state if args.resume else None, progress=not args.quiet
         )
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except TrainingDiverged as exc:
-        print(f"error: training diverged: {exc}; epochs before it are in {run_dir}", file=sys.stderr)
-        return 1
+        raise cli.Failure(f"training diverged: {exc}; epochs before it are in {run_dir}", status=1) from None
     robust = final.get("robust_acc")
     print(
         f"done: clean {final['clean_acc']:.4f}, robust {robust:.4f} "
@@ -77,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         + f"; results in {run_dir}"
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments().parse_args(argv)
+    cli.setup_logging(logging.WARNING if args.quiet else logging.INFO)
+    return cli.guarded(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from s2ap.distributed import ShardedBatches
 from s2ap.errors import TrainingDiverged
 from s2ap.objectives import Objective
-from s2ap.sharpness import LayerwisePerturbation
+from s2ap.sharpness import Perturbation
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def train_epoch(
     objective: Objective,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
-    perturbation: LayerwisePerturbation | None = None,
+    perturbation: Perturbation | None = None,
     penalty: Callable[[], Tensor | None] = lambda: None,
     on_iteration: Callable[[int], None] | None = None,
     phase: str = "train",
@@ -114,7 +114,7 @@ def train_step(
     x: Tensor,
     y: Tensor,
     noise: Tensor | None = None,
-    perturbation: LayerwisePerturbation | None = None,
+    perturbation: Perturbation | None = None,
     penalty: Callable[[], Tensor | None] = lambda: None,
     autocast: torch.autocast | None = None,
 ) -> tuple[Tensor, Tensor, bool]:

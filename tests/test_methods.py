@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from s2ap import layers as L
 from s2ap.config import ConfigError
 from s2ap.experiment import from_dict, with_overrides
 from s2ap.models import MODELS, build_model
 from s2ap.pipeline import Pipeline, run_experiment
-from s2ap.pruning import layers as L
-from s2ap.pruning.channel import count_flops
-from s2ap.pruning.methods import METHODS, build_method
-from s2ap.pruning.perturbations import (
+from s2ap.pruning.compact import count_flops
+from s2ap.pruning import METHODS, build_method
+from s2ap.sharpness import (
     AdaptiveWeightPerturbation,
     adaptive_radii,
     neuron_importance,
@@ -105,7 +105,7 @@ def test_channel_pruning_to_a_flops_target_end_to_end(method: str, tmp_path: Pat
                   "s2ap.enabled": True})  # fmt: skip
     p = Pipeline(cfg, tmp_path)
     p.run()
-    final = p.state["final"]
+    final = p.state.final
     assert final["dense_flops"] / final["compact_flops"] == pytest.approx(final["flops_reduction"])
     compact = torch.load(tmp_path / "pruned_compact.pt", weights_only=False)
     x = torch.rand(5, 1, 8, 8)
@@ -309,8 +309,8 @@ def test_harp_best_epoch_rates_come_back_with_their_scores(tmp_path: Path) -> No
                   "finetune.epochs": 0, "harp.enforce_budget": False})  # fmt: skip
     p = Pipeline(cfg, tmp_path)
     p.run()
-    best = p.state["best"]
-    assert torch.equal(p.method.logits.detach().cpu(), best["method"]["logits"])
+    best = p.state.best
+    assert torch.equal(p.method.logits.detach().cpu(), best.method["logits"])
     masks = torch.load(tmp_path / "masks.pt", weights_only=True)
     rates = p.method.layer_rates()
     for name, mask in masks.items():

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from s2ap.metrics import hamming, lambda_max, loss_difference, power_iteration
-from s2ap.pruning.layers import (
+from s2ap.layers import (
     MaskedLinear,
     init_scores,
     masks,
@@ -18,6 +17,7 @@ from s2ap.pruning.layers import (
     set_keep,
     set_mode,
 )
+from s2ap.metrics import hamming, lambda_max, loss_difference, power_iteration
 
 # --------------------------------------------------------------------------- hamming
 

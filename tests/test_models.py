@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from s2ap.models import MODELS, build_model
-from s2ap.pruning.layers import (
+from s2ap.layers import (
     PLAIN,
     LayerFactory,
     ScoredLayer,
@@ -21,6 +20,7 @@ from s2ap.pruning.layers import (
     set_keep,
     set_mode,
 )
+from s2ap.models import MODELS, build_model
 
 NAMES = MODELS.names()
 NUM_CLASSES = 10

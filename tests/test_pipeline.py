@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from s2ap import layers as L
 from s2ap.data import load_splits
 from s2ap.experiment import from_dict, with_overrides
 from s2ap.models import build_model
 from s2ap.pipeline import Pipeline, run_experiment
-from s2ap.pruning import layers as L
 
 TINY = {
     "seed": 0,
@@ -93,7 +93,7 @@ def test_s2ap_off_matches_original_and_warmup_epochs_are_identical(tmp_path: Pat
     # Same seed, S2AP off: bit-for-bit the same run.
     for (_, la), (_, lb) in zip(L.scored_layers(off_a.model), L.scored_layers(off_b.model), strict=True):
         assert torch.equal(la.scores, lb.scores) and torch.equal(la.mask, lb.mask)
-    rows_a, rows_on = off_a.state["rows"], on.state["rows"]
+    rows_a, rows_on = off_a.state.rows, on.state.rows
     keys = ["train_loss", "train_acc", "val_clean_acc", "val_pgd_acc", "hamming"]
     # Before S2AP starts (pretrain + 2 warm-up epochs) the S2AP run IS the original method.
     for ra, ro in zip(rows_a[:4], rows_on[:4], strict=True):
@@ -120,7 +120,7 @@ def test_gamma_zero_perturbation_step_equals_plain_step() -> None:
         torch.manual_seed(0)
         i = splits.info
         model = build_model("cnn", 10, i.in_channels, 8, i.mean, i.std)
-        from s2ap.pruning.methods import build_method
+        from s2ap.pruning import build_method
 
         method = build_method(cfg)
         method.prepare(model)
@@ -218,7 +218,7 @@ def test_two_process_ddp_gives_same_masks_as_single_process(tmp_path: Path) -> N
     for name, mask in ref.items():
         assert torch.equal(r0["masks"][name], r1["masks"][name]), f"ranks differ at {name}"
         assert torch.equal(r0["masks"][name], mask), f"DDP differs from single process at {name}"
-    assert r0["final"]["best_mask_epoch"] == single.state["best"]["epoch"]
+    assert r0["final"]["best_mask_epoch"] == single.state.best.epoch
 
 
 def test_nan_loss_stops_with_phase_and_epoch_and_keeps_earlier_epochs(tmp_path: Path) -> None:

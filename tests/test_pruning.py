@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from s2ap import layers as L
 from s2ap.attacks import PGD
 from s2ap.experiment import from_dict
 from s2ap.models import MODELS, build_model
 from s2ap.objectives import TradesObjective, trades_loss
-from s2ap.pruning import layers as L
-from s2ap.pruning.methods import METHODS, build_method
+from s2ap.pruning import METHODS, build_method
 from s2ap.sharpness import score_perturbation, weight_perturbation
 
 SMALL = {"resnet50": 32, "vit": 8, "wrn28_4": 8}

@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from s2ap.pruning.layers import LayerFactory
+from s2ap.layers import LayerFactory
 from s2ap.registry import Registry
 
 

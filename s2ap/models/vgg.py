@@ -12,9 +12,9 @@ import logging
 
 from torch import Tensor, nn
 
+from s2ap.layers import LayerFactory
 from s2ap.models import register
 from s2ap.models.resnet import kaiming_init
-from s2ap.pruning.layers import LayerFactory
 
 logger = logging.getLogger(__name__)
 

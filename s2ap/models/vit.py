@@ -15,8 +15,8 @@ import logging
 import torch
 from torch import Tensor, nn
 
+from s2ap.layers import LayerFactory
 from s2ap.models import register
-from s2ap.pruning.layers import LayerFactory
 
 logger = logging.getLogger(__name__)
 

@@ -35,10 +35,9 @@ import torch
 from torch import Tensor, nn
 
 from s2ap.config import ExperimentConfig
-from s2ap.pruning.layers import ScoredLayer, keep_count, scored_layers, set_keep, set_mode, topk_count_mask
-from s2ap.pruning.methods import METHODS, PruningMethod
-from s2ap.pruning.perturbations import AdaptiveWeightPerturbation, neuron_importance
-from s2ap.sharpness import LayerwisePerturbation
+from s2ap.layers import ScoredLayer, keep_count, scored_layers, set_keep, set_mode, topk_count_mask
+from s2ap.pruning.base import METHODS, PruningMethod
+from s2ap.sharpness import AdaptiveWeightPerturbation, Perturbation, neuron_importance
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +58,7 @@ class AdaSAP(PruningMethod):
         self.dense = False  # forward without masks (warm-up epochs)
         self.started = False  # a pruning step has happened: pruned neurons stay pruned
         self.targets: dict[str, int | None] = {}  # final kept neurons per layer (None: all)
+        self._perturbations: dict[str, Perturbation] = {}  # per phase, built on first use
 
     # ------------------------------------------------------------------ binding
 
@@ -117,21 +117,27 @@ class AdaSAP(PruningMethod):
     def _warmup(self) -> int:
         return max(1, min(self.cfg.adasap.warmup_epochs, self.cfg.prune.epochs))
 
-    def on_epoch_start(self, model: nn.Module, phase: str, epoch: int) -> LayerwisePerturbation | None:
-        a = self.cfg.adasap
-        layers = [layer for _, layer in scored_layers(model)]
+    def on_epoch_start(self, model: nn.Module, phase: str, epoch: int) -> Perturbation | None:
+        """The adaptive perturbation while pruning, the uniform one while finetuning; each
+        built once and reused (its support follows ``self.dense`` as the epochs go)."""
         if phase == "prune":
             self.dense = epoch < self._warmup()
-            rho_min, rho_max = a.rho_min, a.rho_max
-        elif phase == "finetune":
-            rho_min = rho_max = a.finetune_rho
-        else:
+        if phase not in ("prune", "finetune"):
             return None
+        if phase not in self._perturbations:
+            a = self.cfg.adasap
+            layers = [layer for _, layer in scored_layers(model)]
 
-        def support(i: int) -> Tensor | None:
-            return None if self.dense else layers[i].full_mask()
+            def support(i: int) -> Tensor | None:
+                return None if self.dense else layers[i].full_mask()
 
-        return AdaptiveWeightPerturbation(layers, rho_min, rho_max, a.adaptive, a.eta, a.criterion, support)
+            rho_min, rho_max = (
+                (a.rho_min, a.rho_max) if phase == "prune" else (a.finetune_rho, a.finetune_rho)
+            )
+            self._perturbations[phase] = AdaptiveWeightPerturbation(
+                layers, rho_min, rho_max, a.adaptive, a.eta, a.criterion, support
+            )
+        return self._perturbations[phase]
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
         first = self._warmup() - 1  # the last warm-up epoch ends with the first pruning step

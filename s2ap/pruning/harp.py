@@ -40,8 +40,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from s2ap.config import ConfigError, ExperimentConfig
-from s2ap.pruning.layers import ScoredLayer, keep_count, scored_layers
-from s2ap.pruning.methods import METHODS, PruningMethod, _CountMask, cached_topk
+from s2ap.layers import CountMask, ScoredLayer, cached_topk, keep_count, scored_layers
+from s2ap.pruning.base import METHODS, PruningMethod
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class Harp(PruningMethod):
         self._init_rates()
         index = {name: i for i, name in enumerate(self.names)}
         for name, layer in layers:
-            layer.mask_fn = _RateMask(self, index[name]) if name in index else _CountMask(None)
+            layer.mask_fn = _RateMask(self, index[name]) if name in index else CountMask(None)
         if self._pending is not None:
             self.load_state_dict(self._pending)
             self._pending = None

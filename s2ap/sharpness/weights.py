@@ -1,6 +1,9 @@
-"""Weight-space perturbations used by pruning methods, shaped like :mod:`s2ap.sharpness`.
+"""Sharpness-aware perturbations of the weights, all built on
+:class:`~s2ap.sharpness.perturbation.Perturbation`.
 
-* :func:`search_weight_perturbation`: AWP *during the mask search* (the S2AP paper's
+* :func:`weight_perturbation`: AWP on the kept weights while finetuning (S2AP Algorithm 2),
+  ``||nu_l|| <= gamma * ||w_l * m_l||``.
+* :class:`SearchWeightPerturbation`: AWP *during the mask search* (the S2AP paper's
   Sect. B.5 / Table 13 ablation, ``s2ap.perturb: weights``). The scores still train; the
   frozen weights are perturbed within ``gamma * ||w_l||`` (Eq. 7's ball, the weight-space
   twin of S2AP's ``gamma * ||s_l||``) and the score gradient is taken at ``w + nu``. The
@@ -10,21 +13,40 @@
   Algorithm 1): each neuron ``i`` gets its own radius ``rho_i`` that shrinks with its
   importance (Eq. 2-3) and an ASAM-shaped ascent step (Eq. 6). With
   ``rho_min == rho_max`` it is the uniform sharpness-aware step of the finetuning phase.
-
-Both are :class:`~s2ap.sharpness.LayerwisePerturbation` subclasses, so the one training
-loop drives them through ``climb()``/``restore()`` unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from s2ap.pruning.layers import ScoredLayer
-from s2ap.sharpness import LayerwisePerturbation
+from s2ap.layers import ScoredLayer
+from s2ap.sharpness.perturbation import LayerwisePerturbation, Perturbation, Support, _everywhere
+
+
+def _kept(layers: Sequence[ScoredLayer], weights: Sequence[Tensor]) -> Support:
+    """Where a layer's weights may move: its kept entries (all of them while dense)."""
+
+    def kept(i: int) -> Tensor:
+        return layers[i].full_mask() if layers[i].mode != "dense" else torch.ones_like(weights[i])
+
+    return kept
+
+
+def _weights(layers: Sequence[ScoredLayer]) -> list[nn.Parameter]:
+    return [layer.weight for layer in layers]  # type: ignore[misc]
+
+
+def weight_perturbation(layers: Sequence[ScoredLayer], gamma: float) -> LayerwisePerturbation:
+    """AWP on the kept weights (Algorithm 2): ``||nu_l|| <= gamma * ||w_l * m_l||``."""
+    weights = _weights(layers)
+    kept = _kept(layers, weights)
+    return LayerwisePerturbation(
+        weights, gamma, reference=lambda i: weights[i].detach() * kept(i), support=kept
+    )
 
 
 class SearchWeightPerturbation(LayerwisePerturbation):
@@ -37,24 +59,25 @@ class SearchWeightPerturbation(LayerwisePerturbation):
     """
 
     def __init__(self, layers: Sequence[ScoredLayer], gamma: float) -> None:
-        weights: list[nn.Parameter] = [layer.weight for layer in layers]  # type: ignore[misc]
+        weights = _weights(layers)
+        super().__init__(
+            weights, gamma, reference=lambda i: weights[i].detach(), support=_kept(layers, weights)
+        )
+        self.begin()
 
-        def kept(i: int) -> Tensor:
-            return layers[i].full_mask() if layers[i].mode != "dense" else torch.ones_like(weights[i])
-
-        super().__init__(weights, gamma, reference=lambda i: weights[i].detach(), support=kept)
-        for w in weights:
+    def begin(self) -> None:
+        # The frozen weights need gradients for the climb; the phase set them untrainable.
+        for w in self.params:
             w.requires_grad_(True)
 
     @torch.no_grad()
-    def climb(self) -> None:
+    def before_climb(self) -> None:
         if dist.is_available() and dist.is_initialized():
             world = dist.get_world_size()
             for p in self.params:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad.div_(world)
-        super().climb()
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -92,7 +115,7 @@ def adaptive_radii(importance: Tensor, rho_min: float, rho_max: float) -> Tensor
     return rho_max - (importance - lo) / (hi - lo) * (rho_max - rho_min)
 
 
-class AdaptiveWeightPerturbation(LayerwisePerturbation):
+class AdaptiveWeightPerturbation(Perturbation):
     """AdaSAP's ascent step on the scored layers' weights (Algorithm 1).
 
     For neuron ``i`` with gradient ``g_i`` and ``T_i = |w_i| + eta`` (ASAM, elementwise;
@@ -112,10 +135,9 @@ class AdaptiveWeightPerturbation(LayerwisePerturbation):
         adaptive: bool = True,
         eta: float = 0.01,
         criterion: str = "l2",
-        support: Callable[[int], Tensor | None] = lambda i: None,
+        support: Support = _everywhere,
     ) -> None:
-        weights: list[nn.Parameter] = [layer.weight for layer in layers]  # type: ignore[misc]
-        super().__init__(weights, 0.0, reference=lambda i: weights[i].detach(), support=support)
+        super().__init__(_weights(layers), support)
         self.channel = [layer.granularity == "channel" for layer in layers]
         self.rho_min, self.rho_max = rho_min, rho_max
         self.adaptive, self.eta, self.criterion = adaptive, eta, criterion
@@ -132,26 +154,15 @@ class AdaptiveWeightPerturbation(LayerwisePerturbation):
         )
 
     @torch.no_grad()
-    def climb(self) -> None:
-        if self._saved is not None:
-            raise RuntimeError("climb() called twice without restore()")
-        self._saved = [p.detach().clone() for p in self.params]
-        self.unchanged = False
-        self.last_norms, self.last_radii = [], []
-        for i, p in enumerate(self.params):
-            rho = self.radii(i)
-            self.last_radii.append(rho)
-            g = p.grad
-            if g is None:
-                self.last_norms.append(0.0)
-                continue
-            support = self.support(i)
-            if support is not None:
-                g = g * support
-            t = p.detach().abs() + self.eta if self.adaptive else torch.ones_like(p)
-            rows = p.shape[0] if self.channel[i] else p.numel()
-            tg = (t * g).reshape(rows, -1)
-            denom = tg.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            eps = rho.view(rows, 1).to(p.dtype) * (t * t * g).reshape(rows, -1) / denom
-            p.add_(eps.view_as(p))
-            self.last_norms.append(float(eps.norm()))
+    def before_climb(self) -> None:
+        # Every layer's radii from the unperturbed weights (a layer's radii depend only on
+        # its own weights, so this equals computing them layer by layer).
+        self.last_radii = [self.radii(i) for i in range(len(self.params))]
+
+    def step(self, i: int, p: Tensor, g: Tensor) -> Tensor:
+        t = p.detach().abs() + self.eta if self.adaptive else torch.ones_like(p)
+        rows = p.shape[0] if self.channel[i] else p.numel()
+        tg = (t * g).reshape(rows, -1)
+        denom = tg.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        eps = self.last_radii[i].view(rows, 1).to(p.dtype) * (t * t * g).reshape(rows, -1) / denom
+        return eps.view_as(p)

@@ -115,6 +115,34 @@ class ScoredLayer:
             return self.current_mask().detach().expand_as(self.weight).clone()
 
 
+class CountMask:
+    """A mask keeping a fixed number of top-|score| entries (straight-through), for methods
+    that decide per-layer counts themselves (channel pruning, HARP's learned rates).
+
+    ``count=None`` keeps everything (a layer left whole, like the head). The top-k is cached
+    on the scores' version like :meth:`ScoredLayer.score_mask`.
+    """
+
+    def __init__(self, count: int | None) -> None:
+        self.count = count
+
+    def __call__(self, layer: ScoredLayer) -> Tensor:
+        magnitude = layer.scores.abs()
+        if self.count is None:
+            return torch.ones_like(magnitude) + (magnitude - magnitude.detach())
+        return cached_topk(layer, self.count) + (magnitude - magnitude.detach())
+
+
+def cached_topk(layer: ScoredLayer, count: int) -> Tensor:
+    """Binary top-``count`` mask of ``|scores|``, recomputed only when the scores change."""
+    key = (layer.scores._version, layer.scores.data_ptr(), count)
+    cache = getattr(layer, "_count_cache", None)
+    if cache is None or cache[0] != key:
+        cache = (key, topk_count_mask(layer.scores.abs(), count))
+        layer._count_cache = cache  # type: ignore[attr-defined]
+    return cache[1]
+
+
 class MaskedConv2d(nn.Conv2d, ScoredLayer):
     def __init__(self, *args, granularity: Granularity = "weight", **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)

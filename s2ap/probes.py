@@ -1,0 +1,159 @@
+"""What a run measures besides training: validation per epoch, the test evaluation, and the
+paper's score-space sharpness measures (lambda_max during pruning, the loss difference
+after it).
+
+Every measurement is distributed-aware: each rank measures its share of the points, and the
+means are weighted by the points each rank measured (:meth:`DistInfo.weighted_means`), so a
+2-rank run reports what one process would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from s2ap.attacks import PGD
+from s2ap.config import ExperimentConfig
+from s2ap.data import Splits
+from s2ap.distributed import DistInfo
+from s2ap.evaluate import clean_accuracy, evaluate, pgd_accuracy
+from s2ap.layers import ScoredLayer
+from s2ap.metrics import lambda_max, loss_difference
+from s2ap.objectives import Objective
+from s2ap.seeding import derive_seed
+
+
+class Probes:
+    """The measurements of one run, bound to its model, data and process group."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        model: nn.Module,
+        layers: list[ScoredLayer],
+        objective: Objective,
+        splits: Splits,
+        dist: DistInfo,
+        device: torch.device,
+    ) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.layers = layers
+        self.objective = objective
+        self.splits = splits
+        self.dist = dist
+        self.device = device
+
+    def _eval_loader(self, dataset: Dataset, limit: int | None = None) -> DataLoader:
+        return DataLoader(
+            self.dist.shard(dataset, limit), batch_size=self.cfg.data.eval_batch_size, shuffle=False
+        )
+
+    # ------------------------------------------------------------------ every epoch
+
+    def validate(self) -> tuple[float, float]:
+        """Clean and PGD accuracy on the validation split (``eval.val_limit`` points)."""
+        a = self.cfg.attack
+        loader = self._eval_loader(self.splits.val, self.cfg.eval.val_limit)
+        n = len(loader.dataset)  # type: ignore[arg-type]
+        attack = PGD(a.eps, a.step_size, self.cfg.eval.val_pgd_steps, a.random_start)
+        clean = clean_accuracy(self.model, loader, self.device) if n else 0.0
+        robust = pgd_accuracy(self.model, loader, attack, self.device) if n else 0.0
+        means = self.dist.weighted_means({"clean": (clean, n), "robust": (robust, n)}, self.device)
+        return float(means["clean"] or 0.0), float(means["robust"] or 0.0)
+
+    # ------------------------------------------------------------------ the test split
+
+    def test_metrics(self, autoattack: bool) -> dict[str, Any]:
+        """Clean, PGD, AutoAttack (when asked) and corruption accuracy on the test split."""
+        e = self.cfg.eval
+        n_aa = e.autoattack_n
+        if n_aa is not None:
+            n_aa = max(1, -(-n_aa // self.dist.world))
+        eval_cfg = replace(e, autoattack=autoattack, autoattack_n=n_aa)
+        loader = self._eval_loader(self.splits.test, self.cfg.data.test_limit)
+        n = len(loader.dataset)  # type: ignore[arg-type]
+        # Evaluation randomness depends on nothing that ran before it (resumable runs).
+        torch.manual_seed(derive_seed(self.cfg.seed, "test", autoattack, self.dist.rank))
+        if n:
+            out = evaluate(self.model, loader, eval_cfg, self.cfg.attack, self.device)
+        else:  # a rank with no test points in a tiny distributed evaluation
+            out = {
+                "clean_acc": 0.0,
+                "pgd_acc": 0.0,
+                "aa_acc": 0.0 if autoattack else None,
+                "robust_acc": 0.0,
+                "gradient_masking": False,
+                "corruption_acc": None,
+            }
+        if self.dist.world == 1:
+            return out
+        # Each rank's accuracies weighted by the points they were measured on.
+        n_aa_here = min(n, eval_cfg.autoattack_n or n)
+        counts = {"clean_acc": n, "pgd_acc": n, "aa_acc": n_aa_here, "corruption_acc": n}
+        means = self.dist.weighted_means({k: (out.get(k), w) for k, w in counts.items()}, self.device)
+        out.update({k: v for k, v in means.items() if out.get(k) is not None})
+        out["robust_acc"] = out["aa_acc"] if out.get("aa_acc") is not None else out["pgd_acc"]
+        out["gradient_masking"] = self.dist.any(bool(out.get("gradient_masking")), self.device)
+        return out
+
+    # ------------------------------------------------------------------ score-space sharpness
+
+    def fixed_batch(self) -> tuple[Tensor, Tensor]:
+        """The first ``eval.lambda_max_batch`` validation points: the same batch every time."""
+        n = min(self.cfg.eval.lambda_max_batch, len(self.splits.val))  # type: ignore[arg-type]
+        loader = DataLoader(Subset(self.splits.val, list(range(n))), batch_size=n)
+        x, y = next(iter(loader))
+        return x.to(self.device), y.to(self.device)
+
+    def lambda_max_hook(self, sink: list[float]) -> Callable[[int], None] | None:
+        """A per-iteration hook measuring lambda_max every ``eval.lambda_max_every`` steps
+        into ``sink`` (None when the measurement is off)."""
+        every = self.cfg.eval.lambda_max_every
+        if every <= 0:
+            return None
+        x, y = self.fixed_batch()
+        scores = [layer.scores for layer in self.layers]
+
+        def hook(step: int) -> None:
+            if step % every:
+                return
+            batch = self.objective.craft(self.model, x, y)
+            self.model.eval()  # BatchNorm in eval mode: a fixed function of the scores
+            try:
+                value = lambda_max(
+                    lambda: self.objective.loss(self.model, batch)[0],
+                    scores,
+                    iters=self.cfg.eval.lambda_max_iters,
+                    generator=torch.Generator(device=self.device).manual_seed(step),
+                )
+            finally:
+                self.model.train()
+            sink.append(value)
+
+        return hook
+
+    def loss_differences(self) -> dict[str, list[float]]:
+        """The score-space loss difference at each ``eval.loss_diff_rhos`` (empty when off)."""
+        rhos = self.cfg.eval.loss_diff_rhos
+        if not rhos:
+            return {}
+        x, y = self.fixed_batch()
+        self.model.eval()
+        torch.manual_seed(derive_seed(self.cfg.seed, "loss_difference"))
+        batch = self.objective.craft(self.model, x, y)
+        scores = [layer.scores for layer in self.layers]
+        for p in scores:
+            p.requires_grad_(True)
+        diffs = []
+        for rho in rhos:
+            _, increase = loss_difference(
+                lambda: self.objective.loss(self.model, batch)[0], scores, rho, self.cfg.eval.loss_diff_steps
+            )
+            diffs.append(increase)
+        return {"loss_diff_rho": list(rhos), "loss_diff": diffs}

@@ -1,0 +1,56 @@
+"""Which sharpness-aware perturbation, if any, wraps each training epoch.
+
+Built once per run from the ``s2ap`` section: the perturbation objects are made here, once,
+and handed to the training loop epoch by epoch. The rule (the paper's Sect. 4.1):
+
+* a method with its own perturbation (AdaSAP) decides for itself, every phase;
+* pruning: after ``s2ap.warmup_epochs`` plain epochs, S2AP on the scores (or, with
+  ``s2ap.perturb: weights``, AWP on the frozen weights: the Table 13 ablation);
+* finetuning: AWP on the kept weights (Algorithm 2) when ``s2ap.finetune_awp``;
+* pretraining: never.
+
+S2AP with ``gamma = 0`` (or disabled) perturbs nothing, so such a run *is* the original
+method, step for step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from s2ap.config import S2APConfig
+from s2ap.layers import ScoredLayer
+from s2ap.sharpness.perturbation import Perturbation
+from s2ap.sharpness.scores import score_perturbation
+from s2ap.sharpness.weights import search_weight_perturbation, weight_perturbation
+
+OwnPerturbation = Callable[[str, int], Perturbation | None]
+
+
+def _none(phase: str, epoch: int) -> Perturbation | None:
+    return None
+
+
+class SharpnessSchedule:
+    """Answers :meth:`for_epoch`: the perturbation for one epoch of one phase, or None."""
+
+    def __init__(self, s2ap: S2APConfig, layers: Sequence[ScoredLayer], own: OwnPerturbation = _none) -> None:
+        self.warmup_epochs = s2ap.warmup_epochs
+        self.own = own  # the method's own perturbation for (phase, epoch), if it has one
+        self.search: Perturbation | None = None
+        self.finetune: Perturbation | None = None
+        if s2ap.active:
+            search = score_perturbation if s2ap.perturb == "scores" else search_weight_perturbation
+            self.search = search(layers, s2ap.gamma)
+            if s2ap.finetune_awp:
+                self.finetune = weight_perturbation(layers, s2ap.gamma)
+
+    def for_epoch(self, phase: str, epoch: int) -> Perturbation | None:
+        chosen = self.own(phase, epoch)
+        if chosen is None:
+            if phase == "prune" and epoch >= self.warmup_epochs:
+                chosen = self.search
+            elif phase == "finetune":
+                chosen = self.finetune
+        if chosen is not None:
+            chosen.begin()
+        return chosen

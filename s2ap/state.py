@@ -1,0 +1,91 @@
+"""The run state: everything a run needs to continue after a crash, saved at every epoch end.
+
+:class:`RunState` is what ``state.pt`` holds: where the run is (phase, epoch, phases done),
+the per-epoch rows so far, the best mask of the search (:class:`BestMask`), the first mask
+(the reference of the Hamming distance), the final metrics gathered so far and the tensors
+to restore (model, method, optimizer, scheduler). Per-epoch curves such as the Hamming
+distance and lambda_max are not stored twice: they are read off the rows.
+
+The file is a plain mapping of Python values and tensors (``to_dict``), so it stays
+readable without this class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from s2ap.io import atomic_write
+
+PHASES = ("pretrain", "prune", "finetune", "evaluate")
+
+
+@dataclass
+class BestMask:
+    """The pruning epoch whose scores the search returns, by ``prune.best_mask``'s rule."""
+
+    score: float  # lower is better
+    epoch: int
+    scores: list[Tensor]  # per scored layer, on the CPU
+    method: dict[str, Any] = field(default_factory=dict)  # the method's state then (HARP's rates)
+
+
+@dataclass
+class RunState:
+    config_hash: str
+    phase: str = "pretrain"
+    epoch: int = 0  # epochs of ``phase`` done
+    done: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best: BestMask | None = None
+    first_mask: dict[str, Tensor] | None = None
+    final: dict[str, Any] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    model: dict[str, Tensor] | None = None
+    method: dict[str, Any] = field(default_factory=dict)
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ derived
+
+    def curve(self, column: str) -> list[Any]:
+        """One value per pruning epoch done, from the rows."""
+        return [row.get(column) for row in self.rows if row.get("phase") == "prune"]
+
+    @property
+    def best_epoch(self) -> int | None:
+        return None if self.best is None else self.best.epoch
+
+    def enter(self, phase: str) -> bool:
+        """Move to ``phase`` (epoch 0) unless the run is already in it; True if it moved."""
+        if self.phase == phase:
+            return False
+        self.phase, self.epoch = phase, 0
+        return True
+
+    # ------------------------------------------------------------------ files
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["best"] = None if self.best is None else asdict(self.best)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunState:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        best = values.get("best")
+        if best is not None and not isinstance(best, BestMask):
+            values["best"] = BestMask(**best)
+        return cls(**values)
+
+    def save(self, path: Path) -> Path:
+        return atomic_write(path, lambda tmp: torch.save(self.to_dict(), tmp))
+
+    @classmethod
+    def load(cls, path: Path) -> RunState:
+        return cls.from_dict(torch.load(path, map_location="cpu", weights_only=False))
