@@ -8,37 +8,29 @@ describes the result in a :class:`DataInfo`. Items are ``(x, y)`` with ``x`` a f
 (via ``DataInfo.mean`` / ``std``) so that attack budgets such as ``eps = 8/255`` stay in pixel
 units.
 
-CIFAR-10 and SVHN are read from their on-disk formats by this module rather than through the
-torchvision classes: torchvision checks the md5 of every file it knows, which forbids testing
-the real code path on small files written in the same format. torchvision is used only to
-download (``data.download: true``), where its checksums are exactly what is wanted. Both sets
-are small enough to live in memory as one ``uint8`` tensor, converted to float per batch.
+CIFAR-10 and SVHN come from their real on-disk formats (:mod:`s2ap.data_files`) and live in
+memory as one ``uint8`` tensor (:mod:`s2ap.tensor_data`), converted to float per batch.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms
-from torchvision.datasets import CIFAR10, SVHN, ImageFolder
-from torchvision.datasets.utils import download_and_extract_archive, download_url
 
+from s2ap import data_files as files
 from s2ap.config import ConfigError, DataConfig
 from s2ap.registry import Registry
+from s2ap.tensor_data import Resized, TensorImageDataset
 
 log = logging.getLogger(__name__)
 
-Item = tuple[Tensor, int]
 Loader = Callable[[DataConfig], tuple[Dataset, Dataset]]
 
 DATASETS: Registry[Loader] = Registry("data set")
@@ -50,14 +42,6 @@ _PUBLISHED_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-
-_CIFAR10_FOLDER = "cifar-10-batches-py"
-_CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
-_CIFAR10_TEST = "test_batch"
-_CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
-_SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 
 
 @dataclass(frozen=True)
@@ -81,91 +65,7 @@ class Splits:
     info: DataInfo
 
 
-# --------------------------------------------------------------------------- datasets
-
-
-class TensorImageDataset(Dataset):
-    """Images held as one ``N x C x H x W`` tensor (usually ``uint8``), scaled to [0, 1] on access.
-
-    Keeping the raw integers costs a quarter of the memory of float32 and avoids PIL entirely;
-    ``__getitems__`` lets a :class:`~torch.utils.data.DataLoader` convert a whole batch with
-    one indexing operation instead of one Python call per image.
-    """
-
-    def __init__(self, images: Tensor, labels: Tensor, classes: Sequence[str], scale: float) -> None:
-        if images.ndim != 4 or images.shape[0] != labels.shape[0]:
-            raise ValueError(
-                f"expected N x C x H x W images and N labels, got {tuple(images.shape)} "
-                f"and {tuple(labels.shape)}"
-            )
-        self.images = images
-        self.targets = labels.to(torch.int64)
-        self.classes = list(classes)
-        self.scale = float(scale)
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def _convert(self, images: Tensor) -> Tensor:
-        # Always a copy: a caller perturbing x in place must not edit the stored data set.
-        out = images.to(torch.float32, copy=True)
-        return out.div_(self.scale) if self.scale != 1.0 else out
-
-    def __getitem__(self, index: int) -> Item:
-        return self._convert(self.images[index]), int(self.targets[index])
-
-    def __getitems__(self, indices: Sequence[int]) -> list[Item]:
-        idx = torch.as_tensor(list(indices), dtype=torch.long)
-        batch = self._convert(self.images[idx])
-        return list(zip(batch.unbind(0), self.targets[idx].tolist(), strict=True))
-
-
-class Resized(Dataset):
-    """Bilinear, antialiased resize of another data set's images to ``size x size``.
-
-    Done per item (or per batch) rather than once up front, because resizing a 50k-image set
-    to a large side ahead of time would multiply its memory by the area ratio and by four
-    (uint8 -> float32).
-    """
-
-    def __init__(self, base: Dataset, size: int) -> None:
-        self.base = base
-        self.size = int(size)
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def _resize(self, batch: Tensor) -> Tensor:
-        out = F.interpolate(
-            batch, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
-        )
-        return out.clamp_(0.0, 1.0)  # guard against float round-off past the [0, 1] contract
-
-    def __getitem__(self, index: int) -> Item:
-        x, y = self.base[index]
-        return self._resize(x.unsqueeze(0))[0], y
-
-    def __getitems__(self, indices: Sequence[int]) -> list[Item]:
-        getitems = getattr(self.base, "__getitems__", None)
-        items = getitems(list(indices)) if callable(getitems) else [self.base[i] for i in indices]
-        xs = self._resize(torch.stack([x for x, _ in items]))
-        return list(zip(xs.unbind(0), [y for _, y in items], strict=True))
-
-    @property
-    def classes(self) -> list[str]:
-        return list(getattr(self.base, "classes", []))
-
-
 # --------------------------------------------------------------------------- loaders
-
-
-def _missing(path: Path, expected: str, downloadable: bool) -> ConfigError:
-    hint = (
-        "set data.download: true to fetch it, or point data.root at a folder that has them"
-        if downloadable
-        else "point data.root at a folder that has them"
-    )
-    return ConfigError("data.root", f"no data set found at {path}: expected {expected}; {hint}")
 
 
 @DATASETS.register("digits")
@@ -232,114 +132,44 @@ def load_synthetic(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     return make_synthetic(1000, seed=1234), make_synthetic(200, seed=5678)
 
 
-def _read_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
-    """One CIFAR-10 python batch: a pickled dict with ``data`` (N x 3072 uint8) and ``labels``."""
-    try:
-        with path.open("rb") as fh:
-            batch: dict[Any, Any] = pickle.load(fh, encoding="bytes")
-        data = batch.get(b"data", batch.get("data"))
-        labels = batch.get(b"labels", batch.get("labels"))
-        images = torch.from_numpy(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32).copy())
-        targets = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise ConfigError(
-            "data.root",
-            f"{path} is not a readable CIFAR-10 batch ({exc}); "
-            "delete it and set data.download: true to fetch it again",
-        ) from None
-    if images.shape[0] != targets.shape[0]:
-        raise ConfigError("data.root", f"{path} has {images.shape[0]} images but {targets.shape[0]} labels")
-    return images, targets
-
-
-def _cifar_folder(root: Path) -> Path | None:
-    """The folder holding the batches: ``root/cifar-10-batches-py`` (torchvision's layout) or root."""
-    for folder in (root / _CIFAR10_FOLDER, root):
-        if all((folder / name).is_file() for name in (*_CIFAR10_TRAIN, _CIFAR10_TEST)):
-            return folder
-    return None
-
-
 @DATASETS.register("cifar10")
 def load_cifar10(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     """CIFAR-10 from the python pickle batches, kept in memory as uint8."""
     root = Path(cfg.root).expanduser()
-    folder = _cifar_folder(root)
+    folder = files.cifar_folder(root)
     if folder is None and cfg.download:
-        _download(lambda: _fetch_cifar10(root), "CIFAR-10", root)
-        folder = _cifar_folder(root)
+        files.download(lambda: files.fetch_cifar10(root), "CIFAR-10", root)
+        folder = files.cifar_folder(root)
     if folder is None:
-        expected = f"{_CIFAR10_FOLDER}/data_batch_1..5 and {_CIFAR10_FOLDER}/test_batch"
-        raise _missing(root, expected, downloadable=True)
-    parts = [_read_cifar_batch(folder / name) for name in _CIFAR10_TRAIN]
+        expected = f"{files.CIFAR10_FOLDER}/data_batch_1..5 and {files.CIFAR10_FOLDER}/test_batch"
+        raise files.missing(root, expected, downloadable=True)
+    parts = [files.read_cifar_batch(folder / name) for name in files.CIFAR10_TRAIN]
     train_x, train_y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    test_x, test_y = _read_cifar_batch(folder / _CIFAR10_TEST)
-    classes = list(_CIFAR10_CLASSES)
+    test_x, test_y = files.read_cifar_batch(folder / files.CIFAR10_TEST)
+    classes = list(files.CIFAR10_CLASSES)
     return (
         TensorImageDataset(train_x, train_y, classes, scale=255.0),
         TensorImageDataset(test_x, test_y, classes, scale=255.0),
     )
-
-
-def _fetch_cifar10(root: Path) -> None:
-    download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
-
-
-def _read_svhn(path: Path) -> tuple[Tensor, Tensor]:
-    """One SVHN ``.mat``: ``X`` is 32 x 32 x 3 x N uint8, ``y`` is N x 1 with 10 meaning digit 0."""
-    from scipy.io import loadmat
-
-    try:
-        mat = loadmat(str(path), variable_names=["X", "y"])
-        x, y = np.asarray(mat["X"]), np.asarray(mat["y"], dtype=np.int64).reshape(-1)
-    except (OSError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
-        raise ConfigError(
-            "data.root",
-            f"{path} is not a readable SVHN .mat file ({exc}); "
-            "delete it and set data.download: true to fetch it again",
-        ) from None
-    if x.ndim != 4 or x.shape[2] != 3 or x.shape[3] != y.shape[0]:
-        raise ConfigError(
-            "data.root",
-            f"{path}: expected X of shape 32 x 32 x 3 x N and N labels, got {x.shape} and {y.shape[0]}",
-        )
-    images = torch.from_numpy(np.ascontiguousarray(x.astype(np.uint8).transpose(3, 2, 0, 1)))
-    y = np.where(y == 10, 0, y)
-    return images, torch.from_numpy(y)
 
 
 @DATASETS.register("svhn")
 def load_svhn(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     """SVHN (train and test, not extra) from the cropped-digit ``.mat`` files, in memory as uint8."""
     root = Path(cfg.root).expanduser()
-    paths = {split: root / name for split, name in _SVHN_FILES.items()}
+    paths = {split: root / name for split, name in files.SVHN_FILES.items()}
     if cfg.download:
         for split, path in paths.items():
             if not path.is_file():
-                _download(lambda s=split: _fetch_svhn(root, s), f"SVHN {split}", root)
+                files.download(lambda s=split: files.fetch_svhn(root, s), f"SVHN {split}", root)
     if not all(p.is_file() for p in paths.values()):
-        raise _missing(root, " and ".join(_SVHN_FILES.values()), downloadable=True)
+        raise files.missing(root, " and ".join(files.SVHN_FILES.values()), downloadable=True)
     classes = [str(d) for d in range(10)]
-    (train_x, train_y), (test_x, test_y) = _read_svhn(paths["train"]), _read_svhn(paths["test"])
+    (train_x, train_y), (test_x, test_y) = files.read_svhn(paths["train"]), files.read_svhn(paths["test"])
     return (
         TensorImageDataset(train_x, train_y, classes, scale=255.0),
         TensorImageDataset(test_x, test_y, classes, scale=255.0),
     )
-
-
-def _fetch_svhn(root: Path, split: str) -> None:
-    url, filename, md5 = SVHN.split_list[split]
-    download_url(url, str(root), filename, md5)
-
-
-def _download(fetch: Callable[[], None], what: str, root: Path) -> None:
-    """Run a torchvision download, turning network and checksum failures into one clear error."""
-    log.info("downloading %s to %s", what, root)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        fetch()
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ConfigError("data.download", f"downloading {what} to {root} failed: {exc}") from None
 
 
 @DATASETS.register("imagenet")
@@ -361,32 +191,15 @@ def load_imagenet(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     )
     expected = "train/ and val/ class folders (train/<class>/*.JPEG, val/<class>/*.JPEG)"
     if not (root / "train").is_dir() or not (root / "val").is_dir():
-        raise _missing(root, expected, downloadable=False)
+        raise files.missing(root, expected, downloadable=False)
     try:
-        train = _ImageFolder(root / "train", transform=transform)
-        test = _ImageFolder(root / "val", transform=transform, classes=train.classes)
+        train = files.FixedClassImageFolder(root / "train", transform=transform)
+        test = files.FixedClassImageFolder(root / "val", transform=transform, classes=train.classes)
     except FileNotFoundError as exc:
         raise ConfigError("data.root", f"no usable images under {root}: {exc}; expected {expected}") from None
     if len(test) == 0:
         raise ConfigError("data.root", f"no images under {root / 'val'}; expected {expected}")
     return train, test
-
-
-class _ImageFolder(ImageFolder):
-    """``ImageFolder`` that can reuse another folder's class list instead of finding its own."""
-
-    def __init__(self, root: Path, transform: Any, classes: Sequence[str] | None = None) -> None:
-        self._fixed_classes = list(classes) if classes is not None else None
-        super().__init__(str(root), transform=transform, allow_empty=classes is not None)
-
-    def find_classes(self, directory: Any) -> tuple[list[str], dict[str, int]]:
-        if self._fixed_classes is None:
-            return super().find_classes(directory)
-        present = {p.name for p in Path(directory).iterdir() if p.is_dir()}
-        unknown = sorted(present - set(self._fixed_classes))
-        if unknown:
-            raise FileNotFoundError(f"{directory} has classes missing from train/: {unknown[:5]}")
-        return self._fixed_classes, {c: i for i, c in enumerate(self._fixed_classes)}
 
 
 # --------------------------------------------------------------------------- splits
