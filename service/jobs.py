@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import secrets
 import shlex
@@ -28,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from s2ap.io import atomic_write_text
 from service.errors import ApiError
 from service.progress import TABLES, config_keys, read_progress
 from service.runner import RAY_TO_STATUS, ClusterUnavailable, Runner, error_from_logs, tail
@@ -103,10 +103,7 @@ class JobManager:
         job_id = new_job_id()
         job_dir = self.settings.jobs_dir / job_id
         job_dir.mkdir(parents=True)
-        spec_path = job_dir / SPEC_FILE
-        tmp = job_dir / f".{SPEC_FILE}.tmp"
-        tmp.write_text(dump_yaml(valid.resolved))
-        os.replace(tmp, spec_path)
+        spec_path = atomic_write_text(job_dir / SPEC_FILE, dump_yaml(valid.resolved))
         record = JobRecord(
             id=job_id,
             name=valid.name,
