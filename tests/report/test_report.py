@@ -254,7 +254,7 @@ def test_module_cli_bad_input(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert proc.returncode == 2
     _assert_one_error_line(proc.stderr, "missing.parquet")

@@ -1,0 +1,163 @@
+"""Reading run tables and preparing them for the report.
+
+A path is a ``final.parquet`` / ``trials.parquet`` file or a folder holding one; an
+``epochs.parquet`` beside it fills per-epoch curves a run row lacks. Preparing keeps the
+successful runs, one row per (config, seed), turns accuracies into percentages and labels
+each method with the variant axes that make runs incomparable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from s2ap.results import EPOCH, RUN
+
+logger = logging.getLogger(__name__)
+
+RUN_FILES = ("final.parquet", "trials.parquet")
+EPOCH_FILE = "epochs.parquet"
+REQUIRED = (
+    RUN.model,
+    RUN.dataset,
+    RUN.method,
+    RUN.sparsity,
+    RUN.s2ap,
+    RUN.seed,
+    RUN.clean_acc,
+    RUN.robust_acc,
+)
+CELL_KEY = [RUN.model, RUN.dataset, RUN.sparsity]  # one table row
+PANEL_KEY = [RUN.model, RUN.dataset, RUN.method, RUN.sparsity]  # one figure panel
+ACCURACIES = (
+    RUN.clean_acc,
+    RUN.robust_acc,
+    RUN.pgd_acc,
+    RUN.aa_acc,
+    RUN.mask_clean_acc,
+    RUN.mask_robust_acc,
+)
+CURVES = (RUN.hamming, RUN.lambda_max, RUN.loss_diff_rho, RUN.loss_diff)  # lists per run
+# Run curves the epochs table can fill: run column -> the epoch column it is made of.
+EPOCH_CURVES = {RUN.hamming: EPOCH.hamming, RUN.lambda_max: EPOCH.lambda_max}
+
+
+class ReportError(Exception):
+    """Bad input: the message is one line that names what is missing."""
+
+
+def _resolve(path: Path) -> tuple[Path, Path | None]:
+    """The run table for a file or folder argument, and the epochs table beside it."""
+    if path.is_dir():
+        for name in RUN_FILES:
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise ReportError(f"{path} contains neither {' nor '.join(RUN_FILES)}")
+    elif not path.exists():
+        raise ReportError(f"{path}: no such file or directory")
+    epochs = path.parent / EPOCH_FILE
+    return path, (epochs if epochs.is_file() and epochs != path else None)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    try:
+        return pq.read_table(path).to_pandas()
+    except Exception as exc:  # pyarrow raises several types for a broken or foreign file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ReportError(f"{path} is not a readable Parquet file ({reason})") from None
+
+
+def load_runs(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Concatenate the run tables (and epoch tables) named by ``paths``; ReportError if unusable."""
+    runs: list[pd.DataFrame] = []
+    epochs: list[pd.DataFrame] = []
+    for raw in paths:
+        file, epoch_file = _resolve(Path(raw))
+        table = _read(file)
+        missing = [c for c in REQUIRED if c not in table.columns]
+        if missing:
+            raise ReportError(f"{file} lacks columns: {', '.join(missing)}")
+        if table.empty:
+            raise ReportError(f"{file} has no rows")
+        runs.append(table)
+        if epoch_file is not None:
+            try:
+                epochs.append(pq.read_table(epoch_file).to_pandas())
+            except Exception as exc:  # the epochs table is optional: warn, do not fail
+                logger.warning("ignoring unreadable %s: %s", epoch_file, exc)
+    df = pd.concat(runs, ignore_index=True) if len(runs) > 1 else runs[0]
+    ep = pd.concat(epochs, ignore_index=True) if epochs else None
+    return df, ep
+
+
+def _method_label(row: pd.Series) -> str:
+    """Method name plus the variant axes that make runs incomparable: channel granularity
+    (and its FLOPs target), and AWP instead of S2AP during the mask search (Table 13)."""
+    label = str(row[RUN.method])
+    if row.get(RUN.granularity) == "channel":
+        target = row.get(RUN.flops_reduction_target)
+        label += f"-channel{'-' + format(target, 'g') + 'x' if pd.notna(target) else ''}"
+    if row.get(RUN.perturb) == "weights":
+        label += "+AWP-prune"
+    return label
+
+
+def prepare(df: pd.DataFrame, epochs: pd.DataFrame | None) -> pd.DataFrame:
+    """Successful runs only, one row per (config, seed), percentages, per-epoch lists filled."""
+    df = df.copy()
+    if RUN.status in df.columns:
+        df = df[df[RUN.status].isna() | (df[RUN.status] == "ok")]
+    if df.empty:
+        raise ReportError("no successful runs (status 'ok') in the input")
+    if RUN.config_hash in df.columns:
+        df = df.drop_duplicates(subset=[RUN.config_hash, RUN.seed], keep="last")
+    df[RUN.s2ap] = df[RUN.s2ap].fillna(False).astype(bool)
+    df[RUN.method] = df.apply(_method_label, axis=1)
+    df[RUN.sparsity] = df[RUN.sparsity].astype(float).round(6)
+    acc_cols = [c for c in ACCURACIES if c in df]
+    for col in acc_cols:
+        df[col] = df[col].astype(float)
+    # Results are fractions; a table already in percent (values above 1) is left as is.
+    peak = df[[c for c in (RUN.clean_acc, RUN.robust_acc) if c in df]].max().max()
+    scale = 1.0 if pd.notna(peak) and peak > 1.0 + 1e-9 else 100.0
+    for col in acc_cols:
+        df[col] = df[col] * scale
+    for col in CURVES:
+        if col not in df.columns:
+            df[col] = None
+        df[col] = df[col].map(_as_list)
+    if epochs is not None:
+        _fill_from_epochs(df, epochs)
+    return df.reset_index(drop=True)
+
+
+def _as_list(value: Any) -> list[float]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    return [float(v) for v in value if v is not None]
+
+
+def _fill_from_epochs(df: pd.DataFrame, epochs: pd.DataFrame) -> None:
+    """Per-epoch hamming / lambda_max from the epochs table where the run row has none."""
+    need = {EPOCH.config_hash, EPOCH.seed, EPOCH.phase, EPOCH.epoch}
+    if not need <= set(epochs.columns) or RUN.config_hash not in df.columns:
+        return
+    prune = epochs[epochs[EPOCH.phase] == "prune"].sort_values(EPOCH.epoch)
+    for col, epoch_col in EPOCH_CURVES.items():
+        if epoch_col not in prune.columns:
+            continue
+        series = {
+            key: [float(v) for v in grp[epoch_col] if pd.notna(v)]
+            for key, grp in prune.groupby([EPOCH.config_hash, EPOCH.seed], sort=False)
+        }
+        for i in df.index:
+            if not df.at[i, col]:
+                df.at[i, col] = series.get((df.at[i, RUN.config_hash], df.at[i, RUN.seed]), [])

@@ -1,0 +1,195 @@
+"""The paper's figures, Orig. vs S2AP per setting, each skipped with a reason without data.
+
+``hamming_diff.png`` (Fig. 1b/4b), ``lambda_max.png`` (Fig. 1c/2), ``gamma.png`` (Fig. 5),
+``loss_diff.png`` (Fig. 3). Each plot is what it collects per setting and how it draws one
+panel; :func:`~s2ap.report.panels.draw_panels` does the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from s2ap.report.load import PANEL_KEY
+from s2ap.report.panels import Key, draw_panels, per_setting
+from s2ap.results import RUN
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+Curve = tuple[np.ndarray, np.ndarray]  # mean and std per epoch
+SIDES = (("Orig.", False), ("S2AP", True))  # legend label and the s2ap flag of its runs
+
+
+def _mean_curve(lists: Iterable[list[float]]) -> Curve | None:
+    """Element-wise mean and std over seeds; runs of different length are NaN-padded."""
+    lists = [v for v in lists if v]
+    if not lists:
+        return None
+    length = max(len(v) for v in lists)
+    arr = np.full((len(lists), length), np.nan)
+    for i, v in enumerate(lists):
+        arr[i, : len(v)] = v
+    count = np.sum(~np.isnan(arr), axis=0)
+    mean = np.nanmean(arr, axis=0)
+    std = np.where(count > 1, np.nanstd(arr, axis=0, ddof=0), 0.0)
+    return mean, std
+
+
+# --------------------------------------------------------------------------- Fig. 1b
+
+
+def _hamming_diff(rows: pd.DataFrame) -> np.ndarray | None:
+    orig = _mean_curve(rows.loc[~rows[RUN.s2ap], RUN.hamming])
+    s2ap = _mean_curve(rows.loc[rows[RUN.s2ap], RUN.hamming])
+    if orig is None or s2ap is None:
+        return None
+    length = min(len(orig[0]), len(s2ap[0]))
+    return orig[0][:length] - s2ap[0][:length]
+
+
+def _draw_diff(ax: Axes, diff: np.ndarray) -> None:
+    epochs = np.arange(len(diff))
+    ax.plot(epochs, diff, color="black", lw=1)
+    ax.fill_between(epochs, 0, diff, where=diff >= 0, color="tab:green", alpha=0.45, interpolate=True)
+    ax.fill_between(epochs, 0, diff, where=diff < 0, color="tab:red", alpha=0.45, interpolate=True)
+    ax.axhline(0, color="grey", lw=0.8)
+
+
+def plot_hamming_diff(df: pd.DataFrame, path: Path) -> str | None:
+    """h_orig - h_s2ap per pruning epoch (Fig. 1b): green where S2AP is more stable."""
+    return draw_panels(
+        path,
+        per_setting(df, _hamming_diff),
+        _draw_diff,
+        xlabel="pruning epoch",
+        ylabel="h_orig − h_S2AP",
+        absent="no setting has per-epoch hamming distances for both Orig. and S2AP runs",
+        legend=False,
+    )
+
+
+# --------------------------------------------------------------------------- Fig. 1c / 2
+
+
+def _curves(column: str) -> Callable[[pd.DataFrame], dict[str, Curve | None] | None]:
+    """A setting's mean curve of ``column`` per side; None when neither side has one."""
+
+    def collect(rows: pd.DataFrame) -> dict[str, Curve | None] | None:
+        curves = {label: _mean_curve(rows.loc[rows[RUN.s2ap] == flag, column]) for label, flag in SIDES}
+        return curves if any(c is not None for c in curves.values()) else None
+
+    return collect
+
+
+def _draw_bands(ax: Axes, curves: dict[str, Curve | None]) -> None:
+    for (label, curve), color in zip(curves.items(), ("tab:blue", "tab:orange"), strict=True):
+        if curve is None:
+            continue
+        mean, std = curve
+        epochs = np.arange(len(mean))
+        ax.plot(epochs, mean, label=label, color=color)
+        ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
+
+
+def plot_lambda_max(df: pd.DataFrame, path: Path) -> str | None:
+    """Score-space lambda_max per pruning epoch, Orig. vs S2AP (Fig. 1c / Fig. 2)."""
+    return draw_panels(
+        path,
+        per_setting(df, _curves(RUN.lambda_max)),
+        _draw_bands,
+        xlabel="pruning epoch",
+        ylabel="λ_max",
+        absent="no run has per-epoch lambda_max values",
+    )
+
+
+# --------------------------------------------------------------------------- Fig. 5
+
+
+def _positive_gamma(rows: pd.DataFrame) -> pd.Series:
+    return rows[RUN.s2ap] & rows[RUN.gamma].notna() & (rows[RUN.gamma] > 0)
+
+
+def _draw_gamma(ax: Axes, rows: pd.DataFrame) -> None:
+    s = rows[_positive_gamma(rows)]
+    stats = s.groupby(RUN.gamma)[RUN.robust_acc].agg(["mean", "std", "count"]).sort_index()
+    ax.errorbar(
+        stats.index, stats["mean"], yerr=stats["std"].fillna(0.0), marker="o", capsize=3, label="S2AP"
+    )
+    orig = rows.loc[~rows[RUN.s2ap], RUN.robust_acc].dropna()
+    if not orig.empty:
+        ax.axhline(orig.mean(), color="grey", ls="--", label="Orig.")
+    ax.set_xscale("log")
+
+
+def plot_gamma(df: pd.DataFrame, path: Path) -> str | None:
+    """Robust accuracy vs gamma for S2AP runs, mean ± std over seeds, log x (Fig. 5)."""
+    if RUN.gamma not in df.columns:
+        return "the table has no gamma column"
+    s2ap = df[_positive_gamma(df) & df[RUN.robust_acc].notna()]
+    # The settings that ran S2AP with a positive gamma, in the order of their names.
+    keys: list[Key] = sorted(
+        {tuple(k) for k in s2ap[PANEL_KEY].itertuples(index=False)}, key=lambda k: tuple(map(str, k))
+    )
+    panels = [
+        (key, df[np.logical_and.reduce([df[c] == v for c, v in zip(PANEL_KEY, key, strict=True)])])
+        for key in keys
+    ]
+    return draw_panels(
+        path,
+        panels,
+        _draw_gamma,
+        xlabel="γ",
+        ylabel="robust accuracy (%)",
+        absent="no S2AP run with a positive gamma and a robust accuracy",
+    )
+
+
+# --------------------------------------------------------------------------- Fig. 3
+
+
+def _loss_diffs(rows: pd.DataFrame) -> dict[str, dict[float, list[float]]] | None:
+    """Per side, the loss differences measured at each rho over the setting's runs."""
+    sides = {}
+    for label, flag in SIDES:
+        values: dict[float, list[float]] = {}
+        side = rows[rows[RUN.s2ap] == flag]
+        for rhos, diffs in zip(side[RUN.loss_diff_rho], side[RUN.loss_diff], strict=True):
+            for rho, d in zip(rhos, diffs, strict=False):
+                values.setdefault(round(rho, 12), []).append(d)
+        if values:
+            sides[label] = values
+    return sides or None
+
+
+def _draw_loss_diffs(ax: Axes, sides: dict[str, dict[float, list[float]]]) -> None:
+    for label, values in sides.items():
+        rhos = sorted(values)
+        mean = [float(np.mean(values[r])) for r in rhos]
+        std = [float(np.std(values[r], ddof=1)) if len(values[r]) > 1 else 0.0 for r in rhos]
+        ax.errorbar(rhos, mean, yerr=std, marker="o", capsize=3, label=label)
+
+
+def plot_loss_diff(df: pd.DataFrame, path: Path) -> str | None:
+    """Score-space loss difference vs rho, Orig. vs S2AP (Fig. 3)."""
+    return draw_panels(
+        path,
+        per_setting(df, _loss_diffs),
+        _draw_loss_diffs,
+        xlabel="ρ",
+        ylabel="L(s+ν) − L(s)",
+        absent="no run has loss-difference measurements",
+    )
+
+
+PLOTS = {
+    "hamming_diff.png": plot_hamming_diff,
+    "lambda_max.png": plot_lambda_max,
+    "gamma.png": plot_gamma,
+    "loss_diff.png": plot_loss_diff,
+}
