@@ -107,44 +107,6 @@ def test_s2ap_off_matches_original_and_warmup_epochs_are_identical(tmp_path: Pat
     assert all(changed)
 
 
-def test_gamma_zero_perturbation_step_equals_plain_step() -> None:
-    from s2ap.distributed import DistInfo, ShardedBatches
-    from s2ap.objectives import build_objective
-    from s2ap.sharpness import score_perturbation
-    from s2ap.train import build_optimizer, train_epoch
-
-    cfg = tiny()
-    splits = load_splits(cfg.data, 0)
-    outs = []
-    for gamma in (None, 0.0):
-        torch.manual_seed(0)
-        i = splits.info
-        model = build_model("cnn", 10, i.in_channels, 8, i.mean, i.std)
-        from s2ap.pruning import build_method
-
-        method = build_method(cfg)
-        method.prepare(model)
-        params = method.parameters(model)
-        for p in model.parameters():
-            p.requires_grad_(any(p is q for q in params))
-        batches = ShardedBatches(len(splits.train), 64, True, DistInfo())
-        loader = torch.utils.data.DataLoader(splits.train, batch_sampler=batches)
-        opt = build_optimizer(params, "sgd", 0.1, 0.9, 1e-4)
-        pert = None if gamma is None else score_perturbation([ly for _, ly in L.scored_layers(model)], gamma)
-        torch.manual_seed(1)
-        train_epoch(
-            model,
-            loader,
-            batches,
-            build_objective(cfg.objective, cfg.attack),
-            opt,
-            torch.device("cpu"),
-            perturbation=pert,
-        )
-        outs.append([p.detach().clone() for p in params])
-    assert all(torch.equal(a, b) for a, b in zip(*outs, strict=True))
-
-
 class Stop(Exception):
     pass
 

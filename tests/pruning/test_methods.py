@@ -16,13 +16,10 @@ from s2ap.config import ConfigError
 from s2ap.experiment import from_dict, with_overrides
 from s2ap.models import MODELS, build_model
 from s2ap.pipeline import Pipeline, run_experiment
-from s2ap.pruning.compact import count_flops
 from s2ap.pruning import METHODS, build_method
+from s2ap.pruning.compact import count_flops
 from s2ap.sharpness import (
     AdaptiveWeightPerturbation,
-    adaptive_radii,
-    neuron_importance,
-    search_weight_perturbation,
 )
 
 TINY = {
@@ -182,27 +179,6 @@ def test_awp_during_pruning_is_a_switch_and_leaves_weights_untouched(tmp_path: P
     with pytest.raises(ConfigError) as exc:
         tiny(**{"s2ap.perturb": "both"})
     assert exc.value.field == "s2ap.perturb"
-
-
-def test_search_weight_perturbation_bound_support_and_cleanup() -> None:
-    _, net, _ = bound("hydra")
-    layers = [layer for _, layer in L.scored_layers(net)]
-    pert = search_weight_perturbation(layers, 0.01)
-    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 10, (8,))
-    F.cross_entropy(net(x), y).backward()
-    before = [layer.weight.detach().clone() for layer in layers]
-    pert.climb()
-    for layer, w0 in zip(layers, before, strict=True):
-        nu = layer.weight.detach() - w0
-        kept = layer.full_mask()
-        assert nu[kept == 0].abs().max() == 0
-        assert nu.norm().item() == pytest.approx(0.01 * w0.norm().item(), rel=1e-4)
-    pert.restore()
-    for layer, w0 in zip(layers, before, strict=True):
-        assert torch.equal(layer.weight.detach(), w0) and layer.weight.grad is None
-
-
-# ---------------------------------------------------------------------------- HARP
 
 
 def test_harp_rates_stay_within_bounds() -> None:
@@ -467,38 +443,6 @@ def test_residual_outputs_are_zeroed_not_removed() -> None:
 
 
 # ---------------------------------------------------------------------------- AdaSAP
-
-
-def test_adasap_radii_are_ordered_by_importance() -> None:
-    importance = torch.rand(50, generator=torch.Generator().manual_seed(0))
-    rho = adaptive_radii(importance, 0.01, 2.0)
-    order = importance.argsort()
-    assert (rho[order].diff() <= 0).all()  # more important, smaller ball
-    assert rho.max().item() == pytest.approx(2.0) and rho.min().item() == pytest.approx(0.01)
-    assert rho[importance.argmin()] == rho.max() and rho[importance.argmax()] == rho.min()
-
-
-@pytest.mark.parametrize("adaptive", [True, False])
-def test_adasap_perturbation_puts_each_neuron_on_its_own_ball(adaptive: bool) -> None:
-    m, net, _ = bound("adasap", granularity="channel")
-    m.dense = True  # warm-up: every neuron is live
-    layers = [layer for _, layer in L.scored_layers(net)]
-    pert = AdaptiveWeightPerturbation(layers, 0.01, 2.0, adaptive=adaptive, eta=0.01)
-    F.cross_entropy(net(torch.rand(16, 3, 8, 8)), torch.randint(0, 10, (16,))).backward()
-    before = [layer.weight.detach().clone() for layer in layers]
-    grads = [layer.weight.grad.clone() for layer in layers]
-    pert.climb()
-    for layer, w0, g, rho in zip(layers, before, grads, pert.last_radii, strict=True):
-        eps = layer.weight.detach() - w0
-        t = w0.abs() + 0.01 if adaptive else torch.ones_like(w0)
-        ball = (eps / t).flatten(1).norm(dim=1)  # ||T^-1 eps_i|| per neuron
-        live = g.flatten(1).norm(dim=1) > 0  # a dead ReLU unit has no gradient to climb
-        assert live.float().mean() > 0.5
-        assert torch.allclose(ball[live], rho[live], rtol=1e-4)
-        norms = neuron_importance(w0, channel=True)
-        assert (rho[norms.argsort()].diff() <= 1e-7).all()
-    pert.restore()
-    assert all(torch.equal(layer.weight.detach(), w0) for layer, w0 in zip(layers, before, strict=True))
 
 
 def test_adasap_phases_schedule_and_uniform_finetuning() -> None:

@@ -1,4 +1,4 @@
-"""Masked layers, methods, S2AP / AWP perturbations, PGD and TRADES."""
+"""Score-masked layers: exact densities, the scaled init, gradients to the scores, the top-k cache, the dense export."""
 
 import math
 
@@ -7,12 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from s2ap import layers as L
-from s2ap.attacks import PGD
 from s2ap.experiment import from_dict
 from s2ap.models import MODELS, build_model
-from s2ap.objectives import TradesObjective, trades_loss
 from s2ap.pruning import METHODS, build_method
-from s2ap.sharpness import score_perturbation, weight_perturbation
 
 SMALL = {"resnet50": 32, "vit": 8, "wrn28_4": 8}
 
@@ -105,83 +102,3 @@ def test_dense_export_loads_into_plain_model_with_same_outputs() -> None:
     )
     kept, _ = L.density(model)
     assert zeros >= (1 - kept) * sum(layer.weight.numel() for _, layer in L.scored_layers(model)) - 1
-
-
-@pytest.mark.parametrize("gamma", [0.001, 0.01, 0.5])
-def test_s2ap_perturbation_norm_and_exact_removal(gamma: float) -> None:
-    model = small_model()
-    build_method(method_cfg("hydra", 0.9)).prepare(model)
-    layers = [layer for _, layer in L.scored_layers(model)]
-    x, y = torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,))
-    F.cross_entropy(model(x), y).backward()
-    before = [layer.scores.detach().clone() for layer in layers]
-    pert = score_perturbation(layers, gamma)
-    pert.climb()
-    for layer, s0 in zip(layers, before, strict=True):
-        z = layer.scores.detach() - s0
-        assert z.norm().item() == pytest.approx(gamma * s0.norm().item(), rel=1e-4)
-        # Ascent direction: z is parallel to the gradient.
-        cos = F.cosine_similarity(z.flatten(), layer.scores.grad.flatten(), dim=0)
-        assert cos.item() == pytest.approx(1.0, abs=1e-4)
-    pert.restore()
-    for layer, s0 in zip(layers, before, strict=True):
-        assert torch.equal(layer.scores.detach(), s0)
-
-
-def test_awp_perturbs_only_kept_weights_within_bound() -> None:
-    model = small_model()
-    build_method(method_cfg("hydra", 0.8)).prepare(model)
-    L.freeze_masks(model)
-    layers = [layer for _, layer in L.scored_layers(model)]
-    x, y = torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,))
-    F.cross_entropy(model(x), y).backward()
-    before = [layer.weight.detach().clone() for layer in layers]
-    pert = weight_perturbation(layers, 0.01)
-    pert.climb()
-    for layer, w0 in zip(layers, before, strict=True):
-        nu = layer.weight.detach() - w0
-        mask = layer.full_mask()
-        assert nu[mask == 0].abs().max() == 0
-        assert nu.norm().item() == pytest.approx(0.01 * (w0 * mask).norm().item(), rel=1e-4)
-    pert.restore()
-    assert all(torch.equal(layer.weight.detach(), w0) for layer, w0 in zip(layers, before, strict=True))
-
-
-def test_pgd_stays_in_eps_ball_and_unit_box() -> None:
-    model = small_model()
-    x = torch.rand(16, 3, 16, 16)
-    x[:4] = 0.0
-    x[4:8] = 1.0
-    y = torch.randint(0, 10, (16,))
-    for loss in ("ce", "kl"):
-        adv = PGD(eps=8 / 255, step_size=2 / 255, steps=5, loss=loss)(model, x, y)
-        assert (adv - x).abs().max() <= 8 / 255 + 1e-6
-        assert adv.min() >= 0 and adv.max() <= 1
-        assert (adv - x).abs().max() > 0
-
-
-def test_pgd_restores_model_mode_and_increases_loss() -> None:
-    model = small_model()
-    model.train()
-    x, y = torch.rand(32, 3, 16, 16), torch.randint(0, 10, (32,))
-    adv = PGD(steps=10, random_start=False)(model, x, y)
-    assert model.training
-    model.eval()
-    with torch.no_grad():
-        assert F.cross_entropy(model(adv), y) > F.cross_entropy(model(x), y)
-
-
-def test_trades_matches_formula() -> None:
-    torch.manual_seed(1)
-    clean, adv = torch.randn(6, 10), torch.randn(6, 10)
-    y = torch.randint(0, 10, (6,))
-    p_clean = clean.softmax(1)
-    kl = (p_clean * (p_clean.log() - adv.log_softmax(1))).sum(1).mean()
-    expected = F.cross_entropy(clean, y) + 6.0 * kl
-    assert trades_loss(clean, adv, y, 6.0).item() == pytest.approx(expected.item(), rel=1e-5)
-    model = small_model()
-    obj = TradesObjective(PGD(steps=2), beta=6.0)
-    batch = obj.craft(model, torch.rand(4, 3, 16, 16), torch.randint(0, 10, (4,)))
-    loss, logits = obj.loss(model, batch)
-    expected = trades_loss(model(batch.x), model(batch.x_adv), batch.y, 6.0)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -1,0 +1,134 @@
+"""The one training loop: what a step changes, with which gradient, and how it fails."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from s2ap import layers as L
+from s2ap.config import AttackConfig, ObjectiveConfig
+from s2ap.data import load_splits
+from s2ap.errors import TrainingDiverged
+from s2ap.experiment import from_dict, with_overrides
+from s2ap.models import build_model
+from s2ap.objectives import build_objective
+from s2ap.pruning import build_method
+from s2ap.sharpness import score_perturbation
+from s2ap.train import build_optimizer, train_step
+
+TINY = {
+    "seed": 0,
+    "data": {"name": "digits", "image_size": 8, "batch_size": 64, "train_limit": 192, "test_limit": 96},
+    "attack": {"steps": 2},
+    "prune": {"method": "hydra", "sparsity": 0.8, "epochs": 3},
+    "s2ap": {"enabled": False, "gamma": 0.05, "warmup_epochs": 1},
+    "eval": {"pgd_steps": 3, "autoattack": False, "val_limit": 48},
+}
+CLEAN = build_objective(ObjectiveConfig(name="clean"), AttackConfig())
+
+
+def tiny(**overrides: object):
+    return with_overrides(from_dict(TINY), overrides)
+
+
+def pruning_model(seed: int = 0):
+    """A cnn in score mode with only its scores trainable, as in the mask search."""
+    torch.manual_seed(seed)
+    model = build_model("cnn", 10, 3, 8, [0.5] * 3, [0.25] * 3)
+    method = build_method(tiny())
+    method.prepare(model)
+    params = method.parameters(model)
+    for p in model.parameters():
+        p.requires_grad_(any(p is q for q in params))
+    return model, params
+
+
+def test_gamma_zero_perturbation_step_equals_plain_step() -> None:
+    from s2ap.distributed import DistInfo, ShardedBatches
+    from s2ap.objectives import build_objective
+    from s2ap.sharpness import score_perturbation
+    from s2ap.train import build_optimizer, train_epoch
+
+    cfg = tiny()
+    splits = load_splits(cfg.data, 0)
+    outs = []
+    for gamma in (None, 0.0):
+        torch.manual_seed(0)
+        i = splits.info
+        model = build_model("cnn", 10, i.in_channels, 8, i.mean, i.std)
+        from s2ap.pruning import build_method
+
+        method = build_method(cfg)
+        method.prepare(model)
+        params = method.parameters(model)
+        for p in model.parameters():
+            p.requires_grad_(any(p is q for q in params))
+        batches = ShardedBatches(len(splits.train), 64, True, DistInfo())
+        loader = torch.utils.data.DataLoader(splits.train, batch_sampler=batches)
+        opt = build_optimizer(params, "sgd", 0.1, 0.9, 1e-4)
+        pert = None if gamma is None else score_perturbation([ly for _, ly in L.scored_layers(model)], gamma)
+        torch.manual_seed(1)
+        train_epoch(
+            model,
+            loader,
+            batches,
+            build_objective(cfg.objective, cfg.attack),
+            opt,
+            torch.device("cpu"),
+            perturbation=pert,
+        )
+        outs.append([p.detach().clone() for p in params])
+    assert all(torch.equal(a, b) for a, b in zip(*outs, strict=True))
+
+
+def test_a_step_with_s2ap_uses_the_gradient_at_the_perturbed_scores() -> None:
+    """Algorithm 1: the update is -lr * grad L(s + z), z = gamma ||s_l|| g_l / ||g_l||, and
+    the scores it is applied to are the unperturbed ones; the weights do not move."""
+    model, params = pruning_model()
+    x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    gamma, lr = 0.3, 1.0
+    # The expected update, computed by hand on a copy.
+    ref = copy.deepcopy(model)
+    ref_scores = [layer.scores for _, layer in L.scored_layers(ref)]
+    start = [s.detach().clone() for s in ref_scores]
+    grads = torch.autograd.grad(F.cross_entropy(ref(x), y), ref_scores)
+    with torch.no_grad():
+        for s, g in zip(ref_scores, grads, strict=True):
+            s.add_(gamma * s.norm() / g.norm() * g)
+    grads_at_z = torch.autograd.grad(F.cross_entropy(ref(x), y), ref_scores)
+    expected = [s0 - lr * g for s0, g in zip(start, grads_at_z, strict=True)]
+
+    weights = [p.detach().clone() for n, p in model.named_parameters() if not n.endswith("scores")]
+    opt = build_optimizer(params, "sgd", lr, 0.0, 0.0)
+    pert = score_perturbation([layer for _, layer in L.scored_layers(model)], gamma)
+    _, _, changed = train_step(model, CLEAN, opt, x, y, perturbation=pert)
+    assert changed
+    for (_, layer), want in zip(L.scored_layers(model), expected, strict=True):
+        assert torch.allclose(layer.scores.detach(), want, atol=1e-6)
+    after = [p.detach() for n, p in model.named_parameters() if not n.endswith("scores")]
+    assert all(torch.equal(a, b) for a, b in zip(weights, after, strict=True))
+
+
+def test_a_step_without_perturbation_is_plain_sgd_on_the_trainable_tensors() -> None:
+    model, params = pruning_model()
+    x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    start = [p.detach().clone() for p in params]
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+    opt = build_optimizer(params, "sgd", 0.5, 0.0, 0.0)
+    loss, logits, changed = train_step(model, CLEAN, opt, x, y)
+    assert not changed and logits.shape == (16, 10) and torch.isfinite(loss)
+    for p, p0, g in zip(params, start, grads, strict=True):
+        assert torch.allclose(p.detach(), p0 - 0.5 * g, atol=1e-6)
+
+
+def test_a_nan_loss_raises_and_leaves_the_tensors_untouched() -> None:
+    model, params = pruning_model()
+    start = [p.detach().clone() for p in params]
+    opt = build_optimizer(params, "sgd", 0.1, 0.9, 0.0)
+    x = torch.full((4, 3, 8, 8), float("nan"))
+    with pytest.raises(TrainingDiverged, match="loss is nan"):
+        train_step(model, CLEAN, opt, x, torch.zeros(4, dtype=torch.long))
+    assert all(torch.equal(p.detach(), p0) for p, p0 in zip(params, start, strict=True))
