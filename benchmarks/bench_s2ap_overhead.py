@@ -18,11 +18,11 @@ import time
 
 import torch
 
+from s2ap import layers as L
 from s2ap.data import load_splits
 from s2ap.experiment import from_dict
 from s2ap.models import build_model
 from s2ap.objectives import build_objective
-from s2ap import layers as L
 from s2ap.pruning import build_method
 from s2ap.sharpness import LayerwisePerturbation, score_perturbation
 from s2ap.train import train_step

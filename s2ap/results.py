@@ -9,8 +9,6 @@ Every row carries its config hash, seed and the code version. Accuracies are fra
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from s2ap import __version__
+from s2ap.io import atomic_write
 
 IDENTITY = [
     pa.field("config_hash", pa.string(), nullable=False),
@@ -146,17 +145,7 @@ def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
 
 def write_table(table: pa.Table, path: str | Path) -> Path:
     """Write atomically: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_rows(rows: Iterable[Mapping[str, Any]], schema: pa.Schema, path: str | Path) -> Path:
