@@ -23,9 +23,10 @@ from fastapi.concurrency import run_in_threadpool
 from s2ap import __version__
 from service import errors
 from service.jobs import JobManager, default_job_python
+from service.ray_cluster import RayJobRunner
 from service.ray_head import EmbeddedRayHead
 from service.routes import health, jobs
-from service.runner import RayJobRunner, Runner
+from service.runner import Runner
 from service.settings import Settings
 from service.store import JobStore
 
@@ -97,7 +98,8 @@ def open_services(settings: Settings, runner: Runner | None = None) -> Services:
                 head = EmbeddedRayHead(
                     settings.data_root / "ray", settings.ray_num_cpus, settings.ray_autogroup_nice
                 )
-                ray_runner = RayJobRunner(head.ensure())
+                record = head.ensure()
+                ray_runner = RayJobRunner(record.dashboard_url, token=record.token())
                 watchdog = _head_watchdog(head, ray_runner)
                 runner = ray_runner
             else:
@@ -126,7 +128,8 @@ def _head_watchdog(head: EmbeddedRayHead, runner: RayJobRunner) -> Callable[[], 
     def check() -> None:
         if not head.is_running():
             log.warning("the embedded Ray head is gone; starting a new one")
-            runner.retarget(head.ensure())
+            record = head.ensure()
+            runner.retarget(record.dashboard_url, record.token())
 
     return check
 

@@ -9,16 +9,19 @@ Why these choices (Ray 2.60 on small machines):
 
 * ``--block`` keeps one process that owns every Ray daemon; SIGTERM to it tears the whole
   node down (and with it each job's driver, which Ray kills when its supervisor dies).
-  ``RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0`` skips a 30 s drain meant for Serve.
+  The command line and its environment come from :mod:`service.ray_cluster`, the one
+  module that knows Ray.
 * every port is picked free and the temp dir is private, so the head never collides with
   another Ray on the same machine (another user's ``ray.init()``, a test's cluster).
 * once up, the head's session is weighted below the service's (autogroup nice 5,
   ``S2AP_RAY_AUTOGROUP_NICE``): trials use every idle cycle, but the service answers first.
   Not before it is up: on a loaded machine a starved raylet misses Ray's fixed 30 s
   registration deadline.
-* token authentication is on (``RAY_AUTH_MODE=token``), and logical CPUs are generous
-  (default ``max(4, 2 x cores)``): trials oversubscribe a 2-core machine instead of
-  deadlocking while they wait for each other's worker bundles.
+* token authentication is on (``RAY_AUTH_MODE=token``) with the machine's token or, on a
+  fresh machine that has none, the service's own (``DATA_DIR/ray/auth_token``); the record
+  names the token file, so a service re-attaching later sends the token the head has.
+* logical CPUs are generous (default ``max(4, 2 x cores)``): trials oversubscribe a 2-core
+  machine instead of deadlocking while they wait for each other's worker bundles.
 * stopping never uses ``ray stop``: that kills every Ray process on the machine.
 """
 
@@ -29,34 +32,28 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
-
-from service.runner import enable_token_auth
+from s2ap.io import atomic_write_json
+from service.ray_cluster import (
+    ClusterToken,
+    find_token,
+    head_environment,
+    head_launch,
+    head_ready,
+    is_head_command,
+    own_token,
+    read_token,
+)
 
 log = logging.getLogger(__name__)
 
-_PORT_FLAGS = (
-    "--port",
-    "--dashboard-port",
-    "--ray-client-server-port",
-    "--dashboard-agent-listen-port",
-    "--dashboard-agent-grpc-port",
-    "--runtime-env-agent-port",
-    "--metrics-export-port",
-    "--node-manager-port",
-    "--object-manager-port",
-)
 _START_ATTEMPTS = 3
 _SETTLE_S = 1.0  # the head must still run this long after it looked ready
-_OBJECT_STORE_BYTES = 1 << 30  # trials exchange files, not objects: keep /dev/shm for others
 
 
 @dataclass(frozen=True)
@@ -67,16 +64,16 @@ class HeadRecord:
     temp_dir: str
     num_cpus: int
     started_at: float
+    token_path: str | None = None  # None: RAY_AUTH_TOKEN (or a record from before tokens were kept)
+
+    def token(self) -> ClusterToken | None:
+        """The token this head runs with: its recorded file, else the one Ray would find."""
+        recorded = read_token(self.token_path) if self.token_path else None
+        return recorded or find_token()
 
 
 def default_num_cpus() -> int:
     return max(4, 2 * (os.cpu_count() or 1))
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cmdline(pid: int) -> str:
@@ -86,7 +83,7 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _session_members(sid: int) -> list[int]:
+def session_members(sid: int) -> list[int]:
     """Processes whose session is ``sid`` (the head and every daemon and worker it started)."""
     out = []
     for entry in Path("/proc").iterdir():
@@ -142,25 +139,24 @@ class EmbeddedRayHead:
         record = record or self.record()
         if record is None or not _alive(record.pid):
             return False
-        cmd = _cmdline(record.pid)
-        return "--head" in cmd and record.temp_dir in cmd
+        return is_head_command(_cmdline(record.pid), record.temp_dir)
 
     # ------------------------------------------------------------------ lifecycle
 
-    def ensure(self, timeout_s: float = 180.0) -> str:
-        """The dashboard URL of a live head: the recorded one if it still runs, else a new one."""
-        enable_token_auth(force=True)  # the head runs in token mode: the job client must send it
+    def ensure(self, timeout_s: float = 180.0) -> HeadRecord:
+        """A live head: the recorded one if it still runs, else a new one. Its
+        ``dashboard_url`` and ``token()`` are what a job client needs."""
         record = self.record()
         if record is not None and self.is_running(record):
             log.info("attaching to the embedded Ray head (pid %d) at %s", record.pid, record.dashboard_url)
             self._wait_ready(record, timeout_s)
-            return record.dashboard_url
+            return record
         if record is not None:
             log.info("the recorded Ray head (pid %d) is gone; starting a new one", record.pid)
             self._cleanup(record)
         for attempt in range(1, _START_ATTEMPTS + 1):
             try:
-                return self._start(timeout_s).dashboard_url
+                return self._start(timeout_s)
             except RuntimeError as exc:
                 # On a loaded machine the raylet can miss Ray's fixed registration deadline;
                 # a second start usually makes it.
@@ -173,61 +169,31 @@ class EmbeddedRayHead:
 
     def _start(self, timeout_s: float) -> HeadRecord:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        token = own_token(self.state_dir)
         # Unix socket paths are limited to ~107 bytes: Ray's session dir must stay short.
         temp_dir = tempfile.mkdtemp(prefix="s2ap-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
-        ports = {flag: _free_port() for flag in _PORT_FLAGS}
-        args = [
-            sys.executable,
-            "-c",
-            "from ray.scripts.scripts import main; main()",
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address",
-            "127.0.0.1",
-            "--dashboard-host",
-            "127.0.0.1",
-            "--include-dashboard",
-            "true",
-            "--num-cpus",
-            str(self.num_cpus),
-            "--object-store-memory",
-            str(_OBJECT_STORE_BYTES),
-            "--temp-dir",
-            temp_dir,
-            "--disable-usage-stats",
-        ]
-        for flag, port in ports.items():
-            args += [flag, str(port)]
-        env = dict(os.environ)
-        env.update(
-            RAY_AUTH_MODE="token",
-            RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
-            RAY_USAGE_STATS_ENABLED="0",
-        )
-        env.pop("RAY_ADDRESS", None)
+        launch = head_launch(self.num_cpus, temp_dir)
         log.info("starting an embedded Ray head with %d logical CPUs (log: %s)", self.num_cpus, self.log_path)
         with open(self.log_path, "ab") as out:
             self._proc = subprocess.Popen(
-                args,
+                launch.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env=head_environment(token),
                 start_new_session=True,
                 close_fds=True,
             )
         record = HeadRecord(
             pid=self._proc.pid,
-            dashboard_url=f"http://127.0.0.1:{ports['--dashboard-port']}",
-            gcs_address=f"127.0.0.1:{ports['--port']}",
+            dashboard_url=launch.dashboard_url,
+            gcs_address=launch.gcs_address,
             temp_dir=temp_dir,
             num_cpus=self.num_cpus,
             started_at=time.time(),
+            token_path=str(token.path) if token.path is not None else None,
         )
-        tmp = self.record_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(record)))
-        os.replace(tmp, self.record_path)
+        atomic_write_json(self.record_path, asdict(record))
         try:
             self._wait_ready(record, timeout_s)
         except BaseException:
@@ -241,13 +207,10 @@ class EmbeddedRayHead:
     def _wait_ready(self, record: HeadRecord, timeout_s: float) -> None:
         """Until the node is registered and the job API answers, and the head then stays up.
 
-        GCS and dashboard answer before the raylet registers, and ``ray start`` gives up
-        (taking everything down) if that takes over 30 s; so readiness is an alive node
-        seen through the state API, confirmed by the head still running a moment later.
+        ``ray start`` gives up (taking everything down) if registering takes over 30 s; so
+        readiness is an alive node, confirmed by the head still running a moment later.
         """
-        from ray.job_submission import JobSubmissionClient
-        from ray.util.state import list_nodes
-
+        token = record.token()
         deadline = time.monotonic() + timeout_s
         last: Exception | None = None
         ready_since: float | None = None
@@ -259,16 +222,7 @@ class EmbeddedRayHead:
                 )
             try:
                 if ready_since is None:
-                    r = httpx.get(f"{record.dashboard_url}/api/gcs_healthz", timeout=2)
-                    r.raise_for_status()
-                    JobSubmissionClient(record.dashboard_url).list_jobs()
-                    alive = list_nodes(
-                        address=record.dashboard_url,
-                        filters=[("state", "=", "ALIVE")],
-                        timeout=10,
-                        raise_on_missing_output=False,
-                    )
-                    if alive:
+                    if head_ready(record.dashboard_url, token):
                         ready_since = time.monotonic()
                 elif time.monotonic() - ready_since >= _SETTLE_S:
                     return
@@ -304,7 +258,7 @@ class EmbeddedRayHead:
         # unless a new process now owns the pid: then the head is long gone, sweep nothing.
         owner_is_other = _alive(record.pid) and not self.is_running(record)
         for _ in range(0 if owner_is_other else 20):
-            left = _session_members(record.pid)
+            left = session_members(record.pid)
             if not left:
                 break
             for pid in left:

@@ -12,6 +12,9 @@ variable                   meaning                                              
 ``RAY_ADDRESS``            dashboard URL of an existing Ray cluster             embedded head
                            (``http://ray-head:8265``); unset: the service
                            starts a local Ray head itself
+``RAY_AUTH_TOKEN``         the Ray cluster's token (``RAY_AUTH_TOKEN_PATH``:    ``~/.ray/auth_token``;
+                           a file holding it)                                   embedded: made in
+                                                                                ``DATA_DIR/ray``
 ``S2AP_MAX_BODY_BYTES``    largest accepted request body                        1 MiB
 ``S2AP_PAGE_SIZE``         default page of ``GET /jobs``                        20
 ``S2AP_MAX_PAGE_SIZE``     largest page a client may ask for                    100

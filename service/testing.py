@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from service.ray_head import EmbeddedRayHead, _session_members
+from service.ray_head import EmbeddedRayHead, session_members
 from service.runner import RayJobState
 
 
@@ -64,7 +64,8 @@ class ThreadedServer:
 
 
 class ServiceProcess:
-    """``python -m service`` on 127.0.0.1, its output in ``data_dir/service-N.log``."""
+    """``python -m service`` on 127.0.0.1, its output in ``data_dir/service-N.log``; ``env``
+    changes the inherited environment (a None value removes the variable)."""
 
     def __init__(
         self,
@@ -72,7 +73,7 @@ class ServiceProcess:
         *,
         token: str | None,
         port: int | None = None,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.token = token
@@ -96,7 +97,12 @@ class ServiceProcess:
         self.log_path = self.data_dir / f"service-{self.starts}.log"
         env = dict(os.environ)
         env.pop("RAY_ADDRESS", None)
-        env.update({"S2AP_DATA_DIR": str(self.data_dir), **self.env})
+        env["S2AP_DATA_DIR"] = str(self.data_dir)
+        for key, value in self.env.items():  # None: unset (e.g. a token a fresh machine lacks)
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         if self.token:
             env["S2AP_API_TOKEN"] = self.token
         args = [sys.executable, "-m", "service", "--port", str(self.port)]
@@ -157,7 +163,7 @@ def stop_embedded_ray(data_dir: Path) -> list[int]:
         return []
     head.stop()
     time.sleep(0.5)
-    return _session_members(record.pid)
+    return session_members(record.pid)
 
 
 class FakeRunner:

@@ -1,9 +1,12 @@
 """The job service end to end: a real ``python -m service`` on a loopback port, a real HTTP
 client, a real SQLite file, and the real local Ray head the service starts itself.
 
-One service (and so one Ray head) is shared by the module; the restart test replaces the
-service process mid-job and the new one re-attaches to the same head. Teardown stops the
-service, then the head, and checks no Ray process of it is left.
+The service runs as on a fresh machine: ``HOME`` is an empty folder (no ``~/.ray``) and no
+``RAY_AUTH_TOKEN*`` variable is set, so it must make its own Ray token (a machine where an
+earlier Ray left ``~/.ray/auth_token`` once hid that it could not). One service (and so one
+Ray head) is shared by the module; the restart test replaces the service process mid-job and
+the new one re-attaches to the same head. Teardown stops the service, then the head, and
+checks no Ray process of it is left.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ import yaml
 pd = pytest.importorskip("pandas")
 pytest.importorskip("ray")
 
+from service.ray_cluster import ClusterToken  # noqa: E402
+from service.ray_head import EmbeddedRayHead, session_members  # noqa: E402
 from service.testing import ServiceProcess, stop_embedded_ray  # noqa: E402
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-7c1d"
 BODY_CAP = 64 * 1024
 
@@ -86,13 +91,23 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service(data_dir: Path) -> Iterator[ServiceProcess]:
+def fresh_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The service's HOME: empty, like a new machine's (no ``~/.ray/auth_token``)."""
+    return tmp_path_factory.mktemp("fresh-home")
+
+
+@pytest.fixture(scope="module")
+def service(data_dir: Path, fresh_home: Path) -> Iterator[ServiceProcess]:
     # The head's session keeps the default CPU weight here (autogroup nice 0): these tests
     # check behaviour, and on a shared machine a lighter session makes the trials crawl.
     svc = ServiceProcess(
         data_dir,
         token=TOKEN,
         env={
+            "HOME": str(fresh_home),
+            "RAY_AUTH_TOKEN": None,
+            "RAY_AUTH_TOKEN_PATH": None,
+            "RAY_AUTH_MODE": None,
             "S2AP_POLL_INTERVAL_S": "0.5",
             "S2AP_MAX_BODY_BYTES": str(BODY_CAP),
             "S2AP_RAY_AUTOGROUP_NICE": "0",
@@ -137,15 +152,20 @@ def job_dirs(data_dir: Path) -> set[str]:
     return {p.name for p in jobs.iterdir()} if jobs.is_dir() else set()
 
 
+def head_token(data_dir: Path) -> ClusterToken:
+    """The token the service's Ray head runs with (the file its record names)."""
+    record = EmbeddedRayHead(data_dir / "ray").record()
+    assert record is not None and record.token_path is not None
+    token = record.token()
+    assert token is not None and token.path == Path(record.token_path)
+    return token
+
+
 def ray_job_status(data_dir: Path, job_id: str) -> str:
     """Ray's own view of the job, from its dashboard (not through the service)."""
     head = json.loads((data_dir / "ray" / "head.json").read_text())
-    token_file = Path.home() / ".ray" / "auth_token"
-    token = os.environ.get("RAY_AUTH_TOKEN") or (
-        token_file.read_text().strip() if token_file.is_file() else ""
-    )
     r = httpx.get(
-        f"{head['dashboard_url']}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        f"{head['dashboard_url']}/api/jobs/{job_id}", headers=head_token(data_dir).headers(), timeout=10
     )
     assert r.status_code == 200, r.text
     return str(r.json()["status"])
@@ -404,10 +424,10 @@ def test_results_before_any_exist_then_cancel_a_running_job(client: httpx.Client
 
 
 def test_duplicate_submission_id_is_detected_not_an_error(data_dir: Path) -> None:
-    from service.runner import RayJobRunner
+    from service.ray_cluster import RayJobRunner
 
     head = json.loads((data_dir / "ray" / "head.json").read_text())
-    runner = RayJobRunner(head["dashboard_url"])
+    runner = RayJobRunner(head["dashboard_url"], token=head_token(data_dir))
     with sqlite3.connect(f"file:{data_dir / 'jobs.sqlite3'}?mode=ro", uri=True) as db:
         job_id = db.execute("SELECT id FROM jobs ORDER BY seq LIMIT 1").fetchone()[0]
     before = runner.state(job_id)
@@ -503,6 +523,30 @@ def test_job_succeeds_and_both_tables_load_in_pandas(
     assert client.post(f"/jobs/{job_id}/cancel").status_code == 409
 
 
+def test_a_fresh_machine_gets_its_own_ray_token(
+    service: ServiceProcess, data_dir: Path, fresh_home: Path, quick_job: dict[str, Any]
+) -> None:
+    """No token anywhere: the service made one in its data dir (owner-only), started the head
+    with it, and its job client sends it (jobs were submitted, their logs come from Ray); the
+    user's home is left untouched."""
+    token = head_token(data_dir)
+    assert token.path == data_dir.resolve() / "ray" / "auth_token"
+    assert token.path.stat().st_mode & 0o777 == 0o600
+    assert len(token.value) == 64
+    assert not (fresh_home / ".ray").exists()
+    record = EmbeddedRayHead(data_dir / "ray").record()
+    assert record is not None
+    environ = Path(f"/proc/{record.pid}/environ").read_bytes().split(b"\0")
+    assert f"RAY_AUTH_TOKEN_PATH={token.path}".encode() in environ
+    assert b"RAY_AUTH_MODE=token" in environ
+    jobs = f"{record.dashboard_url}/api/jobs/"
+    assert httpx.get(jobs, timeout=10).status_code == 401  # the head does check tokens
+    assert httpx.get(jobs, headers=token.headers(), timeout=10).status_code == 200
+    with service.client() as c:  # logs are read from Ray by the service's own job client
+        logs = c.get(f"/jobs/{quick_job['id']}/logs")
+    assert logs.status_code == 200 and "trials" in logs.text
+
+
 def test_a_dead_embedded_head_is_replaced(service: ServiceProcess, data_dir: Path) -> None:
     """Ray's head crashing (here: killed) must not leave the service without a cluster."""
     old = json.loads((data_dir / "ray" / "head.json").read_text())
@@ -519,6 +563,4 @@ def test_a_dead_embedded_head_is_replaced(service: ServiceProcess, data_dir: Pat
             break
         time.sleep(1)
     assert health["ray"]["reachable"], service.log()
-    from service.ray_head import _session_members
-
-    assert _session_members(old["pid"]) == []  # nothing of the dead head lingers
+    assert session_members(old["pid"]) == []  # nothing of the dead head lingers

@@ -1,0 +1,133 @@
+"""The service's one Ray module: where the cluster token comes from (and that a fresh machine
+gets one without touching the user's home), the head's environment, and that no other
+service module imports Ray."""
+
+from __future__ import annotations
+
+import ast
+import json
+import stat
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.ray_cluster import ClusterToken, find_token, head_environment, own_token, read_token
+from service.ray_head import EmbeddedRayHead, HeadRecord, session_members
+
+SERVICE = Path(__file__).resolve().parents[2] / "service"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+def ray_token_in(home: Path, value: str = "a" * 64) -> Path:
+    path = home / ".ray" / "auth_token"
+    path.parent.mkdir()
+    path.write_text(value + "\n")
+    return path
+
+
+def test_a_fresh_machine_has_no_token(home: Path) -> None:
+    assert find_token({"HOME": str(home)}) is None
+    assert find_token({"HOME": str(home), "RAY_AUTH_TOKEN": " ", "RAY_AUTH_TOKEN_PATH": "/nowhere"}) is None
+
+
+def test_tokens_are_found_in_rays_order(home: Path, tmp_path: Path) -> None:
+    in_home = ray_token_in(home)
+    named = tmp_path / "named"
+    named.write_text("b" * 64)
+    env = {"HOME": str(home)}
+    assert find_token(env) == ClusterToken("a" * 64, in_home)
+    assert find_token({**env, "RAY_AUTH_TOKEN_PATH": str(named)}) == ClusterToken("b" * 64, named)
+    from_var = find_token({**env, "RAY_AUTH_TOKEN_PATH": str(named), "RAY_AUTH_TOKEN": "c" * 64})
+    assert from_var == ClusterToken("c" * 64, None)
+
+
+def test_without_a_token_the_service_makes_its_own_outside_home(home: Path, tmp_path: Path) -> None:
+    state = tmp_path / "data" / "ray"
+    env = {"HOME": str(home)}
+    token = own_token(state, env)
+    assert token.path == state / "auth_token"
+    assert stat.S_IMODE(token.path.stat().st_mode) == 0o600
+    assert len(token.value) == 64 and int(token.value, 16) >= 0
+    assert list(home.iterdir()) == []  # never written to the user's home
+    assert own_token(state, env) == token  # made once, then reused (a restarted head keeps it)
+    assert [p.name for p in state.iterdir()] == ["auth_token"]  # no temporary file left
+
+
+def test_an_existing_token_is_honoured(home: Path, tmp_path: Path) -> None:
+    in_home = ray_token_in(home)
+    state = tmp_path / "state"
+    assert own_token(state, {"HOME": str(home)}).path == in_home
+    assert own_token(state, {"HOME": str(home), "RAY_AUTH_TOKEN": "v" * 64}).value == "v" * 64
+    assert not state.exists()
+
+
+def test_the_head_runs_in_token_mode_with_the_token_file() -> None:
+    token = ClusterToken("t" * 64, Path("/data/ray/auth_token"))
+    base = {"RAY_ADDRESS": "http://elsewhere:8265", "RAY_AUTH_TOKEN": "", "PATH": "/bin"}
+    env = head_environment(token, base)
+    assert env["RAY_AUTH_MODE"] == "token"
+    assert env["RAY_AUTH_TOKEN_PATH"] == "/data/ray/auth_token"
+    assert "RAY_AUTH_TOKEN" not in env and "RAY_ADDRESS" not in env and env["PATH"] == "/bin"
+    from_var = head_environment(ClusterToken("v" * 64), {"RAY_AUTH_TOKEN": "v" * 64})
+    assert from_var["RAY_AUTH_TOKEN"] == "v" * 64 and "RAY_AUTH_TOKEN_PATH" not in from_var
+    assert "t" * 64 not in repr(token)  # a logged token object does not leak the secret
+
+
+def test_a_record_from_before_tokens_were_kept_still_loads(tmp_path: Path) -> None:
+    head = EmbeddedRayHead(tmp_path)
+    old = {
+        "pid": 1,
+        "dashboard_url": "u",
+        "gcs_address": "g",
+        "temp_dir": "/t",
+        "num_cpus": 4,
+        "started_at": 0,
+    }
+    head.record_path.write_text(json.dumps(old))
+    assert head.record() == HeadRecord(**old, token_path=None)
+    (tmp_path / "tok").write_text("x" * 64)
+    assert HeadRecord(**old, token_path=str(tmp_path / "tok")).token() == read_token(tmp_path / "tok")
+
+
+def test_only_the_ray_module_imports_ray() -> None:
+    importers = set()
+    for path in SERVICE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(name == "ray" or name.startswith("ray.") for name in names):
+                importers.add(path.relative_to(SERVICE).as_posix())
+        assert "ray._raylet" not in path.read_text(), path  # no private Ray API anywhere
+    assert importers == {"ray_cluster.py"}
+
+
+@pytest.mark.ray
+def test_a_real_head_uses_the_token_in_home(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("ray")
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    in_home = ray_token_in(home, "e" * 64)
+    head = EmbeddedRayHead(tmp_path / "ray", num_cpus=1, autogroup_nice=0)
+    record = head.ensure()
+    try:
+        assert record.token_path == str(in_home)
+        assert not (tmp_path / "ray" / "auth_token").exists()
+        jobs = f"{record.dashboard_url}/api/jobs/"
+        assert httpx.get(jobs, timeout=10).status_code == 401
+        assert httpx.get(jobs, headers={"Authorization": "Bearer " + "e" * 64}, timeout=10).status_code == 200
+    finally:
+        head.stop()
+    assert session_members(record.pid) == []
