@@ -3,7 +3,7 @@
 The server is the real app under uvicorn on a loopback port with a real SQLite store, but
 with a fake runner: fuzzing generates *valid* specs too (``{"base": {}}`` is one, with 100
 pretraining epochs), and the HTTP layer's robustness must not cost real trainings. The
-Ray-backed path is covered by ``test_service.py``.
+Ray-backed path is covered by ``test_end_to_end.py``.
 
 The cases come from schemathesis' strategies driven by hypothesis directly (one pytest test
 per API operation), not from schemathesis' pytest plugin: the plugin reaches into pytest

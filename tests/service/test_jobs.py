@@ -15,45 +15,13 @@ from s2ap.tune.results import to_table, trials_schema
 from service.errors import ApiError
 from service.jobs import SUBMIT_GRACE_S, JobManager
 from service.runner import ClusterUnavailable, RayJobState
-from service.settings import Settings
-from service.store import JobStore
 from service.testing import FakeRunner
 
-SPEC = {
-    "name": "tiny",
-    "base": {
-        "data": {"name": "digits", "image_size": 8, "train_limit": 64},
-        "pretrain": {"epochs": 1},
-        "prune": {"epochs": 2},
-        "finetune": {"epochs": 1},
-        "s2ap": {"enabled": True, "warmup_epochs": 1},
-        "eval": {"autoattack": False},
-    },
-    "grid": {"prune.sparsity": [0.8, 0.9]},
-    "search": {"s2ap.gamma": {"type": "loguniform", "low": 0.001, "high": 0.01}},
-    "num_samples": 2,
-    "scheduler": {"type": "fifo"},
-}
-BODY = yaml.safe_dump(SPEC).encode()
 
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(api_token="t", data_dir=tmp_path, poll_interval_s=0.05)
-
-
-@pytest.fixture
-def runner() -> FakeRunner:
-    return FakeRunner()
-
-
-@pytest.fixture
-def manager(settings: Settings, runner: FakeRunner) -> JobManager:
-    return JobManager(settings, JobStore(settings.db_path), runner, job_python="python")
-
-
-def test_submit_stores_the_resolved_spec_and_runs_the_cli(manager: JobManager, runner: FakeRunner) -> None:
-    job = manager.submit(BODY, "application/yaml", None).job
+def test_submit_stores_the_resolved_spec_and_runs_the_cli(
+    body: bytes, manager: JobManager, runner: FakeRunner
+) -> None:
+    job = manager.submit(body, "application/yaml", None).job
     assert job.status == "queued" and job.trials_total == 4
     spec_file = Path(job.spec_path)
     assert yaml.safe_load(spec_file.read_text())["storage"] == str(manager.root / "runs" / "tune")
@@ -62,13 +30,13 @@ def test_submit_stores_the_resolved_spec_and_runs_the_cli(manager: JobManager, r
     assert manager.get(job.id).status == "running"
 
 
-def test_a_refused_submission_leaves_no_record(manager: JobManager, runner: FakeRunner) -> None:
+def test_a_refused_submission_leaves_no_record(body: bytes, manager: JobManager, runner: FakeRunner) -> None:
     def down(*args: Any, **kwargs: Any) -> bool:
         raise ClusterUnavailable("no cluster")
 
     runner.submit = down  # type: ignore[method-assign]
     with pytest.raises(ApiError) as info:
-        manager.submit(BODY, "application/yaml", "key-1")
+        manager.submit(body, "application/yaml", "key-1")
     assert info.value.status == 503
     assert manager.store.count() == 0
     assert not any(manager.settings.jobs_dir.iterdir())
@@ -76,9 +44,9 @@ def test_a_refused_submission_leaves_no_record(manager: JobManager, runner: Fake
 
 
 def test_a_job_that_never_reached_ray_is_submitted_on_reconcile(
-    manager: JobManager, runner: FakeRunner, monkeypatch: pytest.MonkeyPatch
+    body: bytes, manager: JobManager, runner: FakeRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = manager.submit(BODY, "application/yaml", None).job
+    job = manager.submit(body, "application/yaml", None).job
     del runner.jobs[job.id]  # as if the service died between storing and submitting
     manager.reconcile()
     assert job.id not in runner.jobs  # too young: its POST may still be submitting it
@@ -88,8 +56,10 @@ def test_a_job_that_never_reached_ray_is_submitted_on_reconcile(
     assert manager.get(job.id).status == "queued"
 
 
-def test_a_job_the_cluster_forgot_fails_with_a_reason(manager: JobManager, runner: FakeRunner) -> None:
-    job = manager.submit(BODY, "application/yaml", None).job
+def test_a_job_the_cluster_forgot_fails_with_a_reason(
+    body: bytes, manager: JobManager, runner: FakeRunner
+) -> None:
+    job = manager.submit(body, "application/yaml", None).job
     manager.refresh(manager.get(job.id))
     del runner.jobs[job.id]  # the cluster restarted
     manager.refresh(manager.get(job.id))
@@ -97,8 +67,10 @@ def test_a_job_the_cluster_forgot_fails_with_a_reason(manager: JobManager, runne
     assert lost.status == "failed" and "restarted" in (lost.error or "")
 
 
-def test_failure_reason_comes_from_the_cli_error_line(manager: JobManager, runner: FakeRunner) -> None:
-    job = manager.submit(BODY, "application/yaml", None).job
+def test_failure_reason_comes_from_the_cli_error_line(
+    body: bytes, manager: JobManager, runner: FakeRunner
+) -> None:
+    job = manager.submit(body, "application/yaml", None).job
     runner.finish(job.id, "FAILED", "Job entrypoint command failed with exit code 2")
     runner.logs = lambda job_id: "starting\nerror: resources.workers: do not fit this cluster\n"  # type: ignore[method-assign]
     manager.refresh(manager.get(job.id))
@@ -108,8 +80,10 @@ def test_failure_reason_comes_from_the_cli_error_line(manager: JobManager, runne
     assert failed.finished_at is not None and failed.started_at is not None
 
 
-def test_cancel_after_the_job_ended_on_its_own_is_a_conflict(manager: JobManager, runner: FakeRunner) -> None:
-    job = manager.submit(BODY, "application/yaml", None).job
+def test_cancel_after_the_job_ended_on_its_own_is_a_conflict(
+    body: bytes, manager: JobManager, runner: FakeRunner
+) -> None:
+    job = manager.submit(body, "application/yaml", None).job
     runner.finish(job.id, "SUCCEEDED")
     with pytest.raises(ApiError) as info:
         manager.cancel(job.id)
@@ -117,8 +91,8 @@ def test_cancel_after_the_job_ended_on_its_own_is_a_conflict(manager: JobManager
     assert manager.get(job.id).status == "succeeded"
 
 
-def test_cancel_stops_the_job_and_is_idempotent(manager: JobManager, runner: FakeRunner) -> None:
-    job = manager.submit(BODY, "application/yaml", None).job
+def test_cancel_stops_the_job_and_is_idempotent(body: bytes, manager: JobManager, runner: FakeRunner) -> None:
+    job = manager.submit(body, "application/yaml", None).job
     assert manager.cancel(job.id).status == "cancelled"
     assert runner.jobs[job.id].status == "STOPPED"
     assert manager.cancel(job.id).status == "cancelled"
@@ -149,8 +123,10 @@ def _trial_row(
     }
 
 
-def test_progress_and_best_trial_follow_trials_parquet(manager: JobManager, runner: FakeRunner) -> None:
-    job = manager.submit(BODY, "application/yaml", None).job
+def test_progress_and_best_trial_follow_trials_parquet(
+    body: bytes, manager: JobManager, runner: FakeRunner
+) -> None:
+    job = manager.submit(body, "application/yaml", None).job
     rows = [
         _trial_row("a", "ok", 0.40, 0.002, 0.8),
         _trial_row("b", "ok", 0.55, 0.004, 0.9),
@@ -174,8 +150,8 @@ def test_progress_and_best_trial_follow_trials_parquet(manager: JobManager, runn
     assert info.value.status == 409
 
 
-def test_the_poller_follows_jobs_to_the_end(manager: JobManager, runner: FakeRunner) -> None:
-    job = manager.submit(BODY, "application/yaml", None).job
+def test_the_poller_follows_jobs_to_the_end(body: bytes, manager: JobManager, runner: FakeRunner) -> None:
+    job = manager.submit(body, "application/yaml", None).job
     manager.start_polling()
     try:
         runner.finish(job.id, "SUCCEEDED")
@@ -187,8 +163,8 @@ def test_the_poller_follows_jobs_to_the_end(manager: JobManager, runner: FakeRun
     assert manager.get(job.id).status == "succeeded"
 
 
-def test_states_map_from_ray(manager: JobManager, runner: FakeRunner) -> None:
-    job = manager.submit(BODY, "application/yaml", None).job
+def test_states_map_from_ray(body: bytes, manager: JobManager, runner: FakeRunner) -> None:
+    job = manager.submit(body, "application/yaml", None).job
     runner.jobs[job.id] = RayJobState("PENDING")
     manager.refresh(manager.get(job.id))
     assert manager.get(job.id).status == "queued"

@@ -20,7 +20,7 @@ from service.app import DataDirBusy, open_services
 from service.settings import SettingsError
 from service.testing import FakeRunner, ThreadedServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "app-test-token"
 SPEC = {
     "name": "tiny",

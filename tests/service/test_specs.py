@@ -4,6 +4,7 @@ and the same validation as the CLI (no Ray import)."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,27 +13,7 @@ import yaml
 
 from service.specs import SpecProblem, check_plain, confine, parse_body, validate
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def tiny_spec(**changes: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "name": "tiny",
-        "base": {
-            "data": {"name": "digits", "image_size": 8, "train_limit": 64},
-            "pretrain": {"epochs": 1},
-            "prune": {"epochs": 2},
-            "finetune": {"epochs": 1},
-            "s2ap": {"enabled": True, "warmup_epochs": 1},
-            "eval": {"autoattack": False},
-        },
-        "grid": {"prune.sparsity": [0.8, 0.9]},
-        "search": {"s2ap.gamma": {"type": "loguniform", "low": 0.001, "high": 0.01}},
-        "num_samples": 3,
-        "scheduler": {"type": "fifo"},
-    }
-    spec.update(changes)
-    return spec
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -47,10 +28,12 @@ def problem(fn: Any, *args: Any, **kwargs: Any) -> SpecProblem:
     return info.value
 
 
-def test_valid_spec_resolves_paths_into_the_data_dir_and_counts_trials(root: Path) -> None:
+def test_valid_spec_resolves_paths_into_the_data_dir_and_counts_trials(
+    tiny_spec: Callable[..., dict[str, Any]], root: Path
+) -> None:
     from s2ap.tune.spec import load_spec
 
-    valid = validate(tiny_spec(), root)
+    valid = validate(tiny_spec(num_samples=3), root)
     assert valid.name == "tiny"
     assert valid.trials_total == 2 * 3 == valid.spec.num_trials()
     assert valid.resolved["storage"] == str(root / "runs" / "tune")
@@ -59,7 +42,7 @@ def test_valid_spec_resolves_paths_into_the_data_dir_and_counts_trials(root: Pat
     assert again.num_trials() == valid.trials_total
 
 
-def test_validation_does_not_import_ray(root: Path) -> None:
+def test_validation_does_not_import_ray(tiny_spec: Callable[..., dict[str, Any]], root: Path) -> None:
     import subprocess
 
     code = (
@@ -94,14 +77,16 @@ def test_quickstart_spec_is_accepted(root: Path) -> None:
     ],
 )
 def test_paths_outside_the_data_dir_are_refused_with_their_field(
-    root: Path, changes: dict[str, Any], field: str
+    tiny_spec: Callable[..., dict[str, Any]], root: Path, changes: dict[str, Any], field: str
 ) -> None:
     err = problem(validate, tiny_spec(**changes), root)
     assert err.code == "path_outside_data_dir"
     assert err.field == field
 
 
-def test_base_checkpoint_and_mask_paths_are_confined(root: Path) -> None:
+def test_base_checkpoint_and_mask_paths_are_confined(
+    tiny_spec: Callable[..., dict[str, Any]], root: Path
+) -> None:
     spec = tiny_spec()
     spec["base"]["pretrain"]["checkpoint"] = "/root/model.pt"
     assert problem(validate, spec, root).field == "base.pretrain.checkpoint"
@@ -119,14 +104,18 @@ def test_a_symlink_out_of_the_data_dir_is_caught(
     assert confine("data/../data/x", root, "storage") == str(root / "data" / "x")
 
 
-def test_base_given_as_a_file_inside_the_data_dir_is_inlined(root: Path) -> None:
+def test_base_given_as_a_file_inside_the_data_dir_is_inlined(
+    tiny_spec: Callable[..., dict[str, Any]], root: Path
+) -> None:
     base = tiny_spec()["base"]
     (root / "base.yaml").write_text(yaml.safe_dump(base))
     valid = validate(tiny_spec(base="base.yaml"), root)
     assert valid.resolved["base"]["data"]["train_limit"] == 64
 
 
-def test_invalid_spec_names_the_field_like_the_cli(root: Path) -> None:
+def test_invalid_spec_names_the_field_like_the_cli(
+    tiny_spec: Callable[..., dict[str, Any]], root: Path
+) -> None:
     spec = tiny_spec()
     spec["base"]["prune"]["sparsity"] = 1.5
     err = problem(validate, spec, root)
@@ -138,13 +127,17 @@ def test_invalid_spec_names_the_field_like_the_cli(root: Path) -> None:
     assert err.field == "search.s2ap.gamma.low"
 
 
-def test_resources_are_checked_against_the_cluster_nodes(root: Path) -> None:
-    spec = tiny_spec(resources={"workers": 3, "cpus_per_worker": 2})
+def test_resources_are_checked_against_the_cluster_nodes(
+    tiny_spec: Callable[..., dict[str, Any]], root: Path
+) -> None:
+    spec = tiny_spec(resources={"workers": 3, "cpus_per_worker": 2}, num_samples=3)
     assert problem(validate, spec, root, nodes=[{"CPU": 4.0}]).field == "resources.workers"
     assert validate(spec, root, nodes=None).trials_total == 6  # no node list: the job checks
 
 
-def test_huge_grids_are_refused_before_validation(root: Path) -> None:
+def test_huge_grids_are_refused_before_validation(
+    tiny_spec: Callable[..., dict[str, Any]], root: Path
+) -> None:
     spec = tiny_spec(grid={"seed": list(range(200)), "prune.sparsity": [0.1 * i for i in range(1, 10)]})
     err = problem(validate, spec, root, max_grid_cells=1000)
     assert err.field == "grid" and "1800" in err.message
@@ -177,7 +170,7 @@ def test_yaml_alias_bombs_are_bounded() -> None:
     assert err.code == "spec_too_complex"
 
 
-def test_plain_data_passes(root: Path) -> None:
+def test_plain_data_passes(tiny_spec: Callable[..., dict[str, Any]], root: Path) -> None:
     check_plain({"a": [1, 2.5, "x", None, True, {"b": []}]})
     data = parse_body(yaml.safe_dump(tiny_spec()).encode(), "application/yaml; charset=utf-8")
     assert data == tiny_spec()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-DOCKER = Path(__file__).resolve().parent.parent / "docker"
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
 
 
 @pytest.fixture(scope="module")
