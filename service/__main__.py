@@ -11,37 +11,36 @@ import argparse
 import logging
 import sys
 
+from s2ap.cli import Failure, guarded, parser, setup_logging
 from service.settings import Settings, SettingsError, is_loopback
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument(
+    cli = parser("python -m service", __doc__)
+    cli.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    cli.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    cli.add_argument(
         "--local-only",
         action="store_true",
         help="allow running without S2AP_API_TOKEN; binds to 127.0.0.1 only",
     )
-    parser.add_argument(
+    cli.add_argument(
         "--stop-ray",
         action="store_true",
         help="stop the embedded Ray head recorded in the data directory, then exit",
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    args = parser.parse_args(argv)
-
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    cli.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = cli.parse_args(argv)
+    setup_logging(getattr(logging, args.log_level.upper()))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Ray poll is noise
+    return guarded(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env(local_only=True if args.local_only or args.stop_ray else None)
     except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise Failure(str(exc)) from None
 
     if args.stop_ray:
         from service.ray_head import EmbeddedRayHead
@@ -56,13 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 
     host = args.host or "127.0.0.1"
     if settings.local_only and not is_loopback(host):
-        print(
-            f"error: --host {host}: a local-only service binds to loopback only (127.0.0.1)", file=sys.stderr
-        )
-        return 2
+        raise Failure(f"--host {host}: a local-only service binds to loopback only (127.0.0.1)")
     if not 0 < args.port < 65536:
-        print(f"error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
-        return 2
+        raise Failure(f"--port must be in 1..65535, got {args.port}")
 
     import uvicorn
 
