@@ -15,6 +15,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from fastapi import FastAPI
@@ -112,7 +113,7 @@ def open_services(settings: Settings, runner: Runner | None = None) -> Services:
         manager.cleanup_orphans()
         count = manager.reconcile()
         log.info("reconciled %d unfinished job(s) with the cluster", count)
-        _warm_validator()
+        _warm_validator(settings.data_root)
         manager.start_polling()
     except BaseException:
         fcntl.flock(lock, fcntl.LOCK_UN)
@@ -134,14 +135,13 @@ def _head_watchdog(head: EmbeddedRayHead, runner: RayJobRunner) -> Callable[[], 
     return check
 
 
-def _warm_validator() -> None:
+def _warm_validator(root: Path) -> None:
     """The first validation imports torch, the data sets and the model registry (seconds on
     a busy machine): pay that at startup, not in the first submitter's request."""
-    import s2ap.tune.spec  # noqa: F401
-    from s2ap.experiment import from_dict
+    from s2ap.tune.spec import load_spec
 
     try:
-        from_dict({})
+        load_spec({"name": "warm-up", "base": {}}, nodes=None, base_dir=root)
     except Exception:  # only a warm-up: a real submission reports any problem itself
         log.debug("validator warm-up failed", exc_info=True)
 

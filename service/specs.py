@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from s2ap.config import ConfigError
+from s2ap.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,42 @@
+"""The service's place in the floor plan, read from its source: Ray only through
+``service/ray_cluster.py`` (and no private Ray API), and of ``s2ap`` only the floor-1 modules
+and the spec validator, never the search or anything else that trains or imports Ray."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SERVICE = Path(__file__).resolve().parents[2] / "service"
+S2AP_ALLOWED = {"s2ap", "s2ap.errors", "s2ap.io", "s2ap.config", "s2ap.cli", "s2ap.tune.spec"}
+
+
+def imported_modules() -> dict[str, set[str]]:
+    """Each service module (path relative to ``service/``) -> the modules it imports."""
+    found: dict[str, set[str]] = {}
+    for path in sorted(SERVICE.rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+        found[path.relative_to(SERVICE).as_posix()] = names
+    return found
+
+
+def test_only_the_ray_module_imports_ray() -> None:
+    importers = {
+        module
+        for module, names in imported_modules().items()
+        if any(name == "ray" or name.startswith("ray.") for name in names)
+    }
+    assert importers == {"ray_cluster.py"}
+    for path in SERVICE.rglob("*.py"):
+        assert "ray._raylet" not in path.read_text(), path  # no private Ray API anywhere
+
+
+def test_the_service_uses_only_the_lower_floors_of_s2ap() -> None:
+    for module, names in imported_modules().items():
+        used = {name for name in names if name == "s2ap" or name.startswith("s2ap.")}
+        assert used <= S2AP_ALLOWED, f"service/{module} imports {sorted(used - S2AP_ALLOWED)}"
