@@ -24,7 +24,7 @@ from s2ap.tune.spec import (
     spec_to_dict,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPACES = ROOT / "search_spaces"
 
 
@@ -119,7 +119,7 @@ def test_base_from_file_with_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["quickstart", "gamma", "warmup", "ablation"])
 def test_shipped_search_spaces_are_valid(name: str) -> None:
     text = (SPACES / f"{name}.yaml").read_text()
-    from s2ap.pruning.methods import METHODS
+    from s2ap.pruning import METHODS
 
     if "harp" in text and "harp" not in METHODS:
         pytest.skip("the harp method is not registered in this checkout")

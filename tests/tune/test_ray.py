@@ -26,7 +26,7 @@ from s2ap.tune.results import latest_checkpoint  # noqa: E402
 from s2ap.tune.spec import load_spec  # noqa: E402
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Learns within a few epochs (Adam pretraining), so sparsity visibly matters.
 BASE: dict[str, Any] = {
