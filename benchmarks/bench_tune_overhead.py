@@ -62,7 +62,8 @@ def tune_trials(root: Path, name: str, trials: int, workers: int, concurrent: in
     import pyarrow.parquet as pq
     import ray
 
-    from s2ap.tune.search import run_search, runtime_env
+    from s2ap.tune.cluster import runtime_env
+    from s2ap.tune.search import run_search
     from s2ap.tune.spec import load_spec
 
     spec = load_spec(

@@ -2,8 +2,16 @@
 
 ``python -m s2ap.tune SPEC.yaml`` runs a search spec (see ``search_spaces/``). Importing
 this package (and :mod:`s2ap.tune.spec`) never imports Ray, so a service can validate
-specs without it; :mod:`s2ap.tune.search` and :mod:`s2ap.tune.trainable`'s Ray parts load
-Ray only when a search actually runs.
+specs without it.
+
+The package, bottom to top: :mod:`~s2ap.tune.space` (the searched parameters' priors),
+:mod:`~s2ap.tune.resources` (what a trial asks for, how many fit), :mod:`~s2ap.tune.clock`
+(ASHA's clock), :mod:`~s2ap.tune.schema` (the published JSON Schema),
+:mod:`~s2ap.tune.spec` (the spec: one frozen dataclass, loaded and checked whole),
+:mod:`~s2ap.tune.layout` (where a search keeps its files), :mod:`~s2ap.tune.trainable`
+(one trial: a Ray Train run of the pipeline), :mod:`~s2ap.tune.results` (the two tables),
+then the Ray side: :mod:`~s2ap.tune.searcher`, :mod:`~s2ap.tune.scheduler`,
+:mod:`~s2ap.tune.callbacks`, :mod:`~s2ap.tune.cluster` and :mod:`~s2ap.tune.search`.
 """
 
 from s2ap.tune.spec import ConfigError, SearchSpec, json_schema, load_spec, spec_to_dict

@@ -29,6 +29,19 @@ import pyarrow.parquet as pq
 
 from s2ap import results
 from s2ap.config import ExperimentConfig
+from s2ap.experiment import identity
+from s2ap.tune.cells import cell_of
+from s2ap.tune.clock import search_epoch
+from s2ap.tune.layout import (
+    EPOCHS,
+    FINAL,
+    META,
+    latest_checkpoint,
+    read_divergence,
+    read_workers,
+    train_storage,
+    trial_store,
+)
 from s2ap.tune.spec import SearchSpec
 
 log = logging.getLogger(__name__)
@@ -127,42 +140,16 @@ class TrialRecord:
     """What the driver knows about one trial, independent of Ray's classes."""
 
     trial_id: str
-    config: Mapping[str, Any]  # {"cell": id, dotted overrides...}
+    config: Mapping[str, Any]  # the Tune config: {"cell": id, dotted overrides...}
     state: str  # ok-able terminal state from Tune: "TERMINATED" or "ERROR"
     last_result: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
-
-
-def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint Train kept for a trial: the state the trial ended in."""
-    best: tuple[float, Path, dict[str, Any]] | None = None
-    if not run_dir.is_dir():
-        return None
-    for meta_path in run_dir.glob("checkpoint_*/meta.json"):
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            continue
-        stamp = float(meta.get("time", 0.0))
-        if best is None or stamp > best[0]:
-            best = (stamp, meta_path.parent, meta)
-    return None if best is None else (best[1], best[2])
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return pq.read_table(path).to_pylist()
-
-
-def _workers(store: Path) -> list[dict[str, Any]]:
-    out = []
-    for path in sorted((store / "workers").glob("*.json")):
-        try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return sorted(out, key=lambda w: w.get("time", 0.0))
 
 
 def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -187,32 +174,10 @@ def _cast(value: Any, dtype: pa.DataType) -> Any:
     return value
 
 
-def _identity(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The run columns that follow from the config alone, so stopped and errored trials
-    carry them too (a finished trial's final row repeats them)."""
-    on = cfg.s2ap.enabled
-    return {
-        "config_hash": cfg.hash(),
-        "seed": cfg.seed,
-        "model": cfg.model.name,
-        "dataset": cfg.data.name,
-        "method": cfg.prune.method,
-        "objective": cfg.objective.name,
-        "sparsity": cfg.prune.sparsity,
-        "s2ap": on,
-        "gamma": cfg.s2ap.gamma if on else None,
-        "warmup_epochs": cfg.s2ap.warmup_epochs if on else None,
-        "prune_epochs": cfg.prune.epochs,
-    }
-
-
 def trial_rows(
     spec: SearchSpec, record: TrialRecord, search_dir: Path, cell_keys: Mapping[int, str]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The trials row and the epoch rows of one finished trial."""
-    from s2ap.tune.spec import search_epoch
-    from s2ap.tune.trainable import read_divergence, train_storage, trial_store
-
     store = trial_store(search_dir, record.trial_id)
     found = latest_checkpoint(train_storage(search_dir) / record.trial_id)
     reported = record.last_result.get("checkpoint_path")
@@ -220,13 +185,13 @@ def trial_rows(
         record.state == "TERMINATED"
         and not record.last_result.get("final")
         and reported
-        and (Path(reported) / "meta.json").is_file()
+        and (Path(reported) / META).is_file()
     ):
         # Stopped by the scheduler: the state it was judged on, whatever ran after it.
-        found = (Path(reported), json.loads((Path(reported) / "meta.json").read_text()))
+        found = (Path(reported), json.loads((Path(reported) / META).read_text()))
     folder, meta = found if found is not None else (None, {})
-    final_row = _read_rows(folder / "final.parquet")[0] if folder and meta.get("final") else {}
-    epochs = _read_rows(folder / "epochs.parquet") if folder else []
+    final_row = _read_rows(folder / FINAL)[0] if folder and meta.get("final") else {}
+    epochs = _read_rows(folder / EPOCHS) if folder else []
     reason = read_divergence(store)
     if reason is not None or record.state == "ERROR":
         status, error = "error", reason or record.error or "trial failed"
@@ -234,14 +199,13 @@ def trial_rows(
         status, error = "ok", None
     else:
         status, error = "stopped", None
-    cell = int(record.config.get("cell", 0))
-    overrides = {k: v for k, v in record.config.items() if k != "cell"}
-    cfg = spec.trial_config(overrides)
-    workers = _workers(store)
+    cell = cell_of(record.config)
+    cfg = spec.trial_config(record.config)
+    workers = read_workers(store)
     metrics = dict(meta.get("metrics") or record.last_result or {})
     row: dict[str, Any] = {
         **_flatten(cfg.to_dict()),
-        **_identity(cfg),
+        **identity(cfg),
         **final_row,
         "trial_id": record.trial_id,
         "search": spec.name,

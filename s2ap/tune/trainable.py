@@ -3,8 +3,11 @@ function trainable.
 
 Inside a trial:
 
-* every Train worker runs :func:`s2ap.pipeline.run_experiment` (DDP over gloo on CPU, NCCL
-  on GPU); the pipeline all-reduces each epoch's metrics, every rank calls
+* the trainable derives the trial's experiment from the spec once
+  (:meth:`~s2ap.tune.spec.SearchSpec.trial_config`: base + grid values + searched values,
+  validated whole) and hands that frozen config to every Train worker;
+* every Train worker runs :func:`s2ap.pipeline.run_experiment` on it (DDP over gloo on CPU,
+  NCCL on GPU); the pipeline all-reduces each epoch's metrics, every rank calls
   ``ray.train.report`` with them and rank 0 alone attaches a checkpoint (a folder holding the
   epoch's ``state.pt`` and the epochs that counted so far). Train's
   :class:`~ray.tune.integration.ray_train.TuneReportCallback` forwards rank 0's report to
@@ -17,36 +20,48 @@ Inside a trial:
 * pretraining is cached by content hash; trials needing the same pretrained model take a
   file lock so it is computed once, the others wait and load it.
 
-Tune and Train state live under the search folder: ``train/<trial_id>/`` (Train's
-checkpoints, which also make a restarted trial resume: a Train run with the same name and
-storage picks up its latest checkpoint) and ``trials/<trial_id>/`` (which workers ran where,
-and the divergence note).
+Where the files go is :mod:`s2ap.tune.layout`. Ray is imported only inside the functions
+that run in a trial, so importing this module never loads it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from s2ap.tune.spec import SearchSpec, search_epoch
+import torch
+
+from s2ap.config import ExperimentConfig
+from s2ap.distributed import DistInfo, resolve_device
+from s2ap.errors import TrainingDiverged, error_line
+from s2ap.experiment import phases, pretrain_key
+from s2ap.pipeline import run_experiment
+from s2ap.tune.clock import search_epoch
+from s2ap.tune.layout import (
+    DIVERGED,
+    EPOCHS,
+    META,
+    STATE,
+    read_divergence,
+    record_worker,
+    train_storage,
+    trial_store,
+    write_divergence,
+    write_meta,
+)
+from s2ap.tune.spec import SearchSpec
 
 log = logging.getLogger(__name__)
 
-DIVERGED = "diverged.json"
-META = "meta.json"
-STATE = "state.pt"
-EPOCHS = "epochs.parquet"
-FINAL = "final.parquet"
-CELL_KEY = "cell"  # the trial-config key holding the grid cell id; the rest are overrides
 LOCK_POLL_S = 2.0
 
 
@@ -58,32 +73,23 @@ class TrialFailed(RuntimeError):
     """The trial's Train run failed for good (retries used up); the message is the cause."""
 
 
-# --------------------------------------------------------------------------- paths
+def own_reason(error: BaseException | None) -> str | None:
+    """The reason of a :class:`TrialDiverged` or :class:`TrialFailed` that Tune wrapped (it
+    may sit a few causes deep), else None."""
+    exc, seen = error, 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, TrialDiverged | TrialFailed):
+            return str(exc)
+        exc = getattr(exc, "cause", None) or exc.__cause__
+        seen += 1
+    return None
 
 
-def trial_store(search_dir: str | Path, trial_id: str) -> Path:
-    return Path(search_dir) / "trials" / trial_id
-
-
-def train_storage(search_dir: str | Path) -> Path:
-    return Path(search_dir) / "train"
-
-
-def read_divergence(store: Path) -> str | None:
-    path = store / DIVERGED
-    if not path.is_file():
+def failure_reason(error: BaseException | None) -> str | None:
+    """A trial's error as one line: its own reason when it has one, else the last line."""
+    if error is None:
         return None
-    try:
-        return str(json.loads(path.read_text()).get("reason", "training diverged"))
-    except (OSError, ValueError):
-        return "training diverged"
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, default=str))
-    os.replace(tmp, path)
+    return own_reason(error) or error_line(error) or type(error).__name__
 
 
 def _plain(value: Any) -> Any:
@@ -108,30 +114,22 @@ class PretrainLock:
         self._fd = fd
 
     @classmethod
-    def acquire(cls, cfg: Any, cache_dir: str | None, rank: int, world: int, device: Any) -> PretrainLock:
+    def acquire(
+        cls, cfg: ExperimentConfig, cache_dir: str | None, dist: DistInfo, device: torch.device
+    ) -> PretrainLock:
         """Block until this trial may pretrain or the cached checkpoint exists. Every rank
         calls it: rank 0 polls the lock and broadcasts the outcome with a cheap all-reduce,
         so no rank sits in a collective that could time out while another trial pretrains."""
-        import fcntl
-
-        from s2ap.distributed import DistInfo
-        from s2ap.experiment import pretrain_key
-        from s2ap.pruning.methods import METHODS
-
-        p = cfg.pretrain
-        if cache_dir is None or p.checkpoint is not None or p.epochs == 0:
-            return cls(None)
-        if not METHODS.get(cfg.prune.method).pretrains:
+        if cache_dir is None or phases(cfg).pretrain == 0:
             return cls(None)
         cache = Path(cache_dir)
         key = pretrain_key(cfg)
         cached = cache / f"pretrain-{key}.pt"
-        dist_info = DistInfo.current()
         fd: int | None = None
         waited = False
         while True:
             outcome = 0.0  # 0: wait, 1: this trial pretrains, 2: cached
-            if rank == 0:
+            if dist.is_main:
                 if cached.exists():
                     outcome = 2.0
                 else:
@@ -143,10 +141,9 @@ class PretrainLock:
                     except BlockingIOError:
                         os.close(fd)
                         fd = None
-            if world > 1:
-                outcome = dist_info.all_reduce_sum([outcome], device)[0]
+            outcome = dist.all_reduce_sum([outcome], device)[0]
             if outcome:
-                if outcome == 1.0 and rank == 0:
+                if outcome == 1.0 and dist.is_main:
                     log.info("pretraining %s for every trial that shares it", key)
                 return cls(fd)
             if not waited:
@@ -156,8 +153,6 @@ class PretrainLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            import fcntl
-
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -169,7 +164,7 @@ class PretrainLock:
 class _Reporter:
     """The pipeline's per-epoch reporter inside a Train worker."""
 
-    def __init__(self, cfg: Any, rank: int, run_dir: Path | None, lock: PretrainLock) -> None:
+    def __init__(self, cfg: ExperimentConfig, rank: int, run_dir: Path | None, lock: PretrainLock) -> None:
         self.cfg = cfg
         self.rank = rank
         self.run_dir = run_dir
@@ -191,7 +186,7 @@ class _Reporter:
                 _link_or_copy(Path(state_path), folder / STATE)
                 if (self.run_dir / EPOCHS).exists():
                     shutil.copy2(self.run_dir / EPOCHS, folder / EPOCHS)
-                _write_json(folder / META, {"time": time.time(), "final": False, "metrics": m})
+                write_meta(folder, m, final=False)
                 ray.train.report(m, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(m)
@@ -205,22 +200,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _record_worker(store: Path, rank: int, world: int, resumed_from: str | None) -> None:
-    """One small file per worker start: where trials ran and how often they restarted."""
-    import ray
-
-    info = {
-        "time": time.time(),
-        "rank": rank,
-        "world": world,
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "hostname": socket.gethostname(),
-        "pid": os.getpid(),
-        "resumed_from": resumed_from,
-    }
-    _write_json(store / "workers" / f"{time.time_ns()}-{rank}-{os.getpid()}.json", info)
-
-
 @contextlib.contextmanager
 def _scratch() -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="s2ap-trial-"))
@@ -231,22 +210,19 @@ def _scratch() -> Iterator[Path]:
 
 
 def train_worker(loop: dict[str, Any]) -> None:
-    """Runs on every Train worker of a trial."""
+    """Runs on every Train worker of a trial. ``loop["config"]`` is the trial's frozen
+    experiment config, validated once on the driver."""
+    import ray
     import ray.train
-    import torch
 
-    from s2ap.distributed import resolve_device
-    from s2ap.errors import TrainingDiverged
-    from s2ap.experiment import from_dict
-    from s2ap.pipeline import run_experiment
-
+    cfg: ExperimentConfig = loop["config"]
     torch.set_num_threads(max(1, int(round(loop["threads"]))))
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    dist = DistInfo(ctx.get_world_rank(), ctx.get_world_size())
     store = Path(loop["trial_store"])
-    cfg = from_dict(loop["config"])
     checkpoint = ray.train.get_checkpoint()
-    _record_worker(store, rank, world, checkpoint.path if checkpoint is not None else None)
+    node = ray.get_runtime_context().get_node_id()
+    record_worker(store, dist.rank, dist.world, node, checkpoint.path if checkpoint is not None else None)
     if (store / DIVERGED).exists():
         return  # a retry of a diverged trial: the trainable reports the reason
 
@@ -254,34 +230,27 @@ def train_worker(loop: dict[str, Any]) -> None:
         resume_from: Path | None = None
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
-                meta = json.loads((Path(folder) / META).read_text())
+                meta = _read_meta(Path(folder))
                 if meta.get("final"):
                     # Restarted after it had finished (the driver died before Tune noted it):
                     # hand the same final result and files to Tune again, run nothing.
                     final_dir = work / "final"
-                    if rank == 0:
+                    if dist.is_main:
                         shutil.copytree(folder, final_dir)
-                    _report_final(rank, meta["metrics"], final_dir)
+                    _report_final(dist.rank, meta["metrics"], final_dir)
                     return
                 resume_from = work / STATE
                 shutil.copy2(Path(folder) / STATE, resume_from)
-        run_dir = work / "run" if rank == 0 else None
+        run_dir = work / "run" if dist.is_main else None
         device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-        lock = (
-            PretrainLock.acquire(cfg, loop["pretrain_cache"], rank, world, device)
-            if resume_from is None
-            else PretrainLock(None)
-        )
-        reporter = _Reporter(cfg, rank, run_dir, lock)
+        cache = loop["pretrain_cache"]
+        lock = PretrainLock.acquire(cfg, cache, dist, device) if resume_from is None else PretrainLock(None)
+        reporter = _Reporter(cfg, dist.rank, run_dir, lock)
         try:
-            final = run_experiment(
-                cfg, run_dir, reporter, resume_from=resume_from, pretrain_cache=loop["pretrain_cache"]
-            )
+            final = run_experiment(cfg, run_dir, reporter, resume_from=resume_from, pretrain_cache=cache)
         except TrainingDiverged as exc:
-            _write_json(
-                store / DIVERGED, {"reason": f"training diverged: {exc}", "time": time.time(), "rank": rank}
-            )
-            if world == 1:
+            write_divergence(store, f"training diverged: {exc}", dist.rank)
+            if dist.world == 1:
                 return
             raise  # the other ranks are stuck in a collective: Train tears the group down
         finally:
@@ -292,14 +261,18 @@ def train_worker(loop: dict[str, Any]) -> None:
             if value is None or isinstance(value, bool | int | float | str):
                 metrics[f"final_{key}"] = value
         metrics["final"] = True
-        _report_final(rank, metrics, run_dir)
+        _report_final(dist.rank, metrics, run_dir)
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / META).read_text())
 
 
 def _report_final(rank: int, metrics: Mapping[str, Any], folder: Path | None) -> None:
     import ray.train
 
     if rank == 0 and folder is not None:
-        _write_json(folder / META, {"time": time.time(), "final": True, "metrics": dict(metrics)})
+        write_meta(folder, dict(metrics), final=True)
         ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(folder))
     else:
         ray.train.report(dict(metrics))
@@ -316,8 +289,6 @@ def tune_trial(config: dict[str, Any], spec: SearchSpec, search_dir: str) -> Non
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
-    overrides = {k: v for k, v in config.items() if k != CELL_KEY}
-    cfg = spec.trial_config(overrides)
     store = trial_store(search_dir, trial_id)
     store.mkdir(parents=True, exist_ok=True)
     res = spec.resources
@@ -325,7 +296,7 @@ def tune_trial(config: dict[str, Any], spec: SearchSpec, search_dir: str) -> Non
     if res.gpus_per_worker > 0:
         per_worker["GPU"] = res.gpus_per_worker
     loop = {
-        "config": cfg.to_dict(),
+        "config": spec.trial_config(config),  # the frozen config the workers run, checked once
         "trial_store": str(store),
         "pretrain_cache": spec.pretrain_cache,
         "threads": res.cpus_per_worker,
@@ -363,5 +334,4 @@ def _short(exc: BaseException) -> str:
     failures = getattr(exc, "worker_failures", None)
     if failures:
         exc = next(iter(failures.values()))
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:500]
+    return error_line(exc) or type(exc).__name__

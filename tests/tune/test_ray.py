@@ -97,7 +97,8 @@ def kill_mid_trial(
 
 
 def test_ddp_search_survives_a_killed_worker_writes_tables_and_asha_stops_a_trial(tmp_path: Path) -> None:
-    from s2ap.tune.search import run_search, start_local_ray
+    from s2ap.tune.cluster import start_local_ray
+    from s2ap.tune.search import run_search
 
     spec = load_spec(
         spec_dict(
@@ -154,7 +155,8 @@ def test_ddp_search_survives_a_killed_worker_writes_tables_and_asha_stops_a_tria
 def test_two_node_cluster_runs_trials_on_both_nodes_and_records_divergence(tmp_path: Path) -> None:
     from ray.cluster_utils import Cluster
 
-    from s2ap.tune.search import run_search, runtime_env
+    from s2ap.tune.cluster import runtime_env
+    from s2ap.tune.search import run_search
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
     cluster.add_node(num_cpus=3)
@@ -189,7 +191,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes_and_records_divergence(tmp_p
 
 
 def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
-    from s2ap.tune.search import start_local_ray
+    from s2ap.tune.cluster import start_local_ray
 
     address = start_local_ray(num_cpus=2)  # the drivers join this instance
     spec_file = tmp_path / "spec.yaml"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from s2ap import results
@@ -144,3 +145,17 @@ def test_tables_hold_each_epoch_once_from_the_run_that_counted(tmp_path: Path) -
     assert keys.is_unique
     assert list(epochs[epochs.trial_id == "a"]["search_epoch"]) == [0, 1, 2, 3]
     assert tables.best_per_cell(rows)[0]["trial_id"] == "a" and set(tables.best_per_cell(rows)) == {0}
+
+
+def test_result_schemas_are_typed_and_unique() -> None:
+    trials, epochs = tables.trials_schema(), tables.epochs_schema()
+    assert len(set(trials.names)) == len(trials.names)
+    assert len(set(epochs.names)) == len(epochs.names)
+    assert trials.field("prune.sparsity").type == pa.float64()
+    assert trials.field("data.image_size").type == pa.int64()
+    assert trials.field("s2ap.enabled").type == pa.bool_()
+    assert trials.field("eval.loss_diff_rhos").type == pa.list_(pa.float64())
+    assert trials.field("robust_acc").type == pa.float64()
+    assert trials.field("status").type == pa.string()
+    assert epochs.field("val_pgd_acc").type == pa.float64()
+    assert epochs.field("global_epoch").type == pa.int64()

@@ -1,9 +1,8 @@
-"""The per-cell searcher and scheduler, driven by hand (imports Ray Tune, starts no Ray)."""
+"""The per-cell searcher, driven by hand (imports Ray Tune and Optuna, starts no Ray)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,10 +10,9 @@ import pytest
 pytest.importorskip("ray.tune")
 pytest.importorskip("optuna")
 
-from ray.tune.schedulers import TrialScheduler  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
-from s2ap.tune.search import CellScheduler, CellSearcher  # noqa: E402
+from s2ap.tune.searcher import CellSearcher  # noqa: E402
 from s2ap.tune.spec import load_spec  # noqa: E402
 
 SPEC = {
@@ -90,34 +88,3 @@ def test_optuna_storage_url_keeps_one_study_per_cell(tmp_path: Path) -> None:
     drain(searcher(storage=url)[1])
     names = sorted(st.study_name for st in optuna.get_all_study_summaries(url))
     assert names == ["s-cell2", "s-cell3"]
-
-
-def fake_trial(trial_id: str, cell: int) -> Any:
-    return SimpleNamespace(trial_id=trial_id, config={"cell": cell})
-
-
-def test_asha_per_cell_never_compares_across_cells() -> None:
-    sched = CellScheduler("val_pgd_acc", "max", max_t=5, grace_period=2, reduction_factor=2, per_cell=True)
-    good, bad, other = fake_trial("good", 0), fake_trial("bad", 0), fake_trial("other", 1)
-    for t in (good, bad, other):
-        sched.on_trial_add(None, t)
-    before = {"search_epoch": 1, "val_pgd_acc": 0.0}
-    assert sched.on_trial_result(None, bad, before) == TrialScheduler.CONTINUE  # grace period
-    assert (
-        sched.on_trial_result(None, good, {"search_epoch": 2, "val_pgd_acc": 0.8}) == TrialScheduler.CONTINUE
-    )
-    # Worse than its own cell's first trial at the rung: stopped.
-    assert sched.on_trial_result(None, bad, {"search_epoch": 2, "val_pgd_acc": 0.3}) == TrialScheduler.STOP
-    # Just as weak, but alone in its cell: it goes on.
-    assert (
-        sched.on_trial_result(None, other, {"search_epoch": 2, "val_pgd_acc": 0.1}) == TrialScheduler.CONTINUE
-    )
-    # The final report (evaluation done) is never judged.
-    assert (
-        sched.on_trial_result(None, bad, {"search_epoch": 6, "val_pgd_acc": 0.0, "final": True}) == "CONTINUE"
-    )
-    shared = CellScheduler("val_pgd_acc", "max", max_t=5, grace_period=2, reduction_factor=2, per_cell=False)
-    for t in (good, other):
-        shared.on_trial_add(None, t)
-    shared.on_trial_result(None, good, {"search_epoch": 2, "val_pgd_acc": 0.8})
-    assert shared.on_trial_result(None, other, {"search_epoch": 2, "val_pgd_acc": 0.1}) == TrialScheduler.STOP

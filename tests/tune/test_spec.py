@@ -1,4 +1,4 @@
-"""Search specs: parsing, every rejection, the shipped spaces, the result schemas. No Ray."""
+"""Search specs: parsing, every rejection, the shipped spaces, the CLI's one-line errors. No Ray."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pytest
 import yaml
 
 from s2ap.config import ConfigError
-from s2ap.tune import results as tables
 from s2ap.tune.spec import (
     Resources,
     concurrency,
@@ -89,6 +87,21 @@ def test_tiny_spec_parses_into_cells() -> None:
     assert spec.device == "cpu" and spec.pretrain_cache == "/tmp/s2ap-tune-spec-tests/pretrain_cache"
     cfg = spec.trial_config({"s2ap.enabled": True, "prune.sparsity": 0.9, "s2ap.gamma": 0.004})
     assert cfg.prune.sparsity == 0.9 and cfg.s2ap.gamma == 0.004 and cfg.device == "cpu"
+
+
+def test_trial_config_is_the_frozen_base_changed_and_validated_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from s2ap import experiment
+    from s2ap.config import ExperimentConfig
+
+    spec = load_spec(tiny(overrides={"s2ap.gamma": 0.002}), nodes=None)
+    assert isinstance(spec.base, ExperimentConfig) and spec.base_config() is spec.base
+    assert spec.base.s2ap.gamma == 0.002 and not spec.overrides  # the overrides live in base
+    checked: list[Any] = []
+    real = experiment.check
+    monkeypatch.setattr(experiment, "check", lambda cfg: checked.append(cfg) or real(cfg))
+    cfg = spec.trial_config({"cell": 3, "s2ap.enabled": True, "prune.sparsity": 0.9, "s2ap.gamma": 0.004})
+    assert checked == [cfg]  # one validation of the whole trial config, none of the base
+    assert cfg.s2ap.gamma == 0.004 and spec.base.s2ap.gamma == 0.002
 
 
 def test_spec_round_trips_and_hash_ignores_storage() -> None:
@@ -281,20 +294,3 @@ def test_cli_bad_input_is_one_line_and_status_2(tmp_path: Path) -> None:
         assert "Traceback" not in out.stderr
     assert outs[0].stderr.startswith("error: scheduler.metric: ")
     assert outs[1].stderr.startswith("error: spec: file not found")
-
-
-# --------------------------------------------------------------------------- result tables
-
-
-def test_result_schemas_are_typed_and_unique() -> None:
-    trials, epochs = tables.trials_schema(), tables.epochs_schema()
-    assert len(set(trials.names)) == len(trials.names)
-    assert len(set(epochs.names)) == len(epochs.names)
-    assert trials.field("prune.sparsity").type == pa.float64()
-    assert trials.field("data.image_size").type == pa.int64()
-    assert trials.field("s2ap.enabled").type == pa.bool_()
-    assert trials.field("eval.loss_diff_rhos").type == pa.list_(pa.float64())
-    assert trials.field("robust_acc").type == pa.float64()
-    assert trials.field("status").type == pa.string()
-    assert epochs.field("val_pgd_acc").type == pa.float64()
-    assert epochs.field("global_epoch").type == pa.int64()

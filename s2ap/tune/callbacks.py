@@ -1,0 +1,223 @@
+"""Tune callbacks of a search: the result tables and the live view.
+
+:class:`ResultsWriter` rewrites ``trials.parquet`` / ``epochs.parquet`` whenever a trial
+ends. :class:`LiveView` emits a compact live view of the search (a line per trial event, a
+status line every few seconds) on the ``s2ap.tune.live`` logger at INFO. Whether and where
+it shows is the logging configuration of the process, not a setting of the callback: on
+``--resume`` the callbacks come back pickled from the first run, while showing the view is
+this run's choice (:func:`live_view_to`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+import s2ap.tune.results as tables
+from s2ap.errors import error_line
+from s2ap.tune.cells import CELL_KEY, Cell, cell_of
+from s2ap.tune.spec import SearchSpec
+from s2ap.tune.trainable import own_reason
+
+log = logging.getLogger(__name__)
+
+LIVE_LOGGER = "s2ap.tune.live"
+
+
+@contextlib.contextmanager
+def live_view_to(stream: TextIO | None) -> Iterator[None]:
+    """For the duration, the live view goes to ``stream`` as bare lines, or nowhere (None),
+    whatever the rest of the logging shows; the logger's settings are restored after."""
+    logger = logging.getLogger(LIVE_LOGGER)
+    saved = logger.level, logger.propagate
+    handler = logging.StreamHandler(stream) if stream is not None else None
+    if handler is not None:
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if handler is not None else logging.CRITICAL + 1)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def trial_error(trial: Trial) -> str | None:
+    """One line for an errored trial: its own reason (divergence, Train failure) when Tune
+    kept the exception, else the last line of the error Tune wrote."""
+    try:
+        exc = trial.get_pickled_error()
+    except Exception:  # noqa: BLE001 - a missing or unreadable error file
+        exc = None
+    reason = own_reason(exc)
+    if reason is not None:
+        return reason
+    try:
+        text = trial.get_error()
+    except Exception:  # noqa: BLE001
+        text = None
+    return None if text is None else error_line(text)
+
+
+def _records(trials: Sequence[Trial], done: Trial | None = None) -> list[tables.TrialRecord]:
+    out = []
+    for t in trials:
+        state = "TERMINATED" if t is done and t.status == Trial.RUNNING else t.status
+        if state not in (Trial.TERMINATED, Trial.ERROR):
+            continue
+        out.append(
+            tables.TrialRecord(
+                trial_id=t.trial_id,
+                config=dict(t.config),
+                state=state,
+                last_result=dict(t.last_result or {}),
+                error=trial_error(t) if state == Trial.ERROR else None,
+            )
+        )
+    return out
+
+
+class ResultsWriter(Callback):
+    """Keeps both Parquet tables current while the search runs."""
+
+    def __init__(self, spec: SearchSpec, search_dir: Path) -> None:
+        self.spec = spec
+        self.search_dir = search_dir
+        self.trials: list[dict[str, Any]] = []
+
+    def write(self, trials: Sequence[Trial], done: Trial | None = None) -> None:
+        try:
+            _, _, self.trials = tables.write_tables(self.spec, _records(trials, done), self.search_dir)
+        except Exception:  # results must never kill the search; the next write retries
+            log.exception("could not write the result tables")
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.write(trials, trial)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.write(trials)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self.write(trials)
+
+
+# --------------------------------------------------------------------------- live view
+
+
+@dataclass
+class LiveView(Callback):
+    """A compact live view: a line per trial event and a status line every ``every`` s."""
+
+    spec: SearchSpec
+    every: float = 15.0
+    _cells: dict[int, Cell] = field(default_factory=dict)
+    _last: float = 0.0
+    _start: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self._cells = {c.id: c for c in self.spec.cells()}
+
+    def setup(self, **info: Any) -> None:
+        self._start, self._last = time.time(), 0.0  # also after a --resume
+
+    def _show(self, text: Callable[[], str]) -> None:
+        """Format only when the line is shown; a view bug must never stop the search."""
+        live = logging.getLogger(LIVE_LOGGER)
+        if not live.isEnabledFor(logging.INFO):
+            return
+        try:
+            line = text()
+        except Exception:  # noqa: BLE001
+            log.debug("live view could not format a line", exc_info=True)
+            return
+        live.info("[%s] %s", _clock(time.time() - self._start), line)
+
+    def _label(self, trial: Trial) -> str:
+        cell = self._cells.get(cell_of(trial.config))
+        where = f"cell {cell.id}" if cell is not None and self.spec.grid else ""
+        params = _short_params(trial.config, cell)
+        return f"trial {trial.trial_id} [{', '.join(x for x in (where, params) if x)}]"
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._show(lambda: f"start  {self._label(trial)}")
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._show(lambda: self._ended(trial))
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._show(lambda: f"ERROR  {self._label(trial)}: {trial_error(trial)}")
+
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        now = time.time()
+        if now - self._last < self.every:
+            return
+        self._last = now
+        self._show(lambda: self._status(trials))
+
+    def _ended(self, trial: Trial) -> str:
+        r = trial.last_result or {}
+        val = r.get("val_pgd_acc")
+        if r.get("final"):
+            robust = r.get("final_robust_acc")
+            kind = "AA" if r.get("final_aa_acc") is not None else "PGD"
+            return (
+                f"done   {self._label(trial)}: val PGD {_pct(val)}, test clean {_pct(r.get('final_clean_acc'))}, "
+                f"robust {_pct(robust)} ({kind})"
+            )
+        return (
+            f"stop   {self._label(trial)} at search epoch {r.get('search_epoch')} (val PGD {_pct(val)}, ASHA)"
+        )
+
+    def _status(self, trials: list[Trial]) -> str:
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.status] = counts.get(t.status, 0) + 1
+        running = [t for t in trials if t.status == Trial.RUNNING]
+        progress = ", ".join(f"{t.trial_id} {_where(t.last_result or {})}" for t in running[:4])
+        best = None
+        for t in trials:
+            r = t.last_result or {}
+            score = r.get("val_pgd_acc")
+            if r.get("final") and score is not None and (best is None or score > best[1]):
+                best = (t, score)
+        return (
+            f"{counts.get(Trial.RUNNING, 0)} running, {counts.get(Trial.PENDING, 0)} pending, "
+            f"{counts.get(Trial.TERMINATED, 0)} ended, {counts.get(Trial.ERROR, 0)} errored"
+            + (f" | {progress}" if progress else "")
+            + (f" | best val PGD {best[1]:.4f} ({self._label(best[0])})" if best else "")
+        )
+
+
+def _short_params(config: Mapping[str, Any], cell: Cell | None) -> str:
+    keys = [k for k in config if k != CELL_KEY and (cell is None or k not in cell.values)]
+    return ", ".join(f"{k}={fmt(config[k])}" for k in keys)
+
+
+def fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _where(result: Mapping[str, Any]) -> str:
+    if "phase" not in result:
+        return "starting"
+    return f"{result['phase']} {int(result.get('epoch', 0)) + 1} (val PGD {_pct(result.get('val_pgd_acc'))})"
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.4f}"
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m:02d}:{s:02d}"

@@ -1,0 +1,151 @@
+"""What one trial asks for, and how many trials fit the nodes at once.
+
+A trial is one Tune function trainable (a sliver of a CPU: it only waits on its Train run)
+plus ``workers`` Train worker bundles of ``cpus_per_worker`` CPUs and ``gpus_per_worker``
+GPUs. :func:`check_resources` rejects what no node can provide; :func:`concurrency` packs
+whole trials onto a cluster's nodes; :func:`embedded_cpus` sizes an embedded Ray so the
+trials fit. This module never imports Ray (nor torch, unless GPUs are counted).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from s2ap.coerce import Checked, bounded
+from s2ap.errors import ConfigError
+
+# The Tune function trainable only waits on its Train run; it reserves a sliver of a CPU
+# (Tune refuses zero) so Train's worker bundles, not trainables, decide what fits.
+TRAINABLE_CPUS = 0.01
+_EPS = 1e-9
+
+Node = Mapping[str, float]  # a node's resources as Ray reports them: {"CPU": 8.0, "GPU": 1.0}
+
+
+@dataclass(frozen=True)
+class Resources(Checked):
+    """What one trial's Ray Train run asks for."""
+
+    workers: int = bounded(1, ge=1)
+    cpus_per_worker: float = bounded(1.0, gt=0)
+    gpus_per_worker: float = bounded(0.0, ge=0)
+
+    @property
+    def trial_cpus(self) -> float:
+        return self.workers * self.cpus_per_worker
+
+    @property
+    def trial_gpus(self) -> float:
+        return self.workers * self.gpus_per_worker
+
+
+class Plan(Protocol):
+    """What packing needs to know of a search (a :class:`~s2ap.tune.spec.SearchSpec`)."""
+
+    @property
+    def resources(self) -> Resources: ...
+
+    @property
+    def max_concurrent(self) -> int | None: ...
+
+    def num_trials(self) -> int: ...
+
+
+def local_nodes() -> list[dict[str, float]]:
+    """This machine as the one node an embedded Ray instance will have."""
+    return [{"CPU": float(os.cpu_count() or 1), "GPU": float(_local_gpus())}]
+
+
+def _local_gpus() -> int:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return 0
+    try:
+        import torch  # lazily: slow to import, and only needed when GPUs are asked for
+    except ImportError:  # pragma: no cover
+        return 0
+    return torch.cuda.device_count()
+
+
+def _worker_slots(node: Node, res: Resources) -> int:
+    slots = math.floor(float(node.get("CPU", 0.0)) / res.cpus_per_worker + _EPS)
+    if res.gpus_per_worker > 0:
+        slots = min(slots, math.floor(float(node.get("GPU", 0.0)) / res.gpus_per_worker + _EPS))
+    return max(slots, 0)
+
+
+def check_resources(plan: Plan, nodes: Sequence[Node], *, embedded: bool = False) -> None:
+    """Reject resources no node can provide. ``embedded``: the nodes will be sized to fit,
+    so only one worker's bundle must fit a node; on a cluster one trial's workers must fit."""
+    res = plan.resources
+    if res.gpus_per_worker > 0 and not any(float(n.get("GPU", 0)) >= res.gpus_per_worker for n in nodes):
+        have = max((float(n.get("GPU", 0)) for n in nodes), default=0.0)
+        raise ConfigError(
+            "resources.gpus_per_worker",
+            f"{res.gpus_per_worker:g} GPUs per worker, but no node has more than {have:g}; "
+            "use 0 to train on CPU",
+        )
+    cpus = max((float(n.get("CPU", 0)) for n in nodes), default=0.0)
+    if res.cpus_per_worker > cpus:
+        raise ConfigError(
+            "resources.cpus_per_worker",
+            f"{res.cpus_per_worker:g} CPUs per worker, but no node has more than {cpus:g}",
+        )
+    if not embedded:
+        slots = sum(_worker_slots(n, res) for n in nodes)
+        if slots < res.workers:
+            raise ConfigError(
+                "resources.workers",
+                f"{res.workers} workers of {res.cpus_per_worker:g} CPUs / {res.gpus_per_worker:g} GPUs "
+                f"do not fit this cluster (room for {slots}); ask for at most {slots}",
+            )
+
+
+def _place_trial(free: list[list[float]], res: Resources) -> list[list[float]] | None:
+    """``free`` ([CPU, GPU] per node) after placing one whole trial first-fit, or None."""
+    after = [list(f) for f in free]
+    for _ in range(res.workers):
+        for f in sorted(after, key=lambda f: f[0]):
+            if f[0] + _EPS >= res.cpus_per_worker and f[1] + _EPS >= res.gpus_per_worker:
+                f[0] -= res.cpus_per_worker
+                f[1] -= res.gpus_per_worker
+                break
+        else:
+            return None
+    host = max(after, key=lambda f: f[0])
+    if host[0] + _EPS < TRAINABLE_CPUS:
+        return None
+    host[0] -= TRAINABLE_CPUS
+    return after
+
+
+def concurrency(plan: Plan, nodes: Sequence[Node]) -> int:
+    """How many trials can run at once without any trial's workers waiting for another's.
+
+    Places whole trials (trainable sliver + every worker bundle) first-fit on the nodes and
+    stops at the first trial that does not fit, so Tune never starts a trial whose Train
+    worker group would sit waiting for resources (and time out) behind running ones.
+    """
+    free = [[float(n.get("CPU", 0.0)), float(n.get("GPU", 0.0))] for n in nodes]
+    cap = plan.max_concurrent or plan.num_trials()
+    placed = 0
+    while placed < cap:
+        after = _place_trial(free, plan.resources)
+        if after is None:
+            break
+        free, placed = after, placed + 1
+    return placed
+
+
+def embedded_cpus(plan: Plan) -> tuple[int, int]:
+    """(logical CPUs for an embedded Ray, concurrent trials). Logical CPUs are generous: a
+    2-core laptop still runs a 2-worker trial, oversubscribed rather than deadlocked."""
+    cores = os.cpu_count() or 1
+    per_trial = plan.resources.trial_cpus
+    conc = plan.max_concurrent or max(1, int(cores // per_trial))
+    conc = max(1, min(conc, plan.num_trials()))
+    need = math.ceil(conc * per_trial + conc * TRAINABLE_CPUS)
+    return max(cores, need), conc
