@@ -7,6 +7,7 @@ specs without it.
 The package, bottom to top: :mod:`~s2ap.tune.space` (the searched parameters' priors),
 :mod:`~s2ap.tune.resources` (what a trial asks for, how many fit), :mod:`~s2ap.tune.clock`
 (ASHA's clock), :mod:`~s2ap.tune.schema` (the published JSON Schema),
+:mod:`~s2ap.tune.cells` (grid cells and what is searched in each),
 :mod:`~s2ap.tune.spec` (the spec: one frozen dataclass, loaded and checked whole),
 :mod:`~s2ap.tune.layout` (where a search keeps its files), :mod:`~s2ap.tune.trainable`
 (one trial: a Ray Train run of the pipeline), :mod:`~s2ap.tune.results` (the two tables),

@@ -58,6 +58,8 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclass(frozen=True)
 class _Ranked(Checked):
+    """What both schedulers share: the metric trials are ranked by, and its direction."""
+
     type: str
     metric: Metric = "val_pgd_acc"
     mode: Literal["max", "min"] | None = None  # None: min for train_loss, else max
@@ -262,7 +264,9 @@ def load_spec(
     else:
         raise ConfigError("spec", f"expected a mapping at the top, got {type(source).__name__}")
     base = _base_config(data, where)
-    data.update(base=to_dict(base), overrides={})  # the overrides now live in base
+    # The overrides now live in base. (coerce.build takes the checked base as a mapping and
+    # rebuilds its dataclasses: shape and ranges again, not the registries.)
+    data.update(base=to_dict(base), overrides={})
     if "grid" in data and data["grid"] == {}:
         raise ConfigError(
             "grid",
@@ -293,7 +297,8 @@ def _base_config(data: Mapping[str, Any], where: Path | None) -> ExperimentConfi
         mapping = dict(value)
     else:
         raise ConfigError("base", f"expected an experiment config mapping or a path to one, got {value!r}")
-    overrides = data.get("overrides") or {}
+    overrides = data.get("overrides")
+    overrides = {} if overrides is None else overrides
     if not isinstance(overrides, Mapping):
         raise ConfigError("overrides", f"expected a mapping, got {overrides!r}")
     for key in overrides:
