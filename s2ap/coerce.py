@@ -213,6 +213,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(path, f"expected a mapping, got {value!r}")
         return {str(k): _coerce(v, args[1], _join(path, k)) for k, v in value.items()}
     if is_dataclass(tp):
+        if isinstance(value, tp):  # type: ignore[arg-type]
+            return value  # built, hence checked, already
         return build(tp, value, path)  # type: ignore[arg-type]
     return _coerce_scalar(value, tp, path)
 

@@ -121,3 +121,9 @@ def test_every_experiment_field_has_a_schema_and_a_dotted_key() -> None:
         assert node, key
     sparsity = schema["properties"]["prune"]["properties"]["sparsity"]["anyOf"][0]
     assert sparsity == {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+
+
+def test_a_built_value_is_taken_as_it_is() -> None:
+    inner = Inner(rate=0.25)
+    out = build(Outer, {"name": "a", "inner": inner})
+    assert out.inner is inner

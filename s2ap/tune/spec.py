@@ -264,9 +264,7 @@ def load_spec(
     else:
         raise ConfigError("spec", f"expected a mapping at the top, got {type(source).__name__}")
     base = _base_config(data, where)
-    # The overrides now live in base. (coerce.build takes the checked base as a mapping and
-    # rebuilds its dataclasses: shape and ranges again, not the registries.)
-    data.update(base=to_dict(base), overrides={})
+    data.update(base=base, overrides={})  # the overrides now live in the checked base
     if "grid" in data and data["grid"] == {}:
         raise ConfigError(
             "grid",
