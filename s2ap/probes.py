@@ -48,6 +48,7 @@ class Probes:
         self.splits = splits
         self.dist = dist
         self.device = device
+        self._fixed: tuple[Tensor, Tensor] | None = None  # read once, on first use
 
     def _eval_loader(self, dataset: Dataset, limit: int | None = None) -> DataLoader:
         return DataLoader(
@@ -106,10 +107,11 @@ class Probes:
 
     def fixed_batch(self) -> tuple[Tensor, Tensor]:
         """The first ``eval.lambda_max_batch`` validation points: the same batch every time."""
-        n = min(self.cfg.eval.lambda_max_batch, len(self.splits.val))  # type: ignore[arg-type]
-        loader = DataLoader(Subset(self.splits.val, list(range(n))), batch_size=n)
-        x, y = next(iter(loader))
-        return x.to(self.device), y.to(self.device)
+        if self._fixed is None:
+            n = min(self.cfg.eval.lambda_max_batch, len(self.splits.val))  # type: ignore[arg-type]
+            x, y = next(iter(DataLoader(Subset(self.splits.val, list(range(n))), batch_size=n)))
+            self._fixed = (x.to(self.device), y.to(self.device))
+        return self._fixed
 
     def lambda_max_hook(self, sink: list[float]) -> Callable[[int], None] | None:
         """A per-iteration hook measuring lambda_max every ``eval.lambda_max_every`` steps

@@ -12,7 +12,7 @@ readable without this class.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,6 @@ import torch
 from torch import Tensor
 
 from s2ap.io import atomic_write
-
-PHASES = ("pretrain", "prune", "finetune", "evaluate")
 
 
 @dataclass
@@ -71,7 +69,10 @@ class RunState:
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["best"] = None if self.best is None else asdict(self.best)
+        # A plain mapping, without asdict()'s deep copy of every tensor at every epoch end.
+        out["best"] = (
+            None if self.best is None else {f.name: getattr(self.best, f.name) for f in fields(self.best)}
+        )
         return out
 
     @classmethod

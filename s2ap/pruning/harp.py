@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from s2ap.config import ConfigError, ExperimentConfig
+from s2ap.distributed import is_distributed
 from s2ap.layers import CountMask, ScoredLayer, cached_topk, keep_count, scored_layers
 from s2ap.pruning.base import METHODS, PruningMethod
 
@@ -241,7 +242,7 @@ class _RateMask:
 
 def _average_across_ranks(grad: Tensor) -> Tensor:
     """The rates live outside the DDP module; average their gradient like DDP would."""
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         grad = grad.clone()
         dist.all_reduce(grad)
         grad /= dist.get_world_size()

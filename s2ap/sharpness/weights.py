@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from s2ap.distributed import is_distributed
 from s2ap.layers import ScoredLayer
 from s2ap.sharpness.perturbation import LayerwisePerturbation, Perturbation, Support, _everywhere
 
@@ -72,7 +73,7 @@ class SearchWeightPerturbation(LayerwisePerturbation):
 
     @torch.no_grad()
     def before_climb(self) -> None:
-        if dist.is_available() and dist.is_initialized():
+        if is_distributed():
             world = dist.get_world_size()
             for p in self.params:
                 if p.grad is not None:
