@@ -39,6 +39,7 @@ class Comparison:
     orig: Side | None
     s2ap: Side | None
     delta: Paired | None  # robust accuracy, S2AP − Orig., over the seeds both ran
+    seeds: tuple[int, ...] = ()  # those seeds, in the order of delta.diffs
 
 
 def per_seed(rows: pd.DataFrame, col: str) -> dict[int, float]:
@@ -73,9 +74,8 @@ def compare(orig: pd.DataFrame, s2ap: pd.DataFrame, clean_col: str | None, robus
     )
     common = sorted(set(a) & set(b))
     delta = paired([a[s] for s in common], [b[s] for s in common]) if common else None
-    return Comparison(
-        side(orig, clean_col, robust_col, False), side(s2ap, clean_col, robust_col, True), delta
-    )
+    sides = side(orig, clean_col, robust_col, False), side(s2ap, clean_col, robust_col, True)
+    return Comparison(*sides, delta, tuple(common))
 
 
 def _pm(mean: float, std: float | None) -> str:
