@@ -222,7 +222,7 @@ def plot_delta(df: pd.DataFrame, path: Path) -> str | None:
         path,
         per_setting(df, _deltas),
         _draw_deltas,
-        xlabel="seed",
+        xlabel="paired seed",
         ylabel="Δ robust acc. (S2AP − Orig., %)",
         absent="no setting has Orig. and S2AP runs of a common seed",
     )

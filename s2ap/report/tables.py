@@ -114,7 +114,7 @@ def _attack(df: pd.DataFrame) -> str:
 
 def table1(df: pd.DataFrame) -> str:
     """Markdown like the paper's Table 1: clean / robust per method, Orig. vs S2AP, paired Δ."""
-    what = f"Test clean / robust accuracy ({_attack(df)}; clean, PGD and AutoAttack on the same test points)"
+    what = f"Test clean / robust accuracy ({_attack(df)}; a run's clean and robust figures share its test points)"
     text, _ = _table(df, RUN.clean_acc, RUN.robust_acc, "Table 1: clean / robust accuracy", what)
     return text
 

@@ -217,12 +217,17 @@ def summary_lines(spec: SearchSpec, outcome: SearchOutcome) -> list[str]:
     return lines
 
 
-def overlap_lines(best: list[tuple[str, Interval]]) -> list[str]:
+def overlap_lines(best: list[tuple[str, Interval]], shown: int = 6) -> list[str]:
     """One line saying whether the best cells' robust intervals overlap (then the test set
-    cannot tell them apart, whatever their point estimates say)."""
+    cannot tell them apart, whatever their point estimates say); at most ``shown`` pairs named."""
     if len(best) < 2:
         return []
     pairs = [f"{a} and {b}" for i, (a, x) in enumerate(best) for b, y in best[i + 1 :] if x.overlaps(y)]
     if not pairs:
         return ["robust intervals of the best cells do not overlap"]
-    return [f"robust intervals overlap ({', '.join(pairs)}): these cells are not resolved on this test set"]
+    total = len(best) * (len(best) - 1) // 2
+    named = ", ".join(pairs[:shown]) + (", ..." if len(pairs) > shown else "")
+    return [
+        f"robust intervals overlap for {len(pairs)} of {total} cell pairs ({named}): "
+        "those cells are not resolved on this test set"
+    ]

@@ -73,9 +73,20 @@ def test_summary_states_the_rule_and_prints_intervals_and_overlap() -> None:
     s2ap = next(line for line in out if line.startswith("  [1]"))
     assert "s2ap.gamma=0.002 (best of 2)" in s2ap and "[trial s1]" in s2ap
     assert "AutoAttack 0.88 [0.64, 0.97] n=16" in s2ap and "val PGD 0.60 [" in s2ap
-    assert out[-1] == "robust intervals overlap ([0] and [1]): these cells are not resolved on this test set"
+    assert out[-1] == (
+        "robust intervals overlap for 1 of 1 cell pairs ([0] and [1]): those cells are not resolved on this test set"
+    )
 
 
 def test_summary_says_when_the_best_cells_are_apart() -> None:
     out = lines([trial("o", 0, 0.5, 0.20, 1000), trial("s", 1, 0.6, 0.80, 1000, 0.002)])
     assert out[-1] == "robust intervals of the best cells do not overlap"
+
+
+def test_many_overlapping_cells_are_counted_not_all_named() -> None:
+    from s2ap.stats import Interval
+    from s2ap.tune.search import overlap_lines
+
+    cells = [(f"[{i}]", Interval(0.5, 0.4, 0.6)) for i in range(5)] + [("[5]", Interval(0.9, 0.85, 0.95))]
+    (line,) = overlap_lines(cells, shown=2)
+    assert line.startswith("robust intervals overlap for 10 of 15 cell pairs ([0] and [1], [0] and [2], ...)")
