@@ -206,7 +206,7 @@ def summary_lines(spec: SearchSpec, outcome: SearchOutcome) -> list[str]:
         figures += [("AutoAttack", "aa_acc")] if robust == "AutoAttack" else []
         test = ", ".join(describe_accuracy(row, k, label) for label, k in figures)
         lines.append(
-            f"{head}: {params or 'no searched values'} (best of {tried}) -> "
+            f"{head}: {params or 'no searched values'} (best of {tried} finished) -> "
             f"{describe_accuracy(row, 'final_val_pgd_acc', 'val PGD')}; test {test} [trial {row['trial_id']}]"
         )
         if row.get("robust_acc_lo") is not None and row.get("robust_acc_hi") is not None:

@@ -71,7 +71,7 @@ def test_summary_states_the_rule_and_prints_intervals_and_overlap() -> None:
     assert "AutoAttack 0.81 [0.57, 0.93] n=16" in text  # the Orig. cell: 13/16
     # The S2AP cell shows its validation-best trial (s1), not the test-best one (s2).
     s2ap = next(line for line in out if line.startswith("  [1]"))
-    assert "s2ap.gamma=0.002 (best of 2)" in s2ap and "[trial s1]" in s2ap
+    assert "s2ap.gamma=0.002 (best of 2 finished)" in s2ap and "[trial s1]" in s2ap
     assert "AutoAttack 0.88 [0.64, 0.97] n=16" in s2ap and "val PGD 0.60 [" in s2ap
     assert out[-1] == (
         "robust intervals overlap for 1 of 1 cell pairs ([0] and [1]): those cells are not resolved on this test set"
