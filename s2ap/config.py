@@ -173,7 +173,8 @@ class EvalConfig(Checked):
     pgd_steps: int = bounded(50, ge=1)
     pgd_restarts: int = bounded(1, ge=1)
     autoattack: bool = True
-    autoattack_n: int | None = bounded(None, ge=1)  # test points for AutoAttack; None = whole test set
+    # Test points of the headline: AutoAttack, clean and PGD all on the first N; None = all.
+    autoattack_n: int | None = bounded(None, ge=1)
     val_pgd_steps: int = bounded(10, ge=1)  # PGD steps for the per-epoch validation robust accuracy
     val_limit: int | None = bounded(None, ge=1)  # validation points used per epoch; None = all
     lambda_max_every: int = bounded(0, ge=0)  # power iteration every N pruning iterations; 0 = off

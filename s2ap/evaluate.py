@@ -258,15 +258,17 @@ def evaluate(
     *,
     corruption_limit: int | None = None,
     autoattack_batch_size: int | None = None,
-) -> dict[str, float | bool | None]:
-    """The final metrics of a run, as fractions in [0, 1].
+) -> dict[str, float | bool | str | int | None]:
+    """The final metrics of a run, as fractions in [0, 1], each ``X`` with its points ``X_n``.
 
-    Keys: ``clean_acc``, ``pgd_acc`` (PGD-``cfg.pgd_steps`` with ``cfg.pgd_restarts``
-    restarts at ``attack_cfg``'s radius and step), ``aa_acc`` (standard AutoAttack on the
-    first ``cfg.autoattack_n`` test points, or all; None when disabled), ``robust_acc``
-    (AutoAttack when run, else PGD), ``gradient_masking`` and ``corruption_acc`` (None
+    The headline triple is measured on one set of points, the first ``cfg.autoattack_n`` test
+    points when AutoAttack runs on a subset (else every point): ``clean_acc``, ``pgd_acc``
+    (PGD-``cfg.pgd_steps`` with ``cfg.pgd_restarts`` restarts at ``attack_cfg``'s radius and
+    step), ``aa_acc`` (standard AutoAttack; None when disabled) and ``robust_acc`` (AutoAttack
+    when run, else PGD; ``robust_attack`` names it). ``clean_acc_full`` / ``pgd_acc_full`` are
+    the same on every test point. Also ``gradient_masking`` and ``corruption_acc`` (None
     unless ``cfg.corruption_root`` holds CIFAR-10-C). Clean and PGD share one pass over the
-    loader; the AutoAttack/PGD comparison uses the same points for both.
+    loader.
     """
     attack = PGD(
         eps=attack_cfg.eps,
@@ -276,57 +278,67 @@ def evaluate(
         restarts=cfg.pgd_restarts,
         loss="ce",
     )
-    if cfg.autoattack:
-        collect: int | None = (
-            None if cfg.autoattack_n is None else max(cfg.autoattack_n, GRADIENT_CHECK_POINTS)
-        )
-    else:
-        collect = GRADIENT_CHECK_POINTS
+    limit = cfg.autoattack_n if cfg.autoattack else None
+    collect = None if cfg.autoattack and limit is None else max(limit or 0, GRADIENT_CHECK_POINTS)
     clean_flags, pgd_flags, xs, ys = _pgd_pass(model, test_loader, attack, device, collect)
-    clean_acc = float(clean_flags.float().mean())
-    pgd_acc = float(pgd_flags.float().mean())
-    logger.info(
-        "clean accuracy %.4f, %s accuracy %.4f (%d points)", clean_acc, attack, pgd_acc, len(pgd_flags)
-    )
+    n_all = len(pgd_flags)
+    n = n_all if limit is None else min(limit, n_all)  # the headline points: the first n
+    clean_acc = float(clean_flags[:n].float().mean())
+    pgd_acc = float(pgd_flags[:n].float().mean())
+    logger.info("clean accuracy %.4f, %s accuracy %.4f (%d points)", clean_acc, attack, pgd_acc, n)
 
     aa_acc: float | None = None
-    pgd_on_aa_points: float | None = None
     messages: list[str] = []
     if cfg.autoattack:
-        n = xs.shape[0] if cfg.autoattack_n is None else min(cfg.autoattack_n, xs.shape[0])
         batch_size = autoattack_batch_size or getattr(test_loader, "batch_size", None) or 256
         robust, messages = run_autoattack(
             model, xs[:n], ys[:n], attack_cfg.eps, device, batch_size, "standard", None, seed=0
         )
         aa_acc = float(robust.float().mean())
-        pgd_on_aa_points = float(pgd_flags[:n].float().mean())
-        logger.info(
-            "AutoAttack accuracy %.4f on %d points (PGD %.4f on the same)", aa_acc, n, pgd_on_aa_points
-        )
+        logger.info("AutoAttack accuracy %.4f on the same %d points", aa_acc, n)
 
     check_n = min(GRADIENT_CHECK_POINTS, xs.shape[0])
     zero_frac = zero_gradient_fraction(model, xs[:check_n], ys[:check_n], device)
     masking = check_gradient_masking(
         clean_acc=clean_acc,
-        pgd_acc=pgd_on_aa_points if pgd_on_aa_points is not None else pgd_acc,
+        pgd_acc=pgd_acc,
         aa_acc=aa_acc,
         zero_grad_fraction=zero_frac,
         autoattack_messages=messages,
     )
 
-    corruption_acc: float | None = None
+    corruption: tuple[float, int] | None = None
     if cfg.corruption_root:
-        corruption_acc = corruption_accuracy(
+        acc = corruption_accuracy(
             model, cfg.corruption_root, cfg.corruption_severity, device, limit=corruption_limit
         )
+        if acc is not None:
+            corruption = (acc, corruption_points(cfg.corruption_root, corruption_limit))
     return {
         "clean_acc": clean_acc,
+        "clean_acc_n": n,
         "pgd_acc": pgd_acc,
+        "pgd_acc_n": n,
         "aa_acc": aa_acc,
+        "aa_acc_n": n if aa_acc is not None else None,
         "robust_acc": aa_acc if aa_acc is not None else pgd_acc,
+        "robust_acc_n": n,
+        "robust_attack": "autoattack" if aa_acc is not None else "pgd",
+        "clean_acc_full": float(clean_flags.float().mean()),
+        "clean_acc_full_n": n_all,
+        "pgd_acc_full": float(pgd_flags.float().mean()),
+        "pgd_acc_full_n": n_all,
         "gradient_masking": masking,
-        "corruption_acc": corruption_acc,
+        "corruption_acc": corruption[0] if corruption else None,
+        "corruption_acc_n": corruption[1] if corruption else None,
     }
+
+
+def corruption_points(root: str | Path, limit: int | None = None) -> int:
+    """Test images per corruption that :func:`corruption_accuracy` scores (its interval's n:
+    the corruptions reuse the same images, so they are not independent points)."""
+    per_severity = int(np.load(Path(root) / "labels.npy", mmap_mode="r").shape[0]) // 5
+    return per_severity if limit is None else min(limit, per_severity)
 
 
 __all__ = [
@@ -334,6 +346,7 @@ __all__ = [
     "check_gradient_masking",
     "clean_accuracy",
     "corruption_accuracy",
+    "corruption_points",
     "evaluate",
     "pgd_accuracy",
     "zero_gradient_fraction",

@@ -189,8 +189,10 @@ class Pipeline:
             _save_tensors(L.masks(self.model), self.run_dir / "masks.pt")
         # Table 5: the pruned pretrained model before any finetuning.
         metrics = self.probes.test_metrics(autoattack=False)
-        self.state.final["mask_clean_acc"] = metrics["clean_acc"]
-        self.state.final["mask_robust_acc"] = metrics["pgd_acc"]
+        for name, measured in (("mask_clean_acc", "clean_acc"), ("mask_robust_acc", "pgd_acc")):
+            self.state.final[name] = metrics[measured]
+            self.state.final[f"{name}_n"] = metrics[f"{measured}_n"]
+        self.state.final["mask_robust_attack"] = "pgd"
 
     def finetune(self) -> None:
         """The kept weights, adversarially (with AWP when S2AP is on: Algorithm 2)."""
@@ -207,6 +209,7 @@ class Pipeline:
             if exported is not None:
                 _save_tensors(exported[0], self.run_dir / "pruned_compact.pt")
                 self.state.final.update(exported[1].as_dict())
+        self.state.final.update(self.probes.final_validation())
         self.state.final.update(self.probes.test_metrics(autoattack=self.cfg.eval.autoattack))
 
     # ------------------------------------------------------------------ the epoch loop
@@ -239,7 +242,7 @@ class Pipeline:
             )  # fmt: skip
             scheduler.step()
             loss_sum, correct, n = self.dist.all_reduce_sum([res.loss_sum, res.correct, res.n], self.device)
-            val_clean, val_pgd = self.probes.validate()
+            val_clean, val_pgd, val_n = self.probes.validate()
             row: dict[str, Any] = {
                 "config_hash": self.identity["config_hash"],
                 "seed": self.cfg.seed,
@@ -249,7 +252,9 @@ class Pipeline:
                 "train_loss": loss_sum / max(n, 1),
                 "train_acc": correct / max(n, 1),
                 "val_clean_acc": val_clean,
+                "val_clean_acc_n": val_n,
                 "val_pgd_acc": val_pgd,
+                "val_pgd_acc_n": val_n,
                 "hamming": None,
                 "lambda_max": sum(lambdas) / len(lambdas) if lambdas else None,
                 "s2ap_active": perturbation is not None,
@@ -364,10 +369,10 @@ class Pipeline:
         best_epoch = self.state.best_epoch
         density, _ = L.density(self.model)
         metrics = (
-            "compact_params", "compact_flops", "flops_reduction", "clean_acc", "pgd_acc", "aa_acc",
-            "robust_acc", "mask_clean_acc", "mask_robust_acc", "corruption_acc", "gradient_masking",
+            "compact_params", "compact_flops", "flops_reduction", "gradient_masking", "robust_attack",
+            "mask_robust_attack", *results.ACCURACIES, *(f"{name}_n" for name in results.ACCURACIES),
         )  # fmt: skip
-        return {
+        return results.with_intervals({
             **self.identity,
             "status": "ok",
             "error": None,
@@ -382,7 +387,7 @@ class Pipeline:
             "loss_diff_rho": final.get("loss_diff_rho", []),
             "loss_diff": final.get("loss_diff", []),
             "wall_time_s": wall,
-        }
+        })  # fmt: skip
 
 
 def run_experiment(

@@ -25,6 +25,7 @@ from s2ap.evaluate import clean_accuracy, evaluate, pgd_accuracy
 from s2ap.layers import ScoredLayer
 from s2ap.metrics import lambda_max, loss_difference
 from s2ap.objectives import Objective
+from s2ap.results import ACCURACIES
 from s2ap.seeding import derive_seed
 
 
@@ -57,8 +58,9 @@ class Probes:
 
     # ------------------------------------------------------------------ every epoch
 
-    def validate(self) -> tuple[float, float]:
-        """Clean and PGD accuracy on the validation split (``eval.val_limit`` points)."""
+    def validate(self) -> tuple[float, float, int]:
+        """Clean and PGD accuracy on the validation split (``eval.val_limit`` points), and
+        the number of points both were measured on (summed over ranks)."""
         a = self.cfg.attack
         loader = self._eval_loader(self.splits.val, self.cfg.eval.val_limit)
         n = len(loader.dataset)  # type: ignore[arg-type]
@@ -66,12 +68,25 @@ class Probes:
         clean = clean_accuracy(self.model, loader, self.device) if n else 0.0
         robust = pgd_accuracy(self.model, loader, attack, self.device) if n else 0.0
         means = self.dist.weighted_means({"clean": (clean, n), "robust": (robust, n)}, self.device)
-        return float(means["clean"] or 0.0), float(means["robust"] or 0.0)
+        total = int(self.dist.all_reduce_sum([float(n)], self.device)[0])
+        return float(means["clean"] or 0.0), float(means["robust"] or 0.0), total
+
+    def final_validation(self) -> dict[str, Any]:
+        """The run's last word on the validation split: what selection reads, never test."""
+        torch.manual_seed(derive_seed(self.cfg.seed, "final_validation", self.dist.rank))
+        clean, robust, n = self.validate()
+        return {
+            "final_val_clean_acc": clean,
+            "final_val_clean_acc_n": n,
+            "final_val_pgd_acc": robust,
+            "final_val_pgd_acc_n": n,
+        }
 
     # ------------------------------------------------------------------ the test split
 
     def test_metrics(self, autoattack: bool) -> dict[str, Any]:
-        """Clean, PGD, AutoAttack (when asked) and corruption accuracy on the test split."""
+        """Clean, PGD, AutoAttack (when asked) and corruption accuracy on the test split, each
+        ``X`` with its points ``X_n`` (see :func:`s2ap.evaluate.evaluate`)."""
         e = self.cfg.eval
         n_aa = e.autoattack_n
         if n_aa is not None:
@@ -84,22 +99,21 @@ class Probes:
         if n:
             out = evaluate(self.model, loader, eval_cfg, self.cfg.attack, self.device)
         else:  # a rank with no test points in a tiny distributed evaluation
-            out = {
-                "clean_acc": 0.0,
-                "pgd_acc": 0.0,
-                "aa_acc": 0.0 if autoattack else None,
-                "robust_acc": 0.0,
-                "gradient_masking": False,
-                "corruption_acc": None,
-            }
+            measured = ("clean_acc", "pgd_acc", "robust_acc", "clean_acc_full", "pgd_acc_full")
+            out = {k: 0.0 for k in measured} | {f"{k}_n": 0 for k in measured}
+            out |= {"aa_acc": 0.0 if autoattack else None, "aa_acc_n": 0 if autoattack else None}
+            out |= {"robust_attack": "autoattack" if autoattack else "pgd", "gradient_masking": False}
+            out |= {"corruption_acc": None, "corruption_acc_n": None}
         if self.dist.world == 1:
             return out
-        # Each rank's accuracies weighted by the points they were measured on.
-        n_aa_here = min(n, eval_cfg.autoattack_n or n)
-        counts = {"clean_acc": n, "pgd_acc": n, "aa_acc": n_aa_here, "corruption_acc": n}
-        means = self.dist.weighted_means({k: (out.get(k), w) for k, w in counts.items()}, self.device)
-        out.update({k: v for k, v in means.items() if out.get(k) is not None})
-        out["robust_acc"] = out["aa_acc"] if out.get("aa_acc") is not None else out["pgd_acc"]
+        # Each rank's accuracies weighted by the points they were measured on; the points add up.
+        names = [k for k in ACCURACIES if f"{k}_n" in out]
+        weights = {k: (out.get(k), float(out.get(f"{k}_n") or 0)) for k in names}
+        means = self.dist.weighted_means(weights, self.device)
+        totals = self.dist.all_reduce_sum([w for _, w in weights.values()], self.device)
+        for k, total in zip(names, totals, strict=True):
+            if out.get(k) is not None:
+                out[k], out[f"{k}_n"] = means[k], int(total)
         out["gradient_masking"] = self.dist.any(bool(out.get("gradient_masking")), self.device)
         return out
 

@@ -4,7 +4,13 @@ Two tables describe runs. ``RUN_SCHEMA`` has one row per run (a search calls the
 trials): its identity, the config values that define the grid cell, and the final
 metrics. ``EPOCH_SCHEMA`` has one row per run per phase epoch with every per-epoch metric.
 Every row carries its config hash, seed and the code version. Accuracies are fractions in
-[0, 1]; the report shows them as percentages.
+[0, 1]; the report shows them as percentages. Every accuracy ``X`` of a run comes with ``X_n``
+(the points it was measured on) and ``X_lo`` / ``X_hi`` (its 95% Wilson interval,
+:func:`s2ap.stats.wilson`), generated from :data:`ACCURACIES`.
+
+The headline triple ``clean_acc`` / ``pgd_acc`` / ``aa_acc`` (and ``robust_acc``, with
+``robust_attack`` naming the attack) is measured on one set of test points; figures on the
+whole test set, when AutoAttack ran on fewer points, are the ``*_full`` columns.
 """
 
 from __future__ import annotations
@@ -18,12 +24,38 @@ import pyarrow.parquet as pq
 
 from s2ap import __version__
 from s2ap.io import atomic_write
+from s2ap.stats import accuracy_interval, describe
 
 IDENTITY = [
     pa.field("config_hash", pa.string(), nullable=False),
     pa.field("seed", pa.int64(), nullable=False),
     pa.field("code_version", pa.string(), nullable=False),
 ]
+
+# Every accuracy of a run row, each with its points and 95% interval (see the module doc).
+ACCURACIES = {
+    "clean_acc": "headline: clean, on the headline test points",
+    "pgd_acc": "headline: PGD (eval.pgd_steps), on the same points",
+    "aa_acc": "headline: AutoAttack on the same points; null when not run",
+    "robust_acc": "headline: AutoAttack when run, else PGD (robust_attack says which)",
+    "clean_acc_full": "clean on every test point (test_limit)",
+    "pgd_acc_full": "PGD on every test point",
+    "mask_clean_acc": "pruned model before finetuning, every test point",
+    "mask_robust_acc": "the same, under PGD (mask_robust_attack)",
+    "corruption_acc": "CIFAR-10-C mean over corruptions; n = images per corruption",
+    "final_val_clean_acc": "validation split at the end of the run: what selection reads",
+    "final_val_pgd_acc": "validation PGD (eval.val_pgd_steps) at the end of the run",
+}
+
+
+def _accuracy_fields(name: str) -> list[pa.Field]:
+    return [
+        pa.field(name, pa.float64()),
+        pa.field(f"{name}_n", pa.int64()),  # points measured
+        pa.field(f"{name}_lo", pa.float64()),  # 95% Wilson interval
+        pa.field(f"{name}_hi", pa.float64()),
+    ]
+
 
 RUN_SCHEMA = pa.schema(
     IDENTITY
@@ -46,13 +78,11 @@ RUN_SCHEMA = pa.schema(
         pa.field("compact_params", pa.int64()),  # channel pruning: the compact network's size
         pa.field("compact_flops", pa.int64()),
         pa.field("flops_reduction", pa.float64()),  # dense FLOPs / compact FLOPs, as measured
-        pa.field("clean_acc", pa.float64()),
-        pa.field("pgd_acc", pa.float64()),
-        pa.field("aa_acc", pa.float64()),  # null when AutoAttack was not run
-        pa.field("robust_acc", pa.float64()),  # AutoAttack when run, else PGD
-        pa.field("mask_clean_acc", pa.float64()),  # pruned model before finetuning
-        pa.field("mask_robust_acc", pa.float64()),
-        pa.field("corruption_acc", pa.float64()),
+        pa.field("robust_attack", pa.string()),  # what robust_acc is: autoattack | pgd
+        pa.field("mask_robust_attack", pa.string()),  # what mask_robust_acc is: pgd
+    ]
+    + [f for name in ACCURACIES for f in _accuracy_fields(name)]
+    + [
         pa.field("best_mask_epoch", pa.int64()),  # pruning epoch the returned mask comes from
         pa.field("best_mask_before_s2ap", pa.bool_()),  # S2AP on, but the mask predates it
         pa.field("hamming", pa.list_(pa.float64())),  # per pruning epoch, vs the first mask
@@ -72,7 +102,9 @@ EPOCH_SCHEMA = pa.schema(
         pa.field("train_loss", pa.float64()),
         pa.field("train_acc", pa.float64()),
         pa.field("val_clean_acc", pa.float64()),
+        pa.field("val_clean_acc_n", pa.int64()),  # validation points measured
         pa.field("val_pgd_acc", pa.float64()),
+        pa.field("val_pgd_acc_n", pa.int64()),
         pa.field("hamming", pa.float64()),  # prune phase: distance to the first mask
         pa.field("lambda_max", pa.float64()),  # prune phase, when measured
         pa.field("s2ap_active", pa.bool_()),
@@ -119,6 +151,24 @@ class Columns:
 
 RUN = Columns(RUN_SCHEMA)
 EPOCH = Columns(EPOCH_SCHEMA)
+
+
+def with_intervals(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` with ``X_lo`` / ``X_hi`` filled for every accuracy that has a value and an ``X_n``."""
+    out = dict(row)
+    for name in ACCURACIES:
+        value, n = out.get(name), out.get(f"{name}_n")
+        if value is None or not n:
+            out[f"{name}_lo"] = out[f"{name}_hi"] = None
+            continue
+        interval = accuracy_interval(float(value), int(n))
+        out[f"{name}_lo"], out[f"{name}_hi"] = interval.lo, interval.hi
+    return out
+
+
+def describe_accuracy(row: Mapping[str, Any], name: str, label: str) -> str:
+    """A row's accuracy ``name`` as the CLIs print it: ``AutoAttack 0.81 [0.57, 0.93] n=16``."""
+    return describe(label, row.get(name), row.get(f"{name}_lo"), row.get(f"{name}_hi"), row.get(f"{name}_n"))
 
 
 def code_version() -> str:

@@ -11,10 +11,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from s2ap import cli
 from s2ap.errors import TrainingDiverged
 from s2ap.experiment import load
+from s2ap.results import describe_accuracy
 
 
 def arguments() -> cli.Parser:
@@ -54,15 +56,24 @@ def run(args: argparse.Namespace) -> int:
         )
     except TrainingDiverged as exc:
         raise cli.Failure(f"training diverged: {exc}; epochs before it are in {run_dir}", status=1) from None
-    robust = final.get("robust_acc")
-    print(
-        f"done: clean {final['clean_acc']:.4f}, robust {robust:.4f} "
-        f"({'AutoAttack' if final.get('aa_acc') is not None else 'PGD'}), density {final['density']:.4f}, "
-        f"mask from pruning epoch {final['best_mask_epoch']}"
+    print(summary(final, run_dir))
+    return 0
+
+
+def summary(final: dict[str, Any], run_dir: Path) -> str:
+    """The run's result line: the headline triple on one set of test points, each figure with
+    its 95% interval and point count, then the mask and where the files are."""
+    attack = "AutoAttack" if final.get("robust_attack") == "autoattack" else "PGD"
+    figures = [("clean", "clean_acc"), ("PGD", "pgd_acc")] + (
+        [("AutoAttack", "aa_acc")] if attack == "AutoAttack" else []
+    )
+    shown = ", ".join(describe_accuracy(final, k, label) for label, k in figures)
+    return (
+        f"done: {shown} (robust = {attack}; 95% Wilson intervals, same test points); "
+        f"density {final['density']:.4f}, mask from pruning epoch {final['best_mask_epoch']}"
         + (" (BEFORE S2AP began)" if final["best_mask_before_s2ap"] else "")
         + f"; results in {run_dir}"
     )
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

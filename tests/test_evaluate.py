@@ -137,16 +137,21 @@ def test_evaluate_keys_without_autoattack(
     cfg = EvalConfig(pgd_steps=5, pgd_restarts=2, autoattack=False)
     with caplog.at_level(logging.WARNING, logger="s2ap.evaluate"):
         result = evaluate(model, _loader(x, y), cfg, AttackConfig(eps=EPS, step_size=EPS / 4), "cpu")
-    assert set(result) == {
+    accuracies = (
         "clean_acc",
         "pgd_acc",
         "aa_acc",
         "robust_acc",
-        "gradient_masking",
+        "clean_acc_full",
+        "pgd_acc_full",
         "corruption_acc",
-    }
+    )
+    assert set(result) == {*accuracies, *(f"{k}_n" for k in accuracies), "robust_attack", "gradient_masking"}
     assert result["aa_acc"] is None and result["corruption_acc"] is None
-    assert result["robust_acc"] == result["pgd_acc"]
+    assert result["robust_acc"] == result["pgd_acc"] and result["robust_attack"] == "pgd"
+    # Without AutoAttack the headline is every test point.
+    assert result["clean_acc_n"] == result["pgd_acc_n"] == result["clean_acc_full_n"] == len(y)
+    assert result["clean_acc"] == result["clean_acc_full"]
     assert result["gradient_masking"] is False
     assert "GRADIENT MASKING" not in caplog.text
 
@@ -156,8 +161,13 @@ def test_evaluate_with_autoattack_subset(trained: tuple[nn.Module, Tensor, Tenso
     cfg = EvalConfig(pgd_steps=10, autoattack=True, autoattack_n=12)
     result = evaluate(model, _loader(x, y), cfg, AttackConfig(eps=EPS, step_size=EPS / 4), "cpu")
     assert result["aa_acc"] is not None
-    assert result["robust_acc"] == result["aa_acc"]
+    assert result["robust_acc"] == result["aa_acc"] and result["robust_attack"] == "autoattack"
     assert round(result["aa_acc"] * 12) == pytest.approx(result["aa_acc"] * 12)  # 12 points
+    # One point set per headline: clean, PGD and AutoAttack all on the same 12 points.
+    assert result["clean_acc_n"] == result["pgd_acc_n"] == result["aa_acc_n"] == result["robust_acc_n"] == 12
+    for key in ("clean_acc", "pgd_acc"):
+        assert round(result[key] * 12) == pytest.approx(result[key] * 12)
+    assert result["clean_acc_full_n"] == result["pgd_acc_full_n"] == len(y) > 12
 
 
 class _Constant(nn.Module):

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from s2ap import results
 from s2ap.results import EPOCH, RUN
 
 logger = logging.getLogger(__name__)
@@ -35,14 +36,8 @@ REQUIRED = (
 )
 CELL_KEY = [RUN.model, RUN.dataset, RUN.sparsity]  # one table row
 PANEL_KEY = [RUN.model, RUN.dataset, RUN.method, RUN.sparsity]  # one figure panel
-ACCURACIES = (
-    RUN.clean_acc,
-    RUN.robust_acc,
-    RUN.pgd_acc,
-    RUN.aa_acc,
-    RUN.mask_clean_acc,
-    RUN.mask_robust_acc,
-)
+# Every accuracy and the ends of its interval: turned into percentages together.
+ACCURACIES = tuple(f"{name}{end}" for name in results.ACCURACIES for end in ("", "_lo", "_hi"))
 CURVES = (RUN.hamming, RUN.lambda_max, RUN.loss_diff_rho, RUN.loss_diff)  # lists per run
 # Run curves the epochs table can fill: run column -> the epoch column it is made of.
 EPOCH_CURVES = {RUN.hamming: EPOCH.hamming, RUN.lambda_max: EPOCH.lambda_max}

@@ -1,7 +1,8 @@
 """The paper's figures, Orig. vs S2AP per setting, each skipped with a reason without data.
 
 ``hamming_diff.png`` (Fig. 1b/4b), ``lambda_max.png`` (Fig. 1c/2), ``gamma.png`` (Fig. 5),
-``loss_diff.png`` (Fig. 3). Each plot is what it collects per setting and how it draws one
+``loss_diff.png`` (Fig. 3), and ``delta.png``: the per-seed paired difference in robust
+accuracy with its 95% interval, Table 1's Δ. Each plot is what it collects per setting and how it draws one
 panel; :func:`~s2ap.report.panels.draw_panels` does the rest.
 """
 
@@ -14,9 +15,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from s2ap.report.compare import Comparison, compare
 from s2ap.report.load import PANEL_KEY
 from s2ap.report.panels import Key, draw_panels, per_setting
 from s2ap.results import RUN
+from s2ap.stats import verdict
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -187,9 +190,48 @@ def plot_loss_diff(df: pd.DataFrame, path: Path) -> str | None:
     )
 
 
+# --------------------------------------------------------------------------- paired Δ
+
+
+def _deltas(rows: pd.DataFrame) -> Comparison | None:
+    """The setting's per-seed robust-accuracy differences S2AP − Orig. (Table 1's Δ)."""
+    measured = rows.dropna(subset=[RUN.robust_acc])
+    c = compare(measured[~measured[RUN.s2ap]], measured[measured[RUN.s2ap]], None, RUN.robust_acc)
+    return c if c.delta is not None else None
+
+
+def _draw_deltas(ax: Axes, c: Comparison) -> None:
+    d = c.delta
+    assert d is not None
+    x = np.arange(len(d.diffs))
+    ax.axhline(0, color="grey", lw=0.8)
+    if d.interval is not None:
+        ax.axhspan(d.interval.lo, d.interval.hi, color="tab:blue", alpha=0.2, label="95% t-interval")
+    ax.axhline(d.mean, color="tab:blue", lw=1.2, label=f"mean {d.mean:+.2f} ({verdict(d)})")
+    ax.scatter(x, d.diffs, color="black", zorder=3, label="one seed")
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(s) for s in c.seeds])
+    shown = [0.0, *d.diffs, *((d.interval.lo, d.interval.hi) if d.interval else ())]
+    span = (max(shown) - min(shown)) or 1.0
+    ax.set_ylim(min(shown) - 0.1 * span, max(shown) + 0.6 * span)  # room for the legend above
+
+
+def plot_delta(df: pd.DataFrame, path: Path) -> str | None:
+    """Per-seed paired Δ robust accuracy (S2AP − Orig.) with its mean and 95% interval."""
+    return draw_panels(
+        path,
+        per_setting(df, _deltas),
+        _draw_deltas,
+        xlabel="paired seed",
+        ylabel="Δ robust acc. (S2AP − Orig., %)",
+        absent="no setting has Orig. and S2AP runs of a common seed",
+    )
+
+
 PLOTS = {
     "hamming_diff.png": plot_hamming_diff,
     "lambda_max.png": plot_lambda_max,
     "gamma.png": plot_gamma,
     "loss_diff.png": plot_loss_diff,
+    "delta.png": plot_delta,
 }

@@ -1,81 +1,23 @@
 """Table 1 and Table 5 as markdown, one row per (model, dataset, sparsity).
 
-Means are over seeds and ``±`` is the sample standard deviation (ddof=1) of the robust
-accuracy over seeds, so a single-seed cell has no ``±``. An S2AP cell of a gamma search
-shows the gamma :func:`~s2ap.report.selection.select_gamma` picks.
+Per method, the Orig. and S2AP sides over their seeds and the paired difference Δ = S2AP −
+Orig. of the robust accuracy with its 95% t-interval across seeds (:mod:`s2ap.report.compare`).
+An S2AP cell of a gamma search shows the gamma :func:`~s2ap.report.selection.select_gamma`
+picks on validation data; the notes state that rule and each side's selection budget.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from s2ap.report.compare import DASH, Comparison, compare, format_delta, format_side
 from s2ap.report.load import CELL_KEY
-from s2ap.report.selection import select_gamma
+from s2ap.report.selection import RULE, gammas_tried, select_gamma
 from s2ap.results import RUN
 
-DASH = "–"
-
-
-@dataclass
-class Cell:
-    n: int
-    clean: float
-    robust: float
-    robust_std: float | None  # None with a single seed
-    pre_s2ap: tuple[int, int] | None = None  # (runs whose mask predates S2AP, runs known)
-    gamma: float | None = None  # shown when a gamma had to be chosen
-
-
-def _cell(rows: pd.DataFrame, clean_col: str | None, robust_col: str) -> Cell:
-    robust = rows[robust_col].to_numpy(dtype=float)
-    std = float(np.std(robust, ddof=1)) if len(robust) > 1 else None
-    clean = float(rows[clean_col].mean()) if clean_col else math.nan
-    pre = None
-    if RUN.best_mask_before_s2ap in rows.columns and rows[RUN.best_mask_before_s2ap].notna().any():
-        known = rows[RUN.best_mask_before_s2ap].dropna()
-        pre = (int(known.astype(bool).sum()), len(rows))
-    return Cell(len(rows), clean, float(robust.mean()), std, pre)
-
-
-def _fmt(cell: Cell | None, show_clean: bool, show_pre: bool) -> str:
-    if cell is None:
-        return DASH
-    text = f"{cell.clean:.2f} / {cell.robust:.2f}" if show_clean else f"{cell.robust:.2f}"
-    if cell.robust_std is not None:
-        text += f" ± {cell.robust_std:.2f}"
-    text += f" (n={cell.n})"
-    if show_pre and cell.pre_s2ap is not None:
-        text += f" ({cell.pre_s2ap[0]}/{cell.pre_s2ap[1]} pre-S2AP masks)"
-    if cell.gamma is not None:
-        text += f" [γ={cell.gamma:g}]"
-    return text
-
-
-def _cells(
-    df: pd.DataFrame, clean_col: str | None, robust_col: str
-) -> tuple[list[tuple[Any, ...]], list[str], dict[tuple[Any, ...], Cell]]:
-    df = df[df[robust_col].notna()]
-    if clean_col:
-        df = df[df[clean_col].notna()]
-    cells: dict[tuple[Any, ...], Cell] = {}
-    for key, rows in df.groupby(CELL_KEY + [RUN.method, RUN.s2ap], sort=True):
-        *row_key, method, s2ap = key
-        gamma = None
-        if s2ap:
-            rows, gamma = select_gamma(rows, robust_col)
-        cell = _cell(rows, clean_col, robust_col)
-        cell.gamma = gamma
-        if not s2ap:
-            cell.pre_s2ap = None
-        cells[(*row_key, method, bool(s2ap))] = cell
-    row_keys = sorted({k[:3] for k in cells}, key=lambda k: (str(k[0]), str(k[1]), k[2]))
-    methods = sorted({str(k[3]) for k in cells})
-    return row_keys, methods, cells
+Key = tuple[Any, ...]  # (model, dataset, sparsity, method)
 
 
 def sparsity_label(value: float) -> str:
@@ -89,33 +31,92 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def table1(df: pd.DataFrame) -> str:
-    """Markdown like the paper's Table 1: clean / robust ± std per method, Orig. vs S2AP, Delta."""
-    row_keys, methods, cells = _cells(df, RUN.clean_acc, RUN.robust_acc)
+def comparisons(
+    df: pd.DataFrame, clean_col: str | None, robust_col: str
+) -> dict[Key, tuple[Comparison, float | None, int]]:
+    """Per setting: the comparison, the S2AP gamma shown (None when only one ran) and how
+    many gamma values it was chosen among. The gamma is chosen on validation data before
+    the shown metric's rows are kept, so every table shows the same gamma."""
+    out: dict[Key, tuple[Comparison, float | None, int]] = {}
+    for key, rows in df.groupby(CELL_KEY + [RUN.method], sort=True):
+        s2ap = rows[rows[RUN.s2ap]]
+        tried = gammas_tried(s2ap) if not s2ap.empty else 0
+        s2ap, gamma = select_gamma(s2ap)
+        measured = [c for c in (clean_col, robust_col) if c]
+        orig, s2ap = (part.dropna(subset=measured) for part in (rows[~rows[RUN.s2ap]], s2ap))
+        if orig.empty and s2ap.empty:
+            continue
+        out[tuple(key)] = (compare(orig, s2ap, clean_col, robust_col), gamma, tried)
+    return out
+
+
+def _layout(found: dict[Key, Any]) -> tuple[list[Key], list[str]]:
+    row_keys = sorted({k[:3] for k in found}, key=lambda k: (str(k[0]), str(k[1]), k[2]))
+    return row_keys, sorted({str(k[3]) for k in found})
+
+
+def _budget(found: dict[Key, tuple[Comparison, float | None, int]]) -> str:
+    tried = sorted({n for _, _, n in found.values() if n > 1})
+    if not tried:
+        return "Selection budget: one γ per setting, fixed in advance; Orig. and S2AP each ran once per seed."
+    counts = " or ".join(str(n) for n in tried)
+    return (
+        f"Selection budget: S2AP's γ was chosen among {counts} values per setting, Orig. ran once per "
+        "seed, so S2AP had that many more chances. Fair alternatives: fix γ in advance (as "
+        "search_spaces/digits_ablation.yaml does), or give Orig. as many runs (seeds)."
+    )
+
+
+def _table(
+    df: pd.DataFrame, clean_col: str | None, robust_col: str, title: str, what: str
+) -> tuple[str, dict[Key, tuple[Comparison, float | None, int]]]:
+    found = comparisons(df, clean_col, robust_col)
+    row_keys, methods = _layout(found)
     header = ["Network", "Dataset", "Sparsity"]
     for m in methods:
-        header += [f"{m} Orig.", f"{m} S2AP", f"{m} Δ"]
+        header += [f"{m} Orig.", f"{m} S2AP", f"{m} Δ robust"]
     rows = []
     for model, dataset, sparsity in row_keys:
         row = [str(model), str(dataset), sparsity_label(sparsity)]
         for m in methods:
-            orig = cells.get((model, dataset, sparsity, m, False))
-            s2ap = cells.get((model, dataset, sparsity, m, True))
-            row += [_fmt(orig, True, False), _fmt(s2ap, True, True)]
-            if orig is None or s2ap is None:
-                row.append(DASH)
-            else:
-                delta = (orig.clean - orig.robust) - (s2ap.clean - s2ap.robust)
-                row.append(f"{delta:+.2f}")
+            entry = found.get((model, dataset, sparsity, m))
+            if entry is None:
+                row += [DASH, DASH, DASH]
+                continue
+            c, gamma, tried = entry
+            s2ap = format_side(c.s2ap, clean_col is not None)
+            if gamma is not None and c.s2ap is not None:
+                s2ap += f" [γ={gamma:g} of {tried}]"
+            row += [format_side(c.orig, clean_col is not None), s2ap, format_delta(c)]
         rows.append(row)
-    notes = (
-        "Accuracies in %: clean / robust, mean over seeds; ± is the sample std (ddof=1) of the robust "
-        "accuracy over seeds (absent with one seed); n = number of seeds. Δ = (clean − robust)_Orig. − "
-        "(clean − robust)_S2AP from the means: positive when S2AP narrows the gap. "
-        '"k/n pre-S2AP masks": runs whose returned mask was chosen before S2AP began (warm-up). '
-        "[γ=…]: the gamma with the best mean robust accuracy, when several were run. – : no runs."
-    )
-    return "# Table 1: clean / robust accuracy\n\n" + _markdown(header, rows) + "\n\n" + notes + "\n"
+    notes = [
+        f"{what}, in %, over seeds: mean ± sample std (ddof=1); a single seed shows its 95% Wilson "
+        "interval [lo, hi] on its test points instead.",
+        "Δ robust = S2AP − Orig. robust accuracy, paired by seed, mean with its 95% Student t-interval "
+        'across the seeds both ran; "not resolved" when the interval contains 0, "one seed: no spread" '
+        "with a single pair. The interval covers seed-to-seed variation on the same test points.",
+        '"k/n pre-S2AP masks": S2AP runs whose returned mask was chosen before S2AP began (warm-up). '
+        "[γ=… of N]: the γ shown, chosen among N values. – : no runs.",
+        f"Selection: {RULE}.",
+        _budget(found),
+    ]
+    text = f"# {title}\n\n" + _markdown(header, rows) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    return text, found
+
+
+def _attack(df: pd.DataFrame) -> str:
+    kinds = set(df[RUN.robust_attack].dropna()) if RUN.robust_attack in df.columns else set()
+    names = {"autoattack": "AutoAttack", "pgd": "PGD (eval.pgd_steps)"}
+    if not kinds:
+        return "robust = AutoAttack when run, else PGD (the table does not say which)"
+    return "robust = " + " and ".join(names.get(k, k) for k in sorted(kinds))
+
+
+def table1(df: pd.DataFrame) -> str:
+    """Markdown like the paper's Table 1: clean / robust per method, Orig. vs S2AP, paired Δ."""
+    what = f"Test clean / robust accuracy ({_attack(df)}; a run's clean and robust figures share its test points)"
+    text, _ = _table(df, RUN.clean_acc, RUN.robust_acc, "Table 1: clean / robust accuracy", what)
+    return text
 
 
 def table5(df: pd.DataFrame) -> str | None:
@@ -124,20 +125,9 @@ def table5(df: pd.DataFrame) -> str | None:
         return None
     measured_clean = RUN.mask_clean_acc in df.columns and df[RUN.mask_clean_acc].notna().any()
     clean_col = RUN.mask_clean_acc if measured_clean else None
-    row_keys, methods, cells = _cells(df, clean_col, RUN.mask_robust_acc)
-    header = ["Network", "Dataset", "Sparsity"]
-    for m in methods:
-        header += [f"{m} Orig.", f"{m} S2AP"]
-    rows = []
-    for model, dataset, sparsity in row_keys:
-        row = [str(model), str(dataset), sparsity_label(sparsity)]
-        for m in methods:
-            for s2ap in (False, True):
-                row.append(_fmt(cells.get((model, dataset, sparsity, m, s2ap)), clean_col is not None, s2ap))
-        rows.append(row)
-    what = "clean / robust" if clean_col else "robust"
-    notes = (
-        f"Mask {what} accuracy in % of the pruned model before finetuning (pre-trained weights × mask), "
-        "mean over seeds; ± is the sample std of the robust accuracy; n = number of seeds."
+    what = (
+        f"Mask {'clean / robust' if clean_col else 'robust'} accuracy of the pruned model before finetuning "
+        "(pre-trained weights × mask; robust = PGD with eval.pgd_steps steps, not AutoAttack; every test point)"
     )
-    return "# Table 5: mask accuracy before finetuning\n\n" + _markdown(header, rows) + "\n\n" + notes + "\n"
+    text, _ = _table(df, clean_col, RUN.mask_robust_acc, "Table 5: mask accuracy before finetuning", what)
+    return text

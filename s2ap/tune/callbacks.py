@@ -23,6 +23,7 @@ from ray.tune.experiment import Trial
 
 import s2ap.tune.results as tables
 from s2ap.errors import error_line
+from s2ap.results import describe_accuracy
 from s2ap.tune.cells import CELL_KEY, Cell, cell_of
 from s2ap.tune.spec import SearchSpec
 from s2ap.tune.trainable import own_reason
@@ -169,11 +170,11 @@ class LiveView(Callback):
         r = trial.last_result or {}
         val = r.get("val_pgd_acc")
         if r.get("final"):
-            robust = r.get("final_robust_acc")
-            kind = "AA" if r.get("final_aa_acc") is not None else "PGD"
+            final = {k.removeprefix("final_"): v for k, v in r.items() if k.startswith("final_")}
+            kind = "AutoAttack" if final.get("robust_attack") == "autoattack" else "PGD"
             return (
-                f"done   {self._label(trial)}: val PGD {_pct(val)}, test clean {_pct(r.get('final_clean_acc'))}, "
-                f"robust {_pct(robust)} ({kind})"
+                f"done   {self._label(trial)}: val PGD {_pct(val)}, test "
+                f"{describe_accuracy(final, 'clean_acc', 'clean')}, {describe_accuracy(final, 'robust_acc', kind)}"
             )
         return (
             f"stop   {self._label(trial)} at search epoch {r.get('search_epoch')} (val PGD {_pct(val)}, ASHA)"

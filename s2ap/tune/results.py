@@ -104,8 +104,6 @@ TRIAL_FIELDS = [
     pa.field("search_epochs_run", pa.int64(), nullable=False),  # after pretraining (ASHA's clock)
     pa.field("attempts", pa.int64(), nullable=False),  # worker-group starts (1 = no restart)
     pa.field("trial_time_s", pa.float64()),  # wall time in Tune, framework included
-    pa.field("final_val_clean_acc", pa.float64()),
-    pa.field("final_val_pgd_acc", pa.float64()),  # what "best per cell" ranks by
     pa.field("node_ids", pa.list_(pa.string())),
     pa.field("hostnames", pa.list_(pa.string())),
     pa.field("pids", pa.list_(pa.int64())),
@@ -202,7 +200,6 @@ def trial_rows(
     cell = cell_of(record.config)
     cfg = spec.trial_config(record.config)
     workers = read_workers(store)
-    metrics = dict(meta.get("metrics") or record.last_result or {})
     row: dict[str, Any] = {
         **_flatten(cfg.to_dict()),
         **identity(cfg),
@@ -218,8 +215,6 @@ def trial_rows(
         "search_epochs_run": sum(1 for e in epochs if e.get("phase") != "pretrain"),
         "attempts": sum(1 for w in workers if w.get("rank") == 0),
         "trial_time_s": record.last_result.get("time_total_s"),
-        "final_val_clean_acc": metrics.get("val_clean_acc") if status == "ok" else None,
-        "final_val_pgd_acc": metrics.get("val_pgd_acc") if status == "ok" else None,
         "node_ids": sorted({str(w["node_id"]) for w in workers if w.get("node_id")}),
         "hostnames": sorted({str(w["hostname"]) for w in workers if w.get("hostname")}),
         "pids": [int(w["pid"]) for w in workers if w.get("pid") is not None],
@@ -265,16 +260,27 @@ def write_tables(
     return t_path, e_path, trials
 
 
+def selection_key(row: Mapping[str, Any]) -> tuple[float, float]:
+    """What "best" means for a trial: final validation PGD accuracy, then validation clean
+    accuracy. Validation only: a test accuracy never decides, not even a tie."""
+    return (row.get("final_val_pgd_acc") or 0.0, row.get("final_val_clean_acc") or 0.0)
+
+
+SELECTION_RULE = (
+    "best trial per cell = highest final validation PGD accuracy (ties: validation clean); "
+    "test accuracies are never used to select"
+)
+
+
 def best_per_cell(trials: Sequence[Mapping[str, Any]]) -> dict[int, Mapping[str, Any]]:
-    """Each cell's best finished trial by final validation PGD accuracy (then test robust
-    accuracy): chosen on validation data, so the test numbers stay unbiased."""
+    """Each cell's best finished trial by :func:`selection_key` (the first such trial in
+    trial-id order on a full tie): chosen on validation data, so the test numbers stay unbiased."""
     best: dict[int, Mapping[str, Any]] = {}
-    for row in trials:
+    for row in sorted(trials, key=lambda r: str(r.get("trial_id"))):
         if row.get("status") != "ok":
             continue
-        key = (row.get("final_val_pgd_acc") or 0.0, row.get("robust_acc") or 0.0)
         cell = int(row["grid_cell"])
         cur = best.get(cell)
-        if cur is None or key > (cur.get("final_val_pgd_acc") or 0.0, cur.get("robust_acc") or 0.0):
+        if cur is None or selection_key(row) > selection_key(cur):
             best[cell] = row
     return best

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -31,6 +30,8 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 import s2ap.tune.results as tables
 from s2ap.errors import ConfigError
 from s2ap.io import atomic_write_text
+from s2ap.results import describe_accuracy
+from s2ap.stats import Interval
 from s2ap.tune.callbacks import LiveView, ResultsWriter, fmt, live_view_to
 from s2ap.tune.cluster import WORKER_ENV, connect
 from s2ap.tune.resources import TRAINABLE_CPUS
@@ -176,7 +177,10 @@ def run_search(
 
 
 def summary_lines(spec: SearchSpec, outcome: SearchOutcome) -> list[str]:
-    """What the CLI prints at the end: where the tables are and the best config per cell."""
+    """What the CLI prints at the end: where the tables are, the selection rule, the best
+    trial per cell with its test figures (each with its 95% interval and points, the
+    clean / PGD / robust figures on one set of test points), and whether the best cells'
+    robust intervals overlap."""
     rows = outcome.trials
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in tables.STATUSES}
     lines = [
@@ -184,9 +188,11 @@ def summary_lines(spec: SearchSpec, outcome: SearchOutcome) -> list[str]:
         f"{counts['error']} errored",
         f"trials: {outcome.trials_path}",
         f"epochs: {outcome.epochs_path}",
-        "best per grid cell (chosen by final validation PGD accuracy; test accuracies shown):",
+        f"selection: {tables.SELECTION_RULE}",
+        "best per grid cell (test accuracies with 95% Wilson intervals, n = test points):",
     ]
     searched = list(spec.search)
+    shown: list[tuple[str, Interval]] = []
     for cell in spec.cells():
         row = outcome.best.get(cell.id)
         head = f"  [{cell.id}] {cell.key}"
@@ -194,11 +200,34 @@ def summary_lines(spec: SearchSpec, outcome: SearchOutcome) -> list[str]:
             lines.append(f"{head}: no finished trial")
             continue
         params = ", ".join(f"{k}={fmt(row.get(k))}" for k in searched if k in cell.space)
-        robust = row.get("robust_acc")
-        kind = "AA" if row.get("aa_acc") is not None else "PGD"
+        tried = sum(1 for r in rows if r["status"] == "ok" and int(r["grid_cell"]) == cell.id)
+        robust = "AutoAttack" if row.get("robust_attack") == "autoattack" else "PGD"
+        figures = [("clean", "clean_acc"), ("PGD", "pgd_acc")]
+        figures += [("AutoAttack", "aa_acc")] if robust == "AutoAttack" else []
+        test = ", ".join(describe_accuracy(row, k, label) for label, k in figures)
         lines.append(
-            f"{head}: {params or 'no searched values'} -> val PGD {row.get('final_val_pgd_acc') or 0:.4f}, "
-            f"test clean {row.get('clean_acc') or 0:.4f}, robust {robust if robust is not None else math.nan:.4f} "
-            f"({kind}) [trial {row['trial_id']}]"
+            f"{head}: {params or 'no searched values'} (best of {tried} finished) -> "
+            f"{describe_accuracy(row, 'final_val_pgd_acc', 'val PGD')}; test {test} [trial {row['trial_id']}]"
         )
+        if row.get("robust_acc_lo") is not None and row.get("robust_acc_hi") is not None:
+            shown.append(
+                (f"[{cell.id}]", Interval(row["robust_acc"], row["robust_acc_lo"], row["robust_acc_hi"]))
+            )
+    lines += overlap_lines(shown)
     return lines
+
+
+def overlap_lines(best: list[tuple[str, Interval]], shown: int = 6) -> list[str]:
+    """One line saying whether the best cells' robust intervals overlap (then the test set
+    cannot tell them apart, whatever their point estimates say); at most ``shown`` pairs named."""
+    if len(best) < 2:
+        return []
+    pairs = [f"{a} and {b}" for i, (a, x) in enumerate(best) for b, y in best[i + 1 :] if x.overlaps(y)]
+    if not pairs:
+        return ["robust intervals of the best cells do not overlap"]
+    total = len(best) * (len(best) - 1) // 2
+    named = ", ".join(pairs[:shown]) + (", ..." if len(pairs) > shown else "")
+    return [
+        f"robust intervals overlap for {len(pairs)} of {total} cell pairs ({named}): "
+        "those cells are not resolved on this test set"
+    ]

@@ -256,7 +256,7 @@ def train_worker(loop: dict[str, Any]) -> None:
         finally:
             lock.release()
         metrics = dict(reporter.last or {"phase": "evaluate", "epoch": 0, "search_epoch": 0})
-        metrics.setdefault("val_pgd_acc", final.get("pgd_acc"))
+        metrics.setdefault("val_pgd_acc", final.get("final_val_pgd_acc"))  # validation, never test
         for key, value in final.items():
             if value is None or isinstance(value, bool | int | float | str):
                 metrics[f"final_{key}"] = value

@@ -39,6 +39,7 @@ def _run(method: str, s2ap: bool, seed: int, clean: float, robust: float, **extr
         "clean_acc": clean,
         "robust_acc": robust,
         "pgd_acc": robust + 0.01,
+        "final_val_pgd_acc": 0.45,
         "best_mask_before_s2ap": False if s2ap else None,
         "hamming": [0.0, 0.1 + 0.01 * seed, 0.2, 0.25, 0.3] if not s2ap else [0.0, 0.1, 0.12, 0.15, 0.16],
         "lambda_max": [5.0 + seed, 4.0, 3.0, 2.5, 2.0] if not s2ap else [5.0, 3.0, 2.0, 1.5, 1.0],
@@ -62,10 +63,18 @@ def _rows() -> list[dict[str, Any]]:
         # harp Orig.: clean 70/72 -> 71.00, robust 30/34 -> 32.00 ± sqrt(8) = 2.83
         _run("harp", False, 0, 0.70, 0.30),
         _run("harp", False, 1, 0.72, 0.34),
-        # harp S2AP: a single seed, 75.00 / 35.00, no ±
-        _run("harp", True, 0, 0.75, 0.35),
-        # a gamma that lost (lower robust accuracy): must not enter the harp S2AP cell
-        _run("harp", True, 0, 0.90, 0.10, gamma=0.01),
+        # harp S2AP: a single seed, 75.00 / 35.00, no ±, its Wilson interval instead
+        _run("harp", True, 0, 0.75, 0.35, robust_acc_lo=0.30, robust_acc_hi=0.40),
+        # a gamma that lost on validation (0.20 < 0.45) though it wins on test (60 > 35): the
+        # report selects on validation, so it must not enter the harp S2AP cell
+        _run("harp", True, 0, 0.90, 0.60, gamma=0.01, final_val_pgd_acc=0.20),
+        # hydra at 95%: S2AP - Orig. robust by seed +3, -3, +2: the interval crosses 0
+        _run("hydra", False, 0, 0.80, 0.40, sparsity=0.95),
+        _run("hydra", False, 1, 0.80, 0.44, sparsity=0.95),
+        _run("hydra", False, 2, 0.80, 0.42, sparsity=0.95),
+        _run("hydra", True, 0, 0.80, 0.43, sparsity=0.95),
+        _run("hydra", True, 1, 0.80, 0.41, sparsity=0.95),
+        _run("hydra", True, 2, 0.80, 0.44, sparsity=0.95),
         # hydra at 99% sparsity: Orig. only
         _run("hydra", False, 0, 0.60, 0.20, sparsity=0.99),
         # a failed run must be ignored
@@ -99,28 +108,41 @@ def test_table1_has_hand_computed_cells(
         "Sparsity",
         "harp Orig.",
         "harp S2AP",
-        "harp Δ",
+        "harp Δ robust",
         "hydra Orig.",
         "hydra S2AP",
-        "hydra Δ",
+        "hydra Δ robust",
     ]
     row = _row(md, "90%")
-    assert row[3] == "71.00 / 32.00 ± 2.83 (n=2)"
-    assert row[4] == "75.00 / 35.00 (n=1) (0/1 pre-S2AP masks) [γ=0.001]"
-    assert row[5] == "-1.00"  # (71 - 32) - (75 - 35)
-    assert row[6] == "81.00 / 42.00 ± 2.00 (n=3)"
-    assert row[7] == "82.00 / 46.00 ± 1.00 (n=3) (2/3 pre-S2AP masks)"
-    assert row[8] == "+3.00"  # (81 - 42) - (82 - 46)
+    assert row[3] == "71.00 ± 1.41 / 32.00 ± 2.83 (2 seeds)"
+    # One seed: its binomial interval, no spread; gamma chosen on validation among two.
+    assert row[4] == "75.00 / 35.00 [30.00, 40.00] (1 seed) (0/1 pre-S2AP masks) [γ=0.001 of 2]"
+    assert row[5] == "+5.00 (one seed: no spread)"  # seed 0: 35 - 30
+    assert row[6] == "81.00 ± 1.00 / 42.00 ± 2.00 (3 seeds)"
+    assert row[7] == "82.00 ± 1.00 / 46.00 ± 1.00 (3 seeds) (2/3 pre-S2AP masks)"
+    # Paired by seed: 5, 3, 4 -> mean 4, sd 1, 4 ± t(0.975, 2) / sqrt(3) = 4 ± 2.484
+    assert row[8] == "+4.00 [+1.52, +6.48] (3 seeds)"
+    unresolved = _row(md, "95%")
+    # 3, -3, 2 -> mean 0.667, sd 3.215, half-width 4.3027 * 3.215 / sqrt(3) = 7.985
+    assert unresolved[8] == "+0.67 [-7.32, +8.65] (3 seeds) not resolved"
     sparse = _row(md, "99%")
     assert sparse[3:6] == ["–", "–", "–"]
-    assert sparse[6] == "60.00 / 20.00 (n=1)"
+    assert sparse[6] == "60.00 / 20.00 (1 seed)"
     assert sparse[7:9] == ["–", "–"]
     assert "nan" not in md.lower()
+    assert "Selection: S2AP's γ per setting = the highest mean final validation PGD accuracy" in md
+    assert "S2AP's γ was chosen among 2 values per setting, Orig. ran once per seed" in md
 
     t5 = (out / "table5.md").read_text(encoding="utf-8")
     row5 = _row(t5, "90%")
-    # Only hydra measured mask accuracy, so only hydra has columns here.
-    assert row5[3:] == ["32.00 ± 2.00 (n=3)", "36.00 ± 1.00 (n=3) (2/3 pre-S2AP masks)"]
+    # Only hydra measured mask accuracy, so only hydra has columns here; mask robust 30/32/34
+    # vs 35/36/37 by seed: 5, 4, 3 -> the same interval as above.
+    assert row5[3:] == [
+        "32.00 ± 2.00 (3 seeds)",
+        "36.00 ± 1.00 (3 seeds) (2/3 pre-S2AP masks)",
+        "+4.00 [+1.52, +6.48] (3 seeds)",
+    ]
+    assert "robust = PGD with eval.pgd_steps steps, not AutoAttack" in t5
 
     printed = capsys.readouterr().out
     assert f"wrote {out / 'table1.md'}" in printed
@@ -131,7 +153,7 @@ def test_plots_are_valid_pngs(run_table: Path) -> None:
     # A folder argument, default output beside the input.
     assert main([str(run_table.parent)]) == 0
     out = run_table.parent / "report"
-    for name in ("hamming_diff.png", "lambda_max.png", "gamma.png", "loss_diff.png"):
+    for name in ("hamming_diff.png", "lambda_max.png", "gamma.png", "loss_diff.png", "delta.png"):
         path = out / name
         assert path.read_bytes()[:8] == PNG_SIGNATURE, name
         image = mpimg.imread(path)
@@ -160,10 +182,11 @@ def test_missing_plot_data_is_skipped_with_a_reason(
     assert not (tmp_path / "r" / "hamming_diff.png").exists()
     md = (tmp_path / "r" / "table1.md").read_text(encoding="utf-8")
     assert _row(md, "90%")[3:6] == [
-        "80.00 / 40.00 (n=1)",
-        "80.00 / 40.00 (n=1) (0/1 pre-S2AP masks)",
-        "+0.00",
+        "80.00 / 40.00 (1 seed)",
+        "80.00 / 40.00 (1 seed) (0/1 pre-S2AP masks)",
+        "+0.00 (one seed: no spread)",
     ]
+    assert "Selection budget: one γ per setting, fixed in advance" in md
 
 
 def test_hamming_taken_from_epochs_table_when_runs_lack_it(
@@ -265,5 +288,26 @@ def test_plots_use_the_gamma_table1_shows(run_table: Path) -> None:
 
     df = best_gamma_runs(_prepare(*load_runs([run_table])))
     harp_s2ap = df[(df["method"] == "harp") & df["s2ap"]]
-    assert list(harp_s2ap["gamma"]) == [0.001]  # gamma 0.01 had the lower robust accuracy
-    assert len(df[~df["s2ap"]]) == 6
+    assert list(harp_s2ap["gamma"]) == [0.001]  # gamma 0.01 had the lower validation accuracy
+    assert len(df[~df["s2ap"]]) == 9
+
+
+def test_selection_reads_validation_not_test() -> None:
+    import pandas as pd
+
+    from s2ap.report import select_gamma
+
+    # Test and validation disagree: gamma 0.01 wins on test robust accuracy, 0.001 on validation.
+    rows = pd.DataFrame(
+        {
+            "gamma": [0.001, 0.001, 0.01, 0.01],
+            "seed": [0, 1, 0, 1],
+            "robust_acc": [40.0, 42.0, 60.0, 62.0],
+            "final_val_pgd_acc": [50.0, 48.0, 30.0, 31.0],
+        }
+    )
+    chosen, gamma = select_gamma(rows)
+    assert gamma == 0.001 and list(chosen["robust_acc"]) == [40.0, 42.0]
+    # Without validation figures nothing result-driven selects: the smallest gamma, not test's best.
+    chosen, gamma = select_gamma(rows.drop(columns="final_val_pgd_acc"))
+    assert gamma == 0.001

@@ -67,6 +67,8 @@ def checkpoint(run: Path, name: str, stamp: float, n_epochs: int, final: bool = 
                     "clean_acc": 0.8,
                     "pgd_acc": 0.6,
                     "robust_acc": 0.6,
+                    "final_val_pgd_acc": 0.4,  # the run's own final validation measurement
+                    "final_val_pgd_acc_n": 48,
                     "hamming": [0.1, 0.2],
                     "wall_time_s": 3.0,
                 }
@@ -137,6 +139,7 @@ def test_tables_hold_each_epoch_once_from_the_run_that_counted(tmp_path: Path) -
     assert list(trials.loc["a", "node_ids"]) == ["node0", "node1"]
     assert trials.loc["a", "robust_acc"] == 0.6 and list(trials.loc["a", "hamming"]) == [0.1, 0.2]
     assert trials.loc["a", "final_val_pgd_acc"] == pytest.approx(0.4)
+    assert trials.loc["a", "final_val_pgd_acc_n"] == 48 and pd.isna(trials.loc["b", "final_val_pgd_acc"])
     # Identity columns come from the config, also for trials without a final row.
     assert trials.loc["b", "method"] == "hydra" and trials.loc["b", "sparsity"] == 0.9
     assert trials.loc["c", "prune.sparsity"] == 0.99 and trials.loc["c", "s2ap"]
@@ -145,6 +148,31 @@ def test_tables_hold_each_epoch_once_from_the_run_that_counted(tmp_path: Path) -
     assert keys.is_unique
     assert list(epochs[epochs.trial_id == "a"]["search_epoch"]) == [0, 1, 2, 3]
     assert tables.best_per_cell(rows)[0]["trial_id"] == "a" and set(tables.best_per_cell(rows)) == {0}
+
+
+def test_best_per_cell_is_chosen_on_validation_never_on_test() -> None:
+    def row(trial: str, cell: int, val_pgd: float, val_clean: float, test_robust: float) -> dict[str, Any]:
+        return {
+            "trial_id": trial,
+            "grid_cell": cell,
+            "status": "ok",
+            "final_val_pgd_acc": val_pgd,
+            "final_val_clean_acc": val_clean,
+            "robust_acc": test_robust,
+        }
+
+    trials = [
+        # cell 0: "b" is best on test, "a" on validation
+        row("a", 0, 0.50, 0.80, 0.30),
+        row("b", 0, 0.40, 0.90, 0.70),
+        # cell 1: a tie on validation PGD is broken by validation clean, not by test
+        row("c", 1, 0.50, 0.85, 0.10),
+        row("d", 1, 0.50, 0.80, 0.90),
+        dict(row("e", 1, 0.99, 0.99, 0.99), status="stopped"),  # unfinished trials never win
+    ]
+    best = tables.best_per_cell(trials)
+    assert {cell: r["trial_id"] for cell, r in best.items()} == {0: "a", 1: "c"}
+    assert "never" in tables.SELECTION_RULE and "validation" in tables.SELECTION_RULE
 
 
 def test_result_schemas_are_typed_and_unique() -> None:
@@ -156,6 +184,11 @@ def test_result_schemas_are_typed_and_unique() -> None:
     assert trials.field("s2ap.enabled").type == pa.bool_()
     assert trials.field("eval.loss_diff_rhos").type == pa.list_(pa.float64())
     assert trials.field("robust_acc").type == pa.float64()
+    for name in results.ACCURACIES:  # every accuracy with its points and 95% interval
+        assert trials.field(f"{name}_n").type == pa.int64()
+        assert trials.field(f"{name}_lo").type == trials.field(f"{name}_hi").type == pa.float64()
+    assert trials.field("robust_attack").type == pa.string()
+    assert epochs.field("val_pgd_acc_n").type == pa.int64()
     assert trials.field("status").type == pa.string()
     assert epochs.field("val_pgd_acc").type == pa.float64()
     assert epochs.field("global_epoch").type == pa.int64()

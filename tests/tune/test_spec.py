@@ -152,6 +152,35 @@ def test_shipped_search_spaces_are_valid(name: str) -> None:
         assert [c.samples for c in spec.cells()] == [1, spec.num_samples]
 
 
+def headline_points(cfg: Any) -> int:
+    """Test points the headline clean / PGD / AutoAttack figures share for ``cfg``."""
+    from s2ap.data import load_splits
+
+    n = len(load_splits(cfg.data, cfg.seed).test)  # type: ignore[arg-type]
+    n = min(n, cfg.data.test_limit or n)
+    return min(n, cfg.eval.autoattack_n or n) if cfg.eval.autoattack else n
+
+
+@pytest.mark.parametrize(
+    "where", ["search_spaces/quickstart.yaml", "search_spaces/digits_ablation.yaml", "configs/digits.yaml"]
+)
+def test_shipped_digits_defaults_can_resolve_five_points(where: str) -> None:
+    from s2ap.experiment import load
+    from s2ap.stats import wilson
+
+    path = ROOT / where
+    cfg = load_spec(path, nodes=None).base_config() if "search_spaces" in where else load(path)
+    n = headline_points(cfg)
+    worst = wilson(n // 2, n)  # p = 0.5: the widest interval
+    assert (worst.hi - worst.lo) / 2 <= 0.055, f"{where}: {n} headline points"
+    if where.endswith("digits_ablation.yaml"):
+        # The README's seed study: gamma fixed in advance, >= 5 seeds x 2 sparsities, Orig. vs S2AP.
+        spec = load_spec(path, nodes=None)
+        assert not spec.search and spec.scheduler.type == "fifo"
+        assert len(spec.grid["seed"]) >= 5 and len(spec.grid["prune.sparsity"]) == 2
+        assert spec.num_trials() == 2 * len(spec.grid["prune.sparsity"]) * len(spec.grid["seed"])
+
+
 def test_spec_module_does_not_import_ray() -> None:
     code = (
         "import sys, s2ap.tune, s2ap.tune.spec, s2ap.tune.results, s2ap.tune.trainable; "
