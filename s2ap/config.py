@@ -56,7 +56,8 @@ class ModelConfig(Checked):
     # Module-name patterns (fnmatch: "fc", "head*") of conv/linear layers that stay dense,
     # instead of prune_layers' choice; each must match a layer.
     dense_layers: tuple[str, ...] | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of a non-registered model
+    # Extra keyword arguments of a non-registered model (left out of the hash: a dict has none).
+    kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
     checkpoint: str | None = None  # the network's own plain state dict, loaded before pruning
     # Input normalisation in front of the network (inputs stay in [0, 1]); null: the data set's.
     mean: tuple[float, ...] | None = None

@@ -32,6 +32,15 @@ class TinyNet(nn.Module):
         return self.classifier(torch.relu(self.hidden(self.pool(x).flatten(1))))
 
 
+class Branchy(TinyNet):
+    """Data-dependent control flow: torch.fx cannot trace it (weight pruning does not care)."""
+
+    def forward(self, x):
+        if x.mean() > 0.5:
+            x = x * 0.5
+        return super().forward(x)
+
+
 def make(num_classes, width=4):
     """A factory function that names only num_classes (no in_channels, no image_size)."""
     return TinyNet(num_classes=num_classes, width=width)

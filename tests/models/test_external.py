@@ -188,6 +188,14 @@ def test_bad_model_inputs_are_one_line_exit_2_and_start_nothing(
     assert_refused(tmp_path, status, err, *needles)
 
 
+def test_channel_pruning_of_an_untraceable_model_is_one_line(
+    user_module: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prune = {**TINY["prune"], "granularity": "channel"}
+    status, err = run_cli(tmp_path, {"name": f"{user_module}:Branchy"}, capsys, prune=prune)
+    assert_refused(tmp_path, status, err, "prune.granularity", "torch.fx", "use prune.granularity: weight")
+
+
 def test_end_to_end_run_with_an_import_path_model(
     user_module: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
