@@ -46,10 +46,35 @@ class DataConfig(Checked):
 
 @dataclass(frozen=True)
 class ModelConfig(Checked):
+    # A registered name, torchvision:NAME, timm:NAME or package.module:callable (your own code,
+    # called with those of num_classes / in_channels / image_size its signature names, plus kwargs).
     name: str = "cnn"
-    # Which layers get scores: "default" lets the model decide (ViT: every linear but
-    # the head), "all" prunes every conv and linear layer, "all_but_last" keeps the head.
+    # Which layers get scores: "default" lets the model decide (ViT: every linear but the
+    # head; any non-registered model: every conv/linear but the final classifier), "all"
+    # prunes every conv and linear layer, "all_but_last" keeps the head.
     prune_layers: Literal["default", "all", "all_but_last"] = "default"
+    # Module-name patterns (fnmatch: "fc", "head*") of conv/linear layers that stay dense,
+    # instead of prune_layers' choice; each must match a layer.
+    dense_layers: tuple[str, ...] | None = None
+    # Extra keyword arguments of a non-registered model (left out of the hash: a dict has none).
+    kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
+    checkpoint: str | None = None  # the network's own plain state dict, loaded before pruning
+    # Input normalisation in front of the network (inputs stay in [0, 1]); null: the data set's.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = bounded(None, gt=0)
+
+    def check(self) -> None:
+        if (self.mean is None) != (self.std is None) or (
+            self.mean is not None and self.std is not None and not 0 < len(self.mean) == len(self.std)
+        ):
+            raise ConfigError("mean", "model.mean and model.std go together, with one entry per channel each")
+        if self.dense_layers is not None and self.prune_layers != "default":
+            raise ConfigError(
+                "dense_layers",
+                f"decides which layers stay dense; leave prune_layers at default, got {self.prune_layers!r}",
+            )
+        if self.dense_layers is not None and not all(p.strip() for p in self.dense_layers):
+            raise ConfigError("dense_layers", "patterns must be non-empty module names such as fc or head*")
 
 
 @dataclass(frozen=True)

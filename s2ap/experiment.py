@@ -24,6 +24,7 @@ from s2ap.config import ExperimentConfig, changed, read
 from s2ap.data import DATASETS
 from s2ap.errors import ConfigError
 from s2ap.models import MODELS
+from s2ap.models.external import is_external, resolve
 from s2ap.pruning import METHODS, PruningMethod
 
 
@@ -31,13 +32,38 @@ def check(cfg: ExperimentConfig) -> ExperimentConfig:
     """Names that must exist in the registries, then the method's own rules."""
     for path, value, registry in (
         ("data.name", cfg.data.name, DATASETS),
-        ("model.name", cfg.model.name, MODELS),
         ("prune.method", cfg.prune.method, METHODS),
     ):
         if value not in registry:
             raise ConfigError(path, f"unknown {value!r}; allowed: {', '.join(registry.names())}")
+    check_model(cfg)
     METHODS.get(cfg.prune.method).check_config(cfg)
     return cfg
+
+
+def check_model(cfg: ExperimentConfig) -> None:
+    """The model exists (an external one is imported, not built: building needs the data
+    set's facts and happens when the run starts), and its checkpoint is a file."""
+    model = cfg.model
+    if is_external(model.name):
+        resolve(model.name)
+    elif model.name not in MODELS:
+        raise ConfigError(
+            "model.name",
+            f"unknown {model.name!r}; allowed: {', '.join(MODELS.names())}, torchvision:NAME, "
+            "timm:NAME or package.module:callable",
+        )
+    elif model.kwargs:
+        raise ConfigError(
+            "model.kwargs", f"only for torchvision:, timm: or import-path models, not {model.name!r}"
+        )
+    if model.checkpoint is not None:
+        if not Path(model.checkpoint).is_file():
+            raise ConfigError("model.checkpoint", f"file not found: {model.checkpoint}")
+        if cfg.pretrain.checkpoint is not None:
+            raise ConfigError(
+                "model.checkpoint", "give either model.checkpoint or pretrain.checkpoint, not both"
+            )
 
 
 def from_dict(data: Mapping[str, Any] | None) -> ExperimentConfig:
@@ -63,9 +89,10 @@ def method_class(cfg: ExperimentConfig) -> type[PruningMethod]:
 class Phases:
     """How many epochs each phase trains in a run of one config (0: it trains nothing).
 
-    ``pretrain`` is 0 when a checkpoint is given or the method keeps random weights (a
-    pretraining cache may still skip it at run time); ``prune`` is 0 when a mask is given or
-    the method learns no scores; ``finetune`` is 0 when the method does not finetune.
+    ``pretrain`` is 0 when a checkpoint is given (``pretrain.checkpoint`` or
+    ``model.checkpoint``) or the method keeps random weights (a pretraining cache may still
+    skip it at run time); ``prune`` is 0 when a mask is given or the method learns no scores;
+    ``finetune`` is 0 when the method does not finetune.
     """
 
     pretrain: int
@@ -79,7 +106,8 @@ class Phases:
 
 def phases(cfg: ExperimentConfig) -> Phases:
     method = method_class(cfg)
-    pretrain = cfg.pretrain.epochs if method.pretrains and cfg.pretrain.checkpoint is None else 0
+    given = cfg.pretrain.checkpoint is not None or cfg.model.checkpoint is not None
+    pretrain = cfg.pretrain.epochs if method.pretrains and not given else 0
     prune = cfg.prune.epochs if method.trains_scores and cfg.prune.mask is None else 0
     finetune = cfg.finetune.epochs if method.finetunes else 0
     return Phases(pretrain, prune, finetune)

@@ -38,7 +38,7 @@ from s2ap.errors import ConfigError
 from s2ap.experiment import identity, phases, pretrain_key
 from s2ap.io import atomic_write, atomic_write_text
 from s2ap.metrics import hamming
-from s2ap.models import build_model
+from s2ap.models import export_state_dict, from_config
 from s2ap.objectives import build_objective
 from s2ap.probes import Probes
 from s2ap.pruning import PruningMethod, build_method
@@ -86,15 +86,13 @@ class Pipeline:
         self.method: PruningMethod = build_method(cfg)
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         size = cfg.data.image_size or info.image_size
-        self.model = build_model(
-            cfg.model.name,
+        self.model = from_config(
+            cfg.model,
             num_classes=info.num_classes,
             in_channels=info.in_channels,
             image_size=size,
             mean=info.mean,
             std=info.std,
-            masked=True,
-            prune_layers=cfg.model.prune_layers,
             granularity=self.method.granularity,
         ).to(self.device)
         self.method.bind(self.model, (1, info.in_channels, size, size))  # checks + hooks, also on resume
@@ -204,7 +202,7 @@ class Pipeline:
     def evaluate(self) -> None:
         """The exported networks, then the test metrics."""
         if self.is_main and self.run_dir is not None:
-            _save_tensors(L.dense_state_dict(self.model), self.run_dir / "pruned_dense.pt")
+            _save_tensors(export_state_dict(self.model), self.run_dir / "pruned_dense.pt")
             exported = self.method.export(self.model)  # channel pruning: the compact network
             if exported is not None:
                 _save_tensors(exported[0], self.run_dir / "pruned_compact.pt")

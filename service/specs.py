@@ -23,11 +23,14 @@ from typing import Any
 import yaml
 
 from s2ap.errors import ConfigError
+from service import model_policy
 
 log = logging.getLogger(__name__)
 
 # Experiment-config fields that name files or folders (dotted, as overrides and grids use them).
-PATH_KEYS = ("out_dir", "data.root", "pretrain.checkpoint", "prune.mask", "eval.corruption_root")
+PATH_KEYS = (
+    "out_dir", "data.root", "pretrain.checkpoint", "prune.mask", "eval.corruption_root", "model.checkpoint"
+)  # fmt: skip
 # The spec's own path fields.
 TOP_PATH_KEYS = ("storage", "pretrain_cache")
 DEFAULT_STORAGE = "runs/tune"
@@ -257,6 +260,8 @@ def validate(
             "grid",
         )
     confined = confine_paths(data, root)
+    for field, message in model_policy.refused(confined):  # before validation imports anything
+        raise SpecProblem("model_not_allowed", message, field)
     try:
         spec = load_spec(confined, nodes=list(nodes) if nodes is not None else None, base_dir=root)
     except ConfigError as exc:

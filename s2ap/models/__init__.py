@@ -1,17 +1,26 @@
-"""Architectures by name. Each takes a :class:`LayerFactory`, so the same definition builds the
-score-masked model for pruning and the plain model that exported checkpoints load into.
-Inputs are in [0, 1]; normalisation lives inside the model so attacks work in pixel space."""
+"""Architectures by name, and any other network by module swap.
+
+A registered architecture takes a :class:`LayerFactory`; :func:`build_model` builds it plain
+and scores it by module swap (:mod:`s2ap.models.swap`), exactly as it does a ``torchvision:``,
+``timm:`` or ``package.module:callable`` model (:mod:`s2ap.models.external`). Inputs are in
+[0, 1]; the normalisation sits in front of the network, outside it, so attacks work in pixel
+space and an external network stays the user's own."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from s2ap.layers import LayerFactory
+from s2ap.config import ModelConfig
+from s2ap.errors import ConfigError
+from s2ap.layers import PLAIN, LayerFactory, dense_state_dict
+from s2ap.models.external import build_external, is_external, load_checkpoint
+from s2ap.models.swap import score_modules
 from s2ap.registry import Registry
 
 
@@ -54,10 +63,15 @@ class Normalize(nn.Module):
 class Classifier(nn.Module):
     """``Normalize`` followed by the network; ``net`` holds the architecture."""
 
-    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self, net: nn.Module, mean: Sequence[float], std: Sequence[float], own_export: bool = False
+    ) -> None:
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.net = net
+        # The export is ``net``'s own state dict (an external model) rather than the whole
+        # classifier's (a registered one).
+        self.own_export = own_export
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(self.normalize(x))
@@ -73,12 +87,84 @@ def build_model(
     masked: bool = True,
     prune_layers: str = "default",
     granularity: str = "weight",
+    dense_layers: Sequence[str] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    checkpoint: str | Path | None = None,
 ) -> Classifier:
-    spec = MODELS.get(name)
-    prune_head = {"default": spec.prune_head, "all": True, "all_but_last": False}[prune_layers]
-    factory = LayerFactory(masked=masked, prune_head=prune_head, granularity=granularity)  # type: ignore[arg-type]
-    net = spec.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, layers=factory)
-    return Classifier(net, mean, std)
+    """The network ``name`` (registered, ``torchvision:``, ``timm:`` or an import path) inside
+    the input normalisation, its conv/linear layers scored by module swap when ``masked``.
+
+    A registered model is built with the plain layer factory, an external one by its own
+    builder; ``checkpoint`` (a plain state dict) is loaded into that plain network, then the
+    swap scores every conv/linear layer but those ``dense_layers`` matches (None: decided by
+    ``prune_layers``: the registered model's own choice, or the final classifier dense for an
+    external one).
+    """
+    if len(mean) not in (1, in_channels) or len(std) != len(mean):
+        raise ConfigError(
+            "model.mean",
+            f"mean and std need one entry per input channel ({in_channels}), got {len(mean)} and {len(std)}",
+        )
+    external = is_external(name)
+    if external:
+        net = build_external(name, num_classes, in_channels, image_size, kwargs)
+        head_dense = True
+    else:
+        spec = MODELS.get(name)
+        net = spec.build(
+            num_classes=num_classes, in_channels=in_channels, image_size=image_size, layers=PLAIN
+        )
+        head_dense = not spec.prune_head
+    if checkpoint is not None:
+        load_checkpoint(net, checkpoint, name)
+    if masked:
+        keep_head_dense = {"default": head_dense, "all": False, "all_but_last": True}[prune_layers]
+        score_modules(net, granularity, dense_layers, keep_head_dense)  # type: ignore[arg-type]
+    return Classifier(net, mean, std, own_export=external)
+
+
+def from_config(
+    cfg: ModelConfig,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    granularity: str = "weight",
+    masked: bool = True,
+) -> Classifier:
+    """:func:`build_model` as a run's ``model`` section asks (``mean``/``std``: the data's,
+    unless the section sets its own)."""
+    return build_model(
+        cfg.name,
+        num_classes,
+        in_channels,
+        image_size,
+        mean=cfg.mean if cfg.mean is not None else mean,
+        std=cfg.std if cfg.std is not None else std,
+        masked=masked,
+        prune_layers=cfg.prune_layers,
+        granularity=granularity,
+        dense_layers=cfg.dense_layers,
+        kwargs=cfg.kwargs,
+        checkpoint=cfg.checkpoint,
+    )
+
+
+def export_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The pruned network as a plain state dict (pruned weights zeroed).
+
+    For an external model it is exactly the user's network's own ``state_dict()``: it loads
+    with ``strict=True`` into the unmodified class, which then needs the same normalisation
+    in front. A registered model keeps the whole classifier (``build_model(...,
+    masked=False)`` loads it).
+    """
+    root = getattr(model, "module", model)
+    state = dense_state_dict(root)
+    if not getattr(root, "own_export", False):
+        return state
+    prefix = "net."
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
 
 
 # Importing the architecture modules fills the registry.

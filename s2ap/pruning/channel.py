@@ -99,7 +99,15 @@ class ChannelPlan:
         root = getattr(model, "module", model)
         self.root = root
         self.input_shape = tuple(input_shape)
-        graph = _LeafTracer().trace(root)
+        try:
+            graph = _LeafTracer().trace(root)
+        except Exception as exc:  # a user's model with data-dependent control flow, say
+            reason = " ".join(str(exc).split())[:300]
+            raise ConfigError(
+                "prune.granularity",
+                f"channel pruning traces the model with torch.fx, which fails on it ({type(exc).__name__}: "
+                f"{reason}); use prune.granularity: weight",
+            ) from None
         gm = fx.GraphModule(root, graph)
         _propagate_shapes(root, gm, self.input_shape)
         calls: dict[str, int] = {}
