@@ -36,7 +36,7 @@ PATH_KEYS = ("out_dir", "data.root", "pretrain.checkpoint", "prune.mask", "eval.
 # The spec's own path fields.
 TOP_PATH_KEYS = ("storage", "pretrain_cache")
 DEFAULT_STORAGE = "runs/tune"
-MAX_NODES = 200_000
+MAX_NODES = 50_000  # a real spec has hundreds; bounds the walk's own stack too
 MAX_DEPTH = 64
 MAX_EXPANDED_BYTES = 4 << 20  # a real spec is a few KB; counted with aliases expanded
 MAX_INT = 2**53  # beyond it JSON clients lose digits (and SQLite's 64-bit integers overflow)
