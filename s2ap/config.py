@@ -95,7 +95,7 @@ class ObjectiveConfig(Checked):
 
 @dataclass(frozen=True)
 class PhaseConfig(Checked):
-    epochs: int = bounded(0, ge=0)
+    epochs: int = bounded(0, ge=0, le=10_000)
     lr: float = bounded(0.1, gt=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = bounded(0.9, ge=0, lt=1)
@@ -105,13 +105,13 @@ class PhaseConfig(Checked):
 
 @dataclass(frozen=True)
 class PretrainConfig(PhaseConfig):
-    epochs: int = bounded(100, ge=0)
+    epochs: int = bounded(100, ge=0, le=10_000)
     checkpoint: str | None = None  # a dense state dict to start from instead of training
 
 
 @dataclass(frozen=True)
 class PruneConfig(PhaseConfig):
-    epochs: int = bounded(20, ge=0)
+    epochs: int = bounded(20, ge=0, le=10_000)
     lr: float = bounded(0.1, gt=0)
     weight_decay: float = bounded(1e-4, ge=0)
     method: str = "hydra"
@@ -173,7 +173,7 @@ class AdaSAPConfig(Checked):
 
 @dataclass(frozen=True)
 class FinetuneConfig(PhaseConfig):
-    epochs: int = bounded(100, ge=0)
+    epochs: int = bounded(100, ge=0, le=10_000)
     lr: float = bounded(0.01, gt=0)
 
 
@@ -213,7 +213,7 @@ class EvalConfig(Checked):
 
 @dataclass(frozen=True)
 class ExperimentConfig(Checked):
-    seed: int = 0
+    seed: int = bounded(0, ge=0, le=2**32 - 1, note="a 32-bit seed, as NumPy takes")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = False
     out_dir: str = "runs/experiment"

@@ -45,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.stop_ray:
         from service.ray_head import EmbeddedRayHead
 
-        head = EmbeddedRayHead(settings.data_root / "ray")
+        head = EmbeddedRayHead(settings.ray_dir)
         if head.record() is None:
             print(f"no embedded Ray head recorded in {settings.data_root}")
             return 0

@@ -26,7 +26,7 @@ from service import errors
 from service.jobs import JobManager, default_job_python
 from service.ray_cluster import RayJobRunner
 from service.ray_head import EmbeddedRayHead
-from service.routes import health, jobs
+from service.routes import docs, health, jobs
 from service.runner import Runner
 from service.settings import Settings
 from service.store import JobStore
@@ -74,7 +74,7 @@ class Services:
 
 def lock_data_dir(settings: Settings) -> IO[str]:
     settings.data_root.mkdir(parents=True, exist_ok=True)
-    handle = open(settings.data_root / "service.lock", "a+")  # noqa: SIM115 - held for the app's life
+    handle = open(settings.lock_path, "a+")  # noqa: SIM115 - held for the app's life
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -96,9 +96,7 @@ def open_services(settings: Settings, runner: Runner | None = None) -> Services:
         owns_runner = runner is None
         if runner is None:
             if settings.embedded_ray:
-                head = EmbeddedRayHead(
-                    settings.data_root / "ray", settings.ray_num_cpus, settings.ray_autogroup_nice
-                )
+                head = EmbeddedRayHead(settings.ray_dir, settings.ray_num_cpus, settings.ray_autogroup_nice)
                 record = head.ensure()
                 ray_runner = RayJobRunner(record.dashboard_url, token=record.token())
                 watchdog = _head_watchdog(head, ray_runner)
@@ -161,14 +159,23 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
         finally:
             await run_in_threadpool(services.close)
 
+    public_docs = settings.public_docs or not settings.auth_required
     app = FastAPI(
         title="s2ap job service",
         version=__version__,
         summary="Submit S2AP searches to a Ray cluster, follow them, fetch Parquet results.",
         lifespan=lifespan,
+        # Closed by default: the schema is served by docs.router behind the token, and the
+        # browser pages (which cannot send it) only when S2AP_PUBLIC_DOCS opens them.
+        openapi_url="/openapi.json" if public_docs else None,
+        docs_url="/docs" if public_docs else None,
+        redoc_url=None,
     )
     app.state.settings = settings
     errors.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    if not public_docs:
+        app.include_router(docs.router)
+    docs.describe(app, settings)
     return app

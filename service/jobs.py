@@ -32,7 +32,7 @@ from service.errors import ApiError
 from service.progress import TABLES, config_keys, read_progress
 from service.runner import RAY_TO_STATUS, ClusterUnavailable, Runner, error_from_logs, tail
 from service.settings import Settings
-from service.specs import SpecProblem, dump_yaml, parse_body, validate
+from service.specs import SpecProblem, ValidSpec, dump_yaml, parse_body, validate
 from service.store import TERMINAL, DuplicateIdempotencyKey, JobRecord, JobStore
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,17 @@ class JobManager:
 
         job_id = new_job_id()
         job_dir = self.settings.jobs_dir / job_id
+        try:
+            return self._create(job_id, job_dir, valid, request_hash, idempotency_key)
+        except BaseException:
+            # Whatever failed (a refused insert, Ray, a bug): no folder without a record.
+            if self.store.get(job_id) is None:
+                shutil.rmtree(job_dir, ignore_errors=True)
+            raise
+
+    def _create(
+        self, job_id: str, job_dir: Path, valid: ValidSpec, request_hash: str, idempotency_key: str | None
+    ) -> Submitted:
         job_dir.mkdir(parents=True)
         spec_path = atomic_write_text(job_dir / SPEC_FILE, dump_yaml(valid.resolved))
         record = JobRecord(
@@ -129,7 +140,6 @@ class JobManager:
             self.runner.submit(job_id, self.entrypoint(record))
         except BaseException as exc:
             self.store.delete(job_id)
-            shutil.rmtree(job_dir, ignore_errors=True)
             if isinstance(exc, ClusterUnavailable):
                 raise ApiError(503, "cluster_unavailable", f"the job was not created: {exc}") from None
             raise

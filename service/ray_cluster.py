@@ -47,6 +47,11 @@ from service.runner import ClusterUnavailable, RayJobState
 log = logging.getLogger(__name__)
 
 TOKEN_FILE = "auth_token"
+# `ray start --node-ip-address 127.0.0.1` alone is not loopback: Ray swaps a loopback node
+# address for the machine's outward one, and a node not on loopback serves on every
+# interface. Ray keeps loopback where it runs no multi-node clusters (macOS, Windows), and
+# this variable says so on Linux too; every process of the node inherits it.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 OBJECT_STORE_BYTES = 1 << 30  # trials exchange files, not objects: keep /dev/shm for others
 _PORT_FLAGS = (
     "--port",
@@ -367,7 +372,7 @@ def head_environment(token: ClusterToken, base: Mapping[str, str] | None = None)
     if token.path is not None:
         env.pop("RAY_AUTH_TOKEN", None)
     env.update(token.environment())
-    env.update(RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0", RAY_USAGE_STATS_ENABLED="0")
+    env.update(RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0", RAY_USAGE_STATS_ENABLED="0", **LOOPBACK_ENV)
     return env
 
 

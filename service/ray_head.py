@@ -13,6 +13,10 @@ Why these choices (Ray 2.60 on small machines):
   module that knows Ray.
 * every port is picked free and the temp dir is private, so the head never collides with
   another Ray on the same machine (another user's ``ray.init()``, a test's cluster).
+* every port listens on loopback only (GCS, raylet, dashboard and its agents, object
+  manager, each worker's and each job driver's gRPC server): ``--node-ip-address
+  127.0.0.1`` plus ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, without which Ray replaces
+  the loopback address by the machine's outward one and binds all interfaces.
 * once up, the head's session is weighted below the service's (autogroup nice 5,
   ``S2AP_RAY_AUTOGROUP_NICE``): trials use every idle cycle, but the service answers first.
   Not before it is up: on a loaded machine a starved raylet misses Ray's fixed 30 s

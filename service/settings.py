@@ -16,6 +16,8 @@ variable                   meaning                                              
                            a file holding it)                                   embedded: made in
                                                                                 ``DATA_DIR/ray``
 ``S2AP_MAX_BODY_BYTES``    largest accepted request body                        1 MiB
+``S2AP_PUBLIC_DOCS``       serve ``/openapi.json`` and ``/docs`` without the    false
+                           token (false: the schema needs it, ``/docs`` is off)
 ``S2AP_PAGE_SIZE``         default page of ``GET /jobs``                        20
 ``S2AP_MAX_PAGE_SIZE``     largest page a client may ask for                    100
 ``S2AP_LOG_TAIL_LINES``    default lines of ``GET /jobs/{id}/logs``             200
@@ -26,6 +28,9 @@ variable                   meaning                                              
                            autogroups; 0 leaves it equal to the service's)
 ``S2AP_JOB_PYTHON``        interpreter that runs ``-m s2ap.tune`` on the        this one (embedded),
                            cluster                                              ``python`` (cluster)
+``S2AP_ALLOWED_MODEL_      module prefixes (comma-separated) whose              none: import
+MODULES``                  ``package.module:callable`` models specs may name    paths refused
+                           (an import path runs code; read by model_policy)
 =========================  ===================================================  ==========
 """
 
@@ -37,6 +42,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+# The service's own state in the data directory: no spec path may point into it.
+DB_FILE = "jobs.sqlite3"  # and its -wal, -shm, -journal companions
+JOBS_DIR = "jobs"
+RAY_DIR = "ray"
+LOCK_FILE = "service.lock"
+SERVICE_STATE = (DB_FILE, JOBS_DIR, RAY_DIR, LOCK_FILE)
+MAX_LOG_TAIL_LINES = 10_000
 
 
 class SettingsError(ValueError):
@@ -53,12 +66,13 @@ class Settings:
     page_size: int = 20
     max_page_size: int = 100
     log_tail_lines: int = 200
-    max_log_tail_lines: int = 10_000
+    max_log_tail_lines: int = MAX_LOG_TAIL_LINES
     poll_interval_s: float = 2.0
     max_grid_cells: int = 10_000
     ray_num_cpus: int | None = None
     ray_autogroup_nice: int = 5
     job_python: str | None = None
+    public_docs: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -78,6 +92,7 @@ class Settings:
             "ray_num_cpus": _int(env, "S2AP_RAY_NUM_CPUS", None, low=1),
             "ray_autogroup_nice": _int(env, "S2AP_RAY_AUTOGROUP_NICE", cls.ray_autogroup_nice, low=0),
             "job_python": env.get("S2AP_JOB_PYTHON") or None,
+            "public_docs": _flag(env, "S2AP_PUBLIC_DOCS"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
@@ -111,11 +126,19 @@ class Settings:
 
     @property
     def db_path(self) -> Path:
-        return self.data_root / "jobs.sqlite3"
+        return self.data_root / DB_FILE
 
     @property
     def jobs_dir(self) -> Path:
-        return self.data_root / "jobs"
+        return self.data_root / JOBS_DIR
+
+    @property
+    def ray_dir(self) -> Path:
+        return self.data_root / RAY_DIR
+
+    @property
+    def lock_path(self) -> Path:
+        return self.data_root / LOCK_FILE
 
     @property
     def embedded_ray(self) -> bool:

@@ -215,3 +215,29 @@ class FakeRunner:
 
     def close(self) -> None:
         pass
+
+
+def listening_sockets(root_pid: int) -> list[tuple[int, str, str, int]]:
+    """Every socket listening in ``root_pid``'s process tree and session (a Ray head: its
+    daemons, workers and jobs' drivers): ``(pid, process name, address, port)``; TCP
+    sockets in LISTEN, UDP sockets bound without a peer."""
+    import psutil
+
+    try:
+        root = psutil.Process(root_pid)
+        pids = {root_pid, *(p.pid for p in root.children(recursive=True)), *session_members(root_pid)}
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for pid in sorted(pids):
+        try:
+            proc = psutil.Process(pid)
+            name = proc.name()
+            connections = proc.net_connections(kind="inet")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        for c in connections:
+            listening = c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and not c.raddr)
+            if listening and c.laddr:
+                found.append((pid, name, c.laddr.ip, c.laddr.port))
+    return found

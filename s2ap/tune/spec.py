@@ -105,14 +105,15 @@ class SearchSpec(Checked):
     overrides: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     search: dict[str, Distribution] = field(default_factory=dict)
-    num_samples: int = bounded(1, ge=1)  # per grid cell; a cell where nothing searched matters runs once
+    # Per grid cell; a cell where nothing searched matters runs once.
+    num_samples: int = bounded(1, ge=1, le=100_000)
     scheduler: SchedulerSpec = field(default_factory=AshaSpec)
     resources: Resources = field(default_factory=Resources)
     max_concurrent: int | None = bounded(None, ge=1)
     max_failures: int = bounded(2, ge=-1, note="-1: unlimited")  # worker-group restarts per trial
     storage: str = DEFAULT_STORAGE
     pretrain_cache: str | None = None
-    seed: int = 0
+    seed: int = bounded(0, ge=0, le=1_000_000, note="cell searchers are seeded seed x 1009 + cell < 2**32")
     optuna_storage: str | None = None  # an Optuna storage URL keeping one study per cell
 
     # ----------------------------------------------------------------- rules

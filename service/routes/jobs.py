@@ -61,7 +61,10 @@ async def _capped_body(request: Request, limit: int) -> bytes:
     status_code=201,
     response_model=Job,
     summary="Submit a search",
-    responses=responses(409, 413, 422, 503),
+    responses={
+        200: {"model": Job, "description": "An Idempotency-Key replay: the job the first request created"},
+        **responses(409, 413, 422, 503),
+    },
     openapi_extra={"requestBody": _spec_body_schema()},
 )
 async def submit_job(
@@ -75,13 +78,16 @@ async def submit_job(
     ] = None,
 ) -> Job:
     """Validate the spec (422 naming the field when it is wrong) and start it on the cluster
-    as ``python -m s2ap.tune SPEC --out RESULTS``. Returns the job (201)."""
+    as ``python -m s2ap.tune SPEC --out RESULTS``. Returns the job: 201 when created, 200
+    with ``Idempotent-Replayed: true`` when an earlier request with the same
+    ``Idempotency-Key`` and body created it."""
     body = await _capped_body(request, settings.max_body_bytes)
     submitted = await run_in_threadpool(
         jobs.submit, body, request.headers.get("content-type"), idempotency_key
     )
     response.headers["Location"] = f"/jobs/{submitted.job.id}"
     if not submitted.created:
+        response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
     return Job.of(submitted.job)
 
@@ -94,7 +100,8 @@ async def list_jobs(
     jobs: JobsDep,
     limit: Annotated[int | None, Query(ge=1, description="Page size (default S2AP_PAGE_SIZE)")] = None,
     cursor: Annotated[
-        str | None, Query(max_length=32, description="next_cursor of the previous page")
+        str | None,
+        Query(pattern=r"^[1-9][0-9]{0,17}$", description="next_cursor of the previous page"),
     ] = None,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state")] = None,
 ) -> JobPage:

@@ -100,7 +100,7 @@ def test_one_service_per_data_dir(tmp_path: Path, fake: FakeRunner, server: Thre
 
 
 def test_every_endpoint_is_in_the_schema_and_needs_the_token(server: ThreadedServer) -> None:
-    schema = httpx.get(f"{server.url}/openapi.json").json()
+    schema = httpx.get(f"{server.url}/openapi.json", headers=auth()).json()
     ops = {(m.upper(), p): op for p, item in schema["paths"].items() for m, op in item.items()}
     assert set(ops) == {
         ("GET", "/healthz"),

@@ -66,7 +66,7 @@ def test_workers_and_service_point_at_the_head(compose: dict[str, Any]) -> None:
     cmd = shlex.split(svc["command"])
     assert cmd[:3] == ["python", "-m", "service"] and cmd[cmd.index("--host") + 1] == "0.0.0.0"
     port = cmd[cmd.index("--port") + 1]
-    assert any(p.endswith(f":{port}") for p in svc["ports"])
+    assert [p.rsplit(":", 1)[1] for p in svc["ports"]] == [port]
     for name in ("ray-worker", "service"):
         assert services[name]["depends_on"]["ray-head"]["condition"] == "service_healthy"
     assert "gcs_healthz" in " ".join(services["ray-head"]["healthcheck"]["test"])
@@ -86,9 +86,38 @@ def test_no_shell_substitution_compose_would_misread() -> None:
             assert "$(" not in line, f"compose.yaml:{n}: {line}"
 
 
-def test_ray_ports_are_published_on_loopback_only(compose: dict[str, Any]) -> None:
+def test_plain_http_ports_are_published_on_loopback_only(compose: dict[str, Any]) -> None:
     for mapping in compose["services"]["ray-head"]["ports"]:
         assert mapping.startswith("127.0.0.1:"), mapping
+    # The service: loopback unless S2AP_BIND says otherwise (the host's address, as Compose
+    # reads "${S2AP_BIND:-127.0.0.1}" with the variable unset).
+    (mapping,) = compose["services"]["service"]["ports"]
+    assert mapping.startswith("${S2AP_BIND:-127.0.0.1}:"), mapping
+
+
+def test_compose_v2_is_named_as_required() -> None:
+    text = (DOCKER / "compose.yaml").read_text()
+    assert re.search(r"^name: s2ap$", text, re.M)
+    assert "Compose v2" in text and "Compose v2" in (DOCKER / "README.md").read_text()
+
+
+def test_tls_override_proxies_to_the_service_on_443() -> None:
+    tls = yaml.safe_load((DOCKER / "compose.tls.yaml").read_text())
+    proxy = tls["services"]["tls"]
+    assert "443:443" in proxy["ports"]
+    command = shlex.split(proxy["command"])
+    assert command[:2] == ["caddy", "reverse-proxy"] and command[command.index("--to") + 1] == "service:8000"
+    assert command[command.index("--from") + 1].startswith("${S2AP_TLS_HOST:?")
+    assert proxy["depends_on"]["service"]["condition"] == "service_healthy"
+
+
+def test_ray_floor_is_the_first_release_with_token_auth() -> None:
+    """Ray 2.52.0 brought RAY_AUTH_MODE=token; an older Ray would ignore it and run open."""
+    pyproject = (DOCKER.parent / "pyproject.toml").read_text()
+    (spec,) = re.findall(r'"(ray\[[^"]*)"', pyproject)
+    assert spec == "ray[default,tune,train]>=2.52,<3"
+    assert f'ARG RAY_SPEC="{spec}"' in (DOCKER / "Dockerfile").read_text()
+    assert 'pip install "${RAY_SPEC}" .' in (DOCKER / "Dockerfile").read_text()
 
 
 def test_gpu_override_gives_workers_gpus() -> None:

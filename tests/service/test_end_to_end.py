@@ -457,7 +457,7 @@ def quick_job(service: ServiceProcess) -> dict[str, Any]:
         first = c.post("/jobs", content=body, headers=headers)
         assert first.status_code == 201, first.text
         retry = c.post("/jobs", content=body, headers=headers)
-        assert retry.status_code == 201 and retry.json()["id"] == first.json()["id"]
+        assert retry.status_code == 200 and retry.json()["id"] == first.json()["id"]
         assert retry.headers["idempotent-replayed"] == "true"
         other = c.post("/jobs", content=body + b"\n# changed\n", headers=headers)
         assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"

@@ -43,6 +43,22 @@ def test_a_refused_submission_leaves_no_record(body: bytes, manager: JobManager,
     assert manager.store.get_by_key("key-1") is None  # the key is free for the retry
 
 
+def test_a_store_that_refuses_the_row_leaves_no_job_folder(
+    body: bytes, manager: JobManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What once left a folder without a row: SQLite refusing the insert (an integer past
+    64 bits). Whatever fails after the folder is made, the folder goes with it."""
+
+    def overflow(record: Any) -> Any:
+        raise OverflowError("Python int too large to convert to SQLite INTEGER")
+
+    monkeypatch.setattr(manager.store, "insert", overflow)
+    with pytest.raises(OverflowError):
+        manager.submit(body, "application/yaml", None)
+    assert manager.store.count() == 0
+    assert list(manager.settings.jobs_dir.iterdir()) == []
+
+
 def test_a_job_that_never_reached_ray_is_submitted_on_reconcile(
     body: bytes, manager: JobManager, runner: FakeRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -112,3 +112,64 @@ def test_a_real_head_uses_the_token_in_home(
     finally:
         head.stop()
     assert session_members(record.pid) == []
+
+
+HOLD_WORKERS = """
+import ray, time
+ray.init()
+
+@ray.remote
+class Holder:
+    def ping(self):
+        return 1
+
+holders = [Holder.remote() for _ in range(2)]
+ray.get([h.ping.remote() for h in holders])
+print("workers up", flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.ray
+def test_the_embedded_head_listens_on_loopback_only(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every socket of the head's process tree during a job (GCS, raylet, dashboard and its
+    agents, the job's driver and its workers) is bound to a loopback address."""
+    import ipaddress
+    import shlex
+    import sys
+    import time
+
+    pytest.importorskip("ray")
+    from service.ray_cluster import RayJobRunner
+    from service.testing import listening_sockets
+
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    head = EmbeddedRayHead(tmp_path / "ray", num_cpus=2, autogroup_nice=0)
+    record = head.ensure()
+    try:
+        runner = RayJobRunner(record.dashboard_url, token=record.token())
+        assert runner.submit("sockets-1", shlex.join([sys.executable, "-c", HOLD_WORKERS]))
+        deadline = time.monotonic() + 240
+        while "workers up" not in runner.logs("sockets-1"):
+            state = runner.state("sockets-1")
+            assert state is not None and not state.terminal, runner.logs("sockets-1")
+            assert time.monotonic() < deadline, runner.logs("sockets-1")
+            time.sleep(0.5)
+        sockets = listening_sockets(record.pid)
+        runner.stop("sockets-1")
+    finally:
+        head.stop()
+    names = {name for _, name, _, _ in sockets}
+    assert len(sockets) > 10 and {"gcs_server", "raylet"} <= names, sockets  # the walk saw the node
+
+    def loopback(ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+        return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+    open_ = [s for s in sockets if not loopback(s[2])]
+    assert open_ == [], f"{len(open_)} of {len(sockets)} sockets listen beyond loopback: {open_}"
