@@ -22,6 +22,7 @@ TABLES = {"trials": TRIALS_FILE, "epochs": EPOCHS_FILE}
 # What "best so far" ranks by: the validation PGD accuracy the search itself selects on
 # (test accuracies are reported, never used to choose).
 BEST_METRIC = "final_val_pgd_acc"
+TIE_METRIC = "final_val_clean_acc"  # the search's own rule (s2ap.tune.results.selection_key)
 _REPORTED = ("robust_acc", "clean_acc")
 
 
@@ -70,7 +71,7 @@ def read_progress(
     schema = pq.read_schema(path)
     names = set(schema.names)
     keys = [k for k in dict.fromkeys(config_keys) if k in names]
-    wanted = [c for c in ("trial_id", "status", BEST_METRIC, *_REPORTED) if c in names] + keys
+    wanted = [c for c in ("trial_id", "status", BEST_METRIC, TIE_METRIC, *_REPORTED) if c in names] + keys
     rows = pq.read_table(path, columns=wanted).to_pylist()
     counts = {"done": len(rows), "ok": 0, "stopped": 0, "errored": 0}
     for row in rows:
@@ -85,13 +86,14 @@ def read_progress(
 
 
 def best_trial(rows: Iterable[Mapping[str, Any]], keys: Iterable[str]) -> dict[str, Any] | None:
-    """The finished trial with the highest validation PGD accuracy (ties: test robust accuracy)."""
+    """The finished trial with the highest validation PGD accuracy (ties: validation clean
+    accuracy). A test accuracy never decides, not even a tie."""
     best: Mapping[str, Any] | None = None
     best_key = (-math.inf, -math.inf)
     for row in rows:
         if row.get("status") != "ok":
             continue
-        key = (_rank(row.get(BEST_METRIC)), _rank(row.get("robust_acc")))
+        key = (_rank(row.get(BEST_METRIC)), _rank(row.get(TIE_METRIC)))
         if best is None or key > best_key:
             best, best_key = row, key
     if best is None:

@@ -14,6 +14,7 @@ from s2ap import results
 from s2ap.tune.results import to_table, trials_schema
 from service.errors import ApiError
 from service.jobs import SUBMIT_GRACE_S, JobManager
+from service.progress import best_trial
 from service.runner import ClusterUnavailable, RayJobState
 from service.testing import FakeRunner
 
@@ -164,6 +165,18 @@ def test_progress_and_best_trial_follow_trials_parquet(
     with pytest.raises(ApiError) as info:
         manager.results(job.id, "epochs")
     assert info.value.status == 409
+
+
+def test_best_trial_breaks_ties_on_validation_never_on_test() -> None:
+    # Equal validation PGD: the tie goes to validation clean accuracy although the other
+    # trial has the higher test robust accuracy.
+    tied = [
+        {**_trial_row("test-better", "ok", 0.5, 0.002, 0.9), "final_val_clean_acc": 0.80, "robust_acc": 0.9},
+        {**_trial_row("val-better", "ok", 0.5, 0.004, 0.9), "final_val_clean_acc": 0.85, "robust_acc": 0.1},
+    ]
+    for rows in (tied, tied[::-1]):
+        best = best_trial(rows, ["s2ap.gamma"])
+        assert best is not None and best["trial_id"] == "val-better"
 
 
 def test_the_poller_follows_jobs_to_the_end(body: bytes, manager: JobManager, runner: FakeRunner) -> None:
