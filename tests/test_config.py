@@ -88,7 +88,7 @@ def test_cli_bad_input_one_line_exit_2(tmp_path) -> None:
     [
         ("s2ap.projection=ball", "s2ap.projection", "algorithm1"),
         ("prune.best_mask=train_loss", "prune.best_mask", "train_loss_iter"),
-        ("data.augment=maybe", "data.augment", "boolean"),
+        ("data.augment=maybe", "data.augment", "bool or null"),
         ("adasap.prune_every=0", "adasap.prune_every", ">= 1"),
         ("harp.penalty_init=0", "harp.penalty_init", "> 0"),
         ("harp.penalty_growth=2", "harp.penalty_growth", "unknown key"),
