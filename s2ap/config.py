@@ -42,6 +42,10 @@ class DataConfig(Checked):
     train_limit: int | None = bounded(None, ge=1)  # use only the first N training points (after shuffling)
     test_limit: int | None = bounded(None, ge=1)
     num_workers: int = bounded(0, ge=0)
+    # Training-set augmentation: random crop (zero padding 4) and horizontal flip, drawn per
+    # epoch from the seed (HYDRA's and HARP's CIFAR-10 / SVHN setting). null: on for cifar10
+    # and svhn, off for every other set. Validation and test data are never augmented.
+    augment: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -117,9 +121,10 @@ class PruneConfig(PhaseConfig):
     method: str = "hydra"
     sparsity: float = bounded(0.9, gt=0, lt=1)  # fraction of prunable weights removed
     score_init: Literal["scaled", "magnitude", "kaiming"] = "scaled"
-    # How the returned mask is chosen among pruning epochs: lowest training robust loss
-    # (the paper, Algorithm 1 lines 13-15), highest validation robust accuracy, or last.
-    best_mask: Literal["train_loss", "val_robust", "last"] = "train_loss"
+    # Which scores the search returns: those of the iteration with the lowest training robust
+    # loss, taken before that iteration's update (Algorithm 1, lines 13-15), the epoch with the
+    # highest validation robust accuracy, or the last epoch.
+    best_mask: Literal["train_loss_iter", "val_robust", "last"] = "train_loss_iter"
     mask: str | None = None  # a saved mask to use instead of pruning
     # What a mask entry covers: single weights, or whole output channels (structured). null
     # takes the method's own default (weight for hydra/harp/lwm/rlth, channel for adasap).
@@ -137,8 +142,9 @@ class HarpConfig(Checked):
     min_rate_fraction: float = bounded(0.1, gt=0, lt=1)
     # per pruned layer, in definition order; () = uniform
     init_rates: tuple[float, ...] = bounded((), gt=0, le=1, note="a keep-rate")
-    penalty_init: float = bounded(1.0, gt=0)  # weight of the over-budget penalty in the first epoch
-    penalty_growth: float = bounded(2.0, ge=1)  # factor applied after each epoch that ends over budget
+    # HARP's gamma: the penalty weight is (epoch + 1) * penalty_init until an epoch ends within
+    # budget, then stays frozen (HARP's code, default 1.0).
+    penalty_init: float = bounded(1.0, gt=0)
     # After the search, shift all rates down together until the budget holds (the soft
     # penalty alone may leave the returned mask slightly over the target).
     enforce_budget: bool = True
@@ -165,6 +171,7 @@ class AdaSAPConfig(Checked):
     warmup_epochs: int = bounded(
         10, ge=1, note="the warm-up primes the network"
     )  # prune epochs before pruning
+    prune_every: int = bounded(30, ge=1)  # iterations between pruning steps after the warm-up (Sect. 4.1)
 
     def check(self) -> None:
         if self.rho_max < self.rho_min:
@@ -186,6 +193,11 @@ class S2APConfig(Checked):
     # What the mask search perturbs: the scores (S2AP) or the frozen weights within
     # gamma * ||w_l|| (AWP during pruning, the paper's Table 13 ablation).
     perturb: Literal["scores", "weights"] = "scores"
+    # How z is formed (s2ap/sharpness/perturbation.py): "algorithm1" as printed (z kept across
+    # iterations, z <- z + eta g / ||g|| with g over all layers, a layer projected only when
+    # ||z_l|| > gamma ||s_l||; eta = the phase's lr), "algorithm1_reset" (the same step from
+    # z = 0 every iteration), or "surface" (every layer on its ball: gamma ||s_l|| g_l / ||g_l||).
+    projection: Literal["algorithm1", "algorithm1_reset", "surface"] = "algorithm1"
 
     @property
     def active(self) -> bool:

@@ -27,7 +27,7 @@ from torchvision import transforms
 from s2ap import data_files as files
 from s2ap.config import ConfigError, DataConfig
 from s2ap.registry import Registry
-from s2ap.tensor_data import Resized, TensorImageDataset
+from s2ap.tensor_data import CropFlip, Resized, TensorImageDataset
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,15 @@ _PUBLISHED_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+
+# Sets trained with random crop + flip unless data.augment says otherwise (HYDRA's and
+# HARP's code augment CIFAR-10 and SVHN this way).
+AUGMENTED_BY_DEFAULT = ("cifar10", "svhn")
+
+
+def augments(cfg: DataConfig) -> bool:
+    """Whether the training set of ``cfg`` is augmented (``data.augment``, null: by set)."""
+    return cfg.augment if cfg.augment is not None else cfg.name in AUGMENTED_BY_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,11 @@ class Splits:
     val: Dataset
     test: Dataset
     info: DataInfo
+
+    def seed_training(self, seed: int) -> None:
+        """Draw this epoch's augmentation of the training set (a no-op without augmentation)."""
+        if isinstance(self.train, CropFlip):
+            self.train.reseed(seed)
 
 
 # --------------------------------------------------------------------------- loaders
@@ -265,25 +279,30 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     )
     if (height, width) != (size, size):
         full_train, test = Resized(full_train, size), Resized(test, size)
+    train: Dataset = Subset(full_train, train_idx)
     splits = Splits(
-        train=Subset(full_train, train_idx),
+        train=CropFlip(train) if augments(cfg) else train,
         val=Subset(full_train, val_idx),
         test=Subset(test, test_idx),
         info=info,
     )
     log.info(
-        "data %s: %d train, %d val, %d test, %s", cfg.name, len(train_idx), len(val_idx), len(test_idx), info
-    )
+        "data %s: %d train%s, %d val, %d test, %s", cfg.name, len(train_idx),
+        " (crop + flip)" if augments(cfg) else "", len(val_idx), len(test_idx), info,
+    )  # fmt: skip
     return splits
 
 
 __all__ = [
+    "AUGMENTED_BY_DEFAULT",
     "DATASETS",
+    "CropFlip",
     "DataInfo",
     "Loader",
     "Resized",
     "Splits",
     "TensorImageDataset",
+    "augments",
     "load_splits",
     "make_synthetic",
 ]

@@ -21,7 +21,7 @@ from typing import Any
 
 from s2ap.coerce import build, stable_hash, to_dict
 from s2ap.config import ExperimentConfig, changed, read
-from s2ap.data import DATASETS
+from s2ap.data import DATASETS, augments
 from s2ap.errors import ConfigError
 from s2ap.models import MODELS
 from s2ap.models.external import is_external, resolve
@@ -140,6 +140,7 @@ def identity(cfg: ExperimentConfig) -> dict[str, Any]:
     stopped or failed trials) carries them. S2AP's knobs are null when S2AP is off, so an
     Orig. row never looks like it had a gamma."""
     on = cfg.s2ap.enabled
+    searches = phases(cfg).prune > 0 and method_class(cfg).best_mask_applies
     return {
         "config_hash": cfg.hash(),
         "seed": cfg.seed,
@@ -155,4 +156,8 @@ def identity(cfg: ExperimentConfig) -> dict[str, Any]:
         "gamma": cfg.s2ap.gamma if on else None,
         "warmup_epochs": cfg.s2ap.warmup_epochs if on else None,
         "prune_epochs": cfg.prune.epochs,
+        "projection": cfg.s2ap.projection if on else None,
+        "best_mask": cfg.prune.best_mask if searches else None,
+        "augment": augments(cfg.data),
+        "adasap_prune_every": cfg.adasap.prune_every if cfg.prune.method == "adasap" else None,
     }

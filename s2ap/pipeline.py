@@ -102,6 +102,8 @@ class Pipeline:
             cfg.s2ap,
             self.layers,
             own=lambda phase, epoch: self.method.on_epoch_start(self.model, phase, epoch),
+            search_lr=cfg.prune.lr,
+            finetune_lr=cfg.finetune.lr,
         )
         self.probes = Probes(
             cfg, self.model, self.layers, self.objective, self.splits, self.dist, self.device
@@ -165,6 +167,12 @@ class Pipeline:
         elif self.phases.prune > 0:
             L.set_mode(self.model, "scores")
             self._train("prune", cfg, self.method.parameters(self.model))
+            if self.state.best is None:  # no admissible candidate (HARP never met its budget)
+                log.warning(
+                    "no pruning epoch was admissible under best_mask=%r: returning the last one",
+                    cfg.best_mask,
+                )
+                self._keep_best(float("inf"), self.phases.prune - 1, fallback=True)
             best = self.state.best
             assert best is not None
             with torch.no_grad():
@@ -225,17 +233,19 @@ class Pipeline:
         batches = ShardedBatches(n_train, self.cfg.data.batch_size, shuffle=True, dist_info=self.dist)
         loader = self._loader(self.splits.train, batches)
         penalty = (lambda: self.method.penalty(self.model)) if phase == "prune" else (lambda: None)
+        steps = len(batches.global_batches())
 
         for epoch in range(self.state.epoch, cfg.epochs):
             torch.manual_seed(derive_seed(self.cfg.seed, phase, epoch))
             batches.set_seed(derive_seed(self.cfg.seed, "data", phase, epoch))
+            self.splits.seed_training(derive_seed(self.cfg.seed, "augment", phase, epoch))
             perturbation = self.schedule.for_epoch(phase, epoch)
             lambdas: list[float] = []
-            hook = self.probes.lambda_max_hook(lambdas) if phase == "prune" else None
+            hook, before_update = self._iteration_hooks(phase, epoch, steps, lambdas)
             lr = optimizer.param_groups[0]["lr"]
             res = train_epoch(
                 model, loader, batches, self.objective, optimizer, self.device,
-                perturbation=perturbation, penalty=penalty, on_iteration=hook,
+                perturbation=perturbation, penalty=penalty, on_iteration=hook, before_update=before_update,
                 phase=phase, epoch=epoch, progress=self.progress, amp=self.cfg.amp,
             )  # fmt: skip
             scheduler.step()
@@ -265,16 +275,51 @@ class Pipeline:
                 self._after_prune_epoch(epoch, row)
             self._end_epoch(row, optimizer, scheduler, cfg.epochs)
 
+    def _iteration_hooks(
+        self, phase: str, epoch: int, steps: int, lambdas: list[float]
+    ) -> tuple[Callable[[int], None] | None, Callable[[torch.Tensor, int], None] | None]:
+        """Per-iteration work of a pruning epoch: lambda_max, the method's own hook, and the
+        per-iteration best mask (``train_loss_iter``: Algorithm 1, lines 13-15)."""
+        if phase != "prune":
+            return None, None
+        lam = self.probes.lambda_max_hook(lambdas)
+
+        def on_iteration(step: int) -> None:
+            if lam is not None:
+                lam(step)
+            self.method.on_iteration(self.model, epoch, step, steps)
+
+        if self._best_rule != "train_loss_iter":
+            return on_iteration, None
+        seen = [0]
+
+        def before_update(loss: torch.Tensor, n: int) -> None:
+            # The robust loss of the scores as they are now, before this iteration's update.
+            total, count = self.dist.all_reduce_sum([float(loss) * n, n], self.device)
+            iteration, seen[0] = seen[0], seen[0] + 1
+            self._keep_best(total / max(count, 1), epoch, iteration)
+
+        return on_iteration, before_update
+
+    def _keep_best(
+        self, score: float, epoch: int, iteration: int | None = None, fallback: bool = False
+    ) -> None:
+        """Copy the current scores when the method admits them and they beat the best so far
+        (lower is better); ``fallback`` keeps them regardless."""
+        best = self.state.best
+        if not fallback and (not self.method.admissible() or (best is not None and not score < best.score)):
+            return
+        scores = [layer.scores.detach().clone().cpu() for layer in self.layers]
+        self.state.best = BestMask(score, epoch, scores, self.method.state_dict(), iteration)
+
     def _after_prune_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         """The mask's distance to the first one, and whether these scores are the best yet."""
         assert self.state.first_mask is not None
         current = {k: v.bool() for k, v in L.masks(self.model).items()}
         row["hamming"] = hamming(self.state.first_mask, current)
-        rule = self.cfg.prune.best_mask
-        score = {"train_loss": row["train_loss"], "val_robust": -row["val_pgd_acc"], "last": -epoch}[rule]
-        if self.state.best is None or score < self.state.best.score:
-            scores = [layer.scores.detach().clone().cpu() for layer in self.layers]
-            self.state.best = BestMask(score, epoch, scores, self.method.state_dict())
+        rule = self._best_rule
+        if rule != "train_loss_iter":
+            self._keep_best(-row["val_pgd_acc"] if rule == "val_robust" else -epoch, epoch)
 
     def _end_epoch(self, row: dict[str, Any], optimizer: Any, scheduler: Any, epochs: int) -> None:
         self.state.rows.append(row)
@@ -292,6 +337,10 @@ class Pipeline:
             self.reporter(dict(row, global_epoch=len(self.state.rows)), path)
 
     # ------------------------------------------------------------------ helpers
+
+    @property
+    def _best_rule(self) -> str:
+        return self.cfg.prune.best_mask if self.method.best_mask_applies else "last"
 
     def _loader(self, dataset: Dataset, batches: ShardedBatches) -> DataLoader:
         return DataLoader(
@@ -336,6 +385,7 @@ class Pipeline:
     def _save_state(self, optimizer: Any = None, scheduler: Any = None) -> Path | None:
         self.state.model = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         self.state.method = self.method.state_dict()
+        self.state.sharpness = self.schedule.state_dict()
         self.state.optimizer = optimizer.state_dict() if optimizer is not None else None
         self.state.scheduler = scheduler.state_dict() if scheduler is not None else None
         if not self.is_main or self.state_path is None:
@@ -351,6 +401,7 @@ class Pipeline:
         assert state.model is not None
         self.model.load_state_dict(state.model)
         self.method.load_state_dict(state.method or {})
+        self.schedule.load_state_dict(state.sharpness or {})
         self._opt_state = {"optimizer": state.optimizer, "scheduler": state.scheduler}
         self.state = state
         # The layers' python-side mode is not in the state dict: rebuild it from the phase.

@@ -24,12 +24,13 @@ from s2ap.io import atomic_write
 
 @dataclass
 class BestMask:
-    """The pruning epoch whose scores the search returns, by ``prune.best_mask``'s rule."""
+    """The scores the search returns, by ``prune.best_mask``'s rule."""
 
     score: float  # lower is better
     epoch: int
     scores: list[Tensor]  # per scored layer, on the CPU
     method: dict[str, Any] = field(default_factory=dict)  # the method's state then (HARP's rates)
+    iteration: int | None = None  # within ``epoch``, for the per-iteration rule (train_loss_iter)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class RunState:
     wall_time_s: float = 0.0
     model: dict[str, Tensor] | None = None
     method: dict[str, Any] = field(default_factory=dict)
+    sharpness: dict[str, Any] = field(default_factory=dict)  # a carried-over perturbation (algorithm1)
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
 

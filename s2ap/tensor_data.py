@@ -87,3 +87,49 @@ class Resized(Dataset):
     @property
     def classes(self) -> list[str]:
         return list(getattr(self.base, "classes", []))
+
+
+class CropFlip(Dataset):
+    """Random crop after zero padding (``padding`` pixels per side) and a random horizontal
+    flip of another data set's images: the CIFAR-10 / SVHN training transform of HYDRA's
+    and HARP's code (``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip``).
+
+    The draws of an epoch are one table per epoch, made by :meth:`reseed` from that epoch's
+    seed: item ``i`` gets row ``i`` whatever batch, worker or rank reads it, so a resumed run
+    and a run split over ranks see the same augmented images.
+    """
+
+    def __init__(self, base: Dataset, padding: int = 4) -> None:
+        self.base = base
+        self.padding = int(padding)
+        self.offsets = torch.zeros(len(self), 2, dtype=torch.long)
+        self.flips = torch.zeros(len(self), dtype=torch.bool)
+        self.reseed(0)
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def reseed(self, seed: int) -> None:
+        gen = torch.Generator().manual_seed(int(seed))
+        self.offsets = torch.randint(0, 2 * self.padding + 1, (len(self), 2), generator=gen)
+        self.flips = torch.rand(len(self), generator=gen) < 0.5
+
+    def _apply(self, index: int, x: Tensor) -> Tensor:
+        p = self.padding
+        height, width = x.shape[-2:]
+        dy, dx = (int(v) for v in self.offsets[index])
+        out = F.pad(x, (p, p, p, p))[..., dy : dy + height, dx : dx + width]
+        return out.flip(-1) if bool(self.flips[index]) else out.contiguous()
+
+    def __getitem__(self, index: int) -> Item:
+        x, y = self.base[index]
+        return self._apply(index, x), y
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Item]:
+        getitems = getattr(self.base, "__getitems__", None)
+        items = getitems(list(indices)) if callable(getitems) else [self.base[i] for i in indices]
+        return [(self._apply(i, x), y) for i, (x, y) in zip(indices, items, strict=True)]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(getattr(self.base, "classes", []))

@@ -8,6 +8,11 @@ it is AWP on the kept weights, the plain method when it is None):
     L(p) on x'; grad at p                          # the robust loss that is tracked
     [p <- p + z]  L(p + z) on x'; grad at p + z    # only with a perturbation
     [p <- p]      base optimizer step with the last gradient
+
+Only the pass at ``p`` updates batch-norm running statistics: the passes at perturbed points
+(and the one at a carried-over ``z``, ``s2ap.projection: algorithm1``) run with the batch's own
+statistics and leave the running ones alone, as SAM's reference implementation does, so a
+sharpness-aware run ends with the evaluation-time statistics a plain run would have.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -54,6 +60,24 @@ def _global_noise(objective: Objective, x: Tensor, batch_len: int, lo: int) -> T
     return noise[lo : lo + x.shape[0]]
 
 
+@contextmanager
+def frozen_batch_norm(model: nn.Module) -> Iterator[None]:
+    """Batch norm in training mode normalises with the batch statistics but, inside this
+    block, updates neither its running statistics nor its batch counter."""
+    touched = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+    for m in touched:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in touched:
+            m.track_running_stats = True
+
+
 def train_epoch(
     model: nn.Module,
     loader: torch.utils.data.DataLoader,
@@ -64,13 +88,16 @@ def train_epoch(
     perturbation: Perturbation | None = None,
     penalty: Callable[[], Tensor | None] = lambda: None,
     on_iteration: Callable[[int], None] | None = None,
+    before_update: Callable[[Tensor, int], None] | None = None,
     phase: str = "train",
     epoch: int = 0,
     progress: bool = False,
     amp: bool = False,
 ) -> EpochResult:
     """One pass over ``loader``. ``model`` may be DDP-wrapped; the attack runs on the
-    unwrapped module so it never touches DDP's gradient reducer."""
+    unwrapped module so it never touches DDP's gradient reducer. ``before_update(loss, n)`` sees
+    each iteration's robust loss (the mean over this rank's ``n`` points) while the
+    parameters are still those it was computed at."""
     model.train()
     loss_sum = correct = count = 0.0
     start = time.perf_counter()
@@ -89,7 +116,7 @@ def train_epoch(
         noise = _global_noise(objective, x, global_len, lo)
         try:
             loss, logits, changed = train_step(
-                model, objective, optimizer, x, y, noise, perturbation, penalty, autocast
+                model, objective, optimizer, x, y, noise, perturbation, penalty, autocast, before_update
             )
         except TrainingDiverged as exc:
             raise TrainingDiverged(f"{exc} in phase {phase}, epoch {epoch}, step {step}") from None
@@ -117,6 +144,7 @@ def train_step(
     perturbation: Perturbation | None = None,
     penalty: Callable[[], Tensor | None] = lambda: None,
     autocast: torch.autocast | None = None,
+    before_update: Callable[[Tensor, int], None] | None = None,
 ) -> tuple[Tensor, Tensor, bool]:
     """One iteration; returns the robust loss at p, its logits, and whether the perturbation
     changed the gradient (False when it was skipped as provably without effect)."""
@@ -134,21 +162,29 @@ def train_step(
     if not math.isfinite(float(loss.detach())):
         raise TrainingDiverged(f"loss is {float(loss.detach())}")
     total.backward()
+    if before_update is not None:
+        before_update(loss.detach(), int(y.shape[0]))
     changed = False
     if perturbation is not None:
+
+        def backward_here(what: str) -> Tensor:
+            """Gradient at the current (perturbed) point; batch-norm statistics untouched."""
+            optimizer.zero_grad(set_to_none=True)
+            with autocast, frozen_batch_norm(model):
+                here, _ = objective.loss(model, batch)
+                extra = penalty()
+                here_total = here if extra is None else here + extra
+            if not math.isfinite(float(here.detach())):
+                perturbation.restore()
+                raise TrainingDiverged(f"{what} loss is {float(here.detach())}")
+            here_total.backward()
+            return here
+
         # Gradient at p is in .grad (all-reduced under DDP, so z is identical on every rank).
-        perturbation.climb()
+        perturbation.climb(regrad=lambda: backward_here("carried-over perturbation's"))
         changed = not perturbation.unchanged
         if changed:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                perturbed_loss, _ = objective.loss(model, batch)
-                extra = penalty()
-                perturbed_total = perturbed_loss if extra is None else perturbed_loss + extra
-            if not math.isfinite(float(perturbed_loss.detach())):
-                perturbation.restore()
-                raise TrainingDiverged(f"perturbed loss is {float(perturbed_loss.detach())}")
-            perturbed_total.backward()
+            backward_here("perturbed")
         perturbation.restore()
     optimizer.step()
     return loss.detach(), logits.detach(), changed

@@ -83,6 +83,38 @@ def test_cli_bad_input_one_line_exit_2(tmp_path) -> None:
     assert proc.returncode == 2 and "not found" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("setting", "field", "words"),
+    [
+        ("s2ap.projection=ball", "s2ap.projection", "algorithm1"),
+        ("prune.best_mask=train_loss", "prune.best_mask", "train_loss_iter"),
+        ("data.augment=maybe", "data.augment", "bool or null"),
+        ("adasap.prune_every=0", "adasap.prune_every", ">= 1"),
+        ("harp.penalty_init=0", "harp.penalty_init", "> 0"),
+        ("harp.penalty_growth=2", "harp.penalty_growth", "unknown key"),
+    ],
+)
+def test_cli_bad_method_fidelity_settings_are_one_line_exit_2(tmp_path, setting, field, words) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("prune:\n  method: hydra\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "s2ap.run", str(path), "--set", setting, "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert field in proc.stderr and words in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_method_fidelity_defaults() -> None:
+    cfg = from_dict({})
+    assert cfg.s2ap.projection == "algorithm1"
+    assert cfg.prune.best_mask == "train_loss_iter"
+    assert cfg.data.augment is None and cfg.adasap.prune_every == 30
+
+
 def test_core_does_not_import_ray_or_fastapi() -> None:
     code = (
         "import sys, s2ap, s2ap.pipeline, s2ap.run, s2ap.report, s2ap.evaluate, s2ap.metrics;"

@@ -18,10 +18,11 @@ from scipy.io import savemat
 from torch.utils.data import DataLoader
 
 from s2ap.config import ConfigError, DataConfig
-from s2ap.data import DATASETS, DataInfo, Splits, load_splits
+from s2ap.data import DATASETS, CropFlip, DataInfo, Splits, augments, load_splits
 
 
-def _indices(subset: torch.utils.data.Subset) -> list[int]:
+def _indices(subset: torch.utils.data.Dataset) -> list[int]:
+    subset = subset.base if isinstance(subset, CropFlip) else subset
     return [int(i) for i in subset.indices]
 
 
@@ -140,7 +141,7 @@ def _write_cifar(root: Path, per_batch: int = 4) -> tuple[np.ndarray, np.ndarray
 
 def test_cifar10_round_trip(tmp_path: Path) -> None:
     images, labels = _write_cifar(tmp_path)
-    cfg = DataConfig(name="cifar10", root=str(tmp_path), val_fraction=0.25)
+    cfg = DataConfig(name="cifar10", root=str(tmp_path), val_fraction=0.25, augment=False)
     splits = load_splits(cfg, seed=0)
     assert splits.info == DataInfo(10, 3, 32, splits.info.mean, splits.info.std)
     assert len(splits.train) == 15 and len(splits.val) == 5 and len(splits.test) == 4
@@ -185,7 +186,7 @@ def _write_svhn(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def test_svhn_round_trip(tmp_path: Path) -> None:
     data = _write_svhn(tmp_path)
-    splits = load_splits(DataConfig(name="svhn", root=str(tmp_path), val_fraction=0.2), seed=0)
+    splits = load_splits(DataConfig(name="svhn", root=str(tmp_path), val_fraction=0.2, augment=False), seed=0)
     assert splits.info.num_classes == 10 and splits.info.in_channels == 3
     assert len(splits.train) == 8 and len(splits.val) == 2 and len(splits.test) == 4
     train_x, train_y = data["train"]
@@ -265,3 +266,41 @@ def test_corrupt_cifar_batch_is_a_config_error(tmp_path: Path) -> None:
 def test_unknown_name_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="allowed: .*digits"):
         load_splits(DataConfig(name="mnist"), seed=0)
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def test_augmentation_is_on_by_default_for_cifar10_and_svhn_only(tmp_path: Path) -> None:
+    _write_cifar(tmp_path)
+    assert isinstance(load_splits(DataConfig(name="cifar10", root=str(tmp_path)), seed=0).train, CropFlip)
+    assert augments(DataConfig(name="svhn")) and not augments(DataConfig(name="digits"))
+    assert not augments(DataConfig(name="synthetic")) and augments(DataConfig(name="digits", augment=True))
+    assert not isinstance(load_splits(DataConfig(name="digits"), seed=0).train, CropFlip)
+
+
+def test_augmentation_changes_training_batches_but_not_validation_or_test(tmp_path: Path) -> None:
+    _write_cifar(tmp_path)
+    plain = load_splits(DataConfig(name="cifar10", root=str(tmp_path), augment=False), seed=0)
+    aug = load_splits(DataConfig(name="cifar10", root=str(tmp_path), augment=True), seed=0)
+    n = len(aug.train)
+    first = torch.stack([aug.train[i][0] for i in range(n)])
+    raw = torch.stack([plain.train[i][0] for i in range(n)])
+    assert not torch.equal(first, raw)
+    # Each image is a flipped or unflipped window of its zero-padded original.
+    for i in range(n):
+        padded = torch.nn.functional.pad(raw[i], (4, 4, 4, 4))
+        dy, dx = (int(v) for v in aug.train.offsets[i])
+        window = padded[:, dy : dy + 32, dx : dx + 32]
+        assert torch.equal(first[i], window.flip(-1) if bool(aug.train.flips[i]) else window)
+    # Batched loading gives the per-item draws; the same epoch seed gives the same batch.
+    xs, _ = next(iter(DataLoader(aug.train, batch_size=n)))
+    assert torch.equal(xs, first)
+    aug.seed_training(7)
+    second = torch.stack([aug.train[i][0] for i in range(n)])
+    aug.seed_training(7)
+    assert torch.equal(torch.stack([aug.train[i][0] for i in range(n)]), second)
+    assert not torch.equal(second, first)  # another epoch, other crops and flips
+    for name in ("val", "test"):
+        a, b = getattr(aug, name), getattr(plain, name)
+        assert all(torch.equal(a[i][0], b[i][0]) for i in range(len(a)))

@@ -111,8 +111,10 @@ class Stop(Exception):
     pass
 
 
-def test_resume_after_interruption_gives_the_same_result(tmp_path: Path) -> None:
-    cfg = tiny(**{"s2ap.enabled": True})
+@pytest.mark.parametrize("extra", [{}, {"data.augment": True}], ids=["plain", "augment"])
+def test_resume_after_interruption_gives_the_same_result(extra: dict, tmp_path: Path) -> None:
+    """Also with the carried-over perturbation (the default projection) and augmentation."""
+    cfg = tiny(**{"s2ap.enabled": True, **extra})
     full = Pipeline(cfg, tmp_path / "full")
     full_final = full.run()
 
@@ -199,3 +201,39 @@ def test_nan_loss_stops_with_phase_and_epoch_and_keeps_earlier_epochs(tmp_path: 
     assert "phase finetune, epoch" in proc.stderr and "Traceback" not in proc.stderr
     epochs = pd.read_parquet(tmp_path / "run" / "epochs.parquet")
     assert list(epochs.phase[:5]) == ["pretrain"] * 2 + ["prune"] * 3
+
+
+def test_train_loss_iter_returns_the_scores_before_the_update_of_the_lowest_loss_iteration() -> None:
+    """Algorithm 1, lines 13-15, on a constructed loss sequence: a copy only on improvement."""
+    p = Pipeline(tiny())
+    p.method.prepare(p.model)
+    assert p.cfg.prune.best_mask == "train_loss_iter"  # the paper's rule is the default
+    _, before_update = p._iteration_hooks("prune", 2, 5, [])
+    assert before_update is not None
+    copies = []
+    for i, loss in enumerate([3.0, 2.0, 2.5, 1.0, 1.5]):
+        with torch.no_grad():
+            for layer in p.layers:
+                layer.scores.fill_(float(i))  # the scores "before the update" of iteration i
+        before_update(torch.tensor(loss), 64)
+        copies.append(p.state.best)
+    best = p.state.best
+    assert (best.score, best.epoch, best.iteration) == (1.0, 2, 3)
+    assert all(torch.equal(s, torch.full_like(s, 3.0)) for s in best.scores)
+    assert len({id(c) for c in copies}) == 3  # iterations 0, 1 and 3 improved; 2 and 4 did not
+    # HARP: nothing is a candidate before an epoch has ended within budget.
+    h = Pipeline(tiny(**{"prune.method": "harp"}))
+    h.method.prepare(h.model)
+    _, hook = h._iteration_hooks("prune", 0, 5, [])
+    hook(torch.tensor(0.5), 64)
+    assert h.state.best is None
+    h.method.reached = 0
+    hook(torch.tensor(0.7), 64)
+    assert h.state.best is not None and h.state.best.iteration == 1
+
+
+def test_epoch_rules_keep_no_per_iteration_copies(tmp_path: Path) -> None:
+    p = Pipeline(tiny(**{"prune.best_mask": "val_robust", "pretrain.epochs": 0, "finetune.epochs": 0}))
+    assert p._iteration_hooks("prune", 0, 3, [])[1] is None
+    p.run()
+    assert p.state.best is not None and p.state.best.iteration is None

@@ -16,7 +16,7 @@ from s2ap.experiment import from_dict, with_overrides
 from s2ap.models import build_model
 from s2ap.objectives import build_objective
 from s2ap.pruning import build_method
-from s2ap.sharpness import score_perturbation
+from s2ap.sharpness import score_perturbation, weight_perturbation
 from s2ap.train import build_optimizer, train_step
 
 TINY = {
@@ -132,3 +132,46 @@ def test_a_nan_loss_raises_and_leaves_the_tensors_untouched() -> None:
     with pytest.raises(TrainingDiverged, match="loss is nan"):
         train_step(model, CLEAN, opt, x, torch.zeros(4, dtype=torch.long))
     assert all(torch.equal(p.detach(), p0) for p, p0 in zip(params, start, strict=True))
+
+
+def _bn_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+@pytest.mark.parametrize("objective", ["clean", "trades"])
+@pytest.mark.parametrize("what", ["scores", "weights"])
+def test_the_perturbed_pass_leaves_batch_norm_statistics_alone(objective: str, what: str) -> None:
+    """Running statistics after a step with S2AP (or AWP) equal those after the same step
+    without the second pass: only the pass at the unperturbed point updates them."""
+    torch.manual_seed(0)
+    net = build_model("resnet18", 10, 3, 8, [0.5] * 3, [0.25] * 3)
+    method = build_method(tiny())
+    method.prepare(net)
+    loss = build_objective(ObjectiveConfig(name=objective), AttackConfig(steps=1))
+    x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    assert _bn_buffers(net), "the model must have batch norm for this test to mean anything"
+    results = []
+    for perturbed in (False, True):
+        model = copy.deepcopy(net)
+        params = method.parameters(model) if what == "scores" else [layer.weight for layer in scored(model)]
+        for p in model.parameters():
+            p.requires_grad_(any(p is q for q in params))
+        opt = build_optimizer(params, "sgd", 0.1, 0.9, 0.0)
+        mine = scored(model)
+        pert = None
+        if perturbed:
+            make = score_perturbation if what == "scores" else weight_perturbation
+            pert = make(mine, 0.5, "algorithm1", eta=10.0)
+        noise = torch.zeros_like(x) if objective == "trades" else None
+        torch.manual_seed(1)
+        _, _, changed = train_step(model, loss, opt, x, y, noise, perturbation=pert)
+        assert changed == perturbed  # the second pass did run
+        results.append(_bn_buffers(model))
+    plain, with_s2ap = results
+    assert plain.keys() == with_s2ap.keys()
+    assert all(torch.equal(plain[k], with_s2ap[k]) for k in plain)
+    assert any(not torch.equal(plain[k], _bn_buffers(net)[k]) for k in plain)  # the first pass did update
+
+
+def scored(model: torch.nn.Module) -> list[L.ScoredLayer]:
+    return [layer for _, layer in L.scored_layers(model)]

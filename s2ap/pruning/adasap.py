@@ -7,20 +7,22 @@ Its three steps (Algorithm 2) map onto the pipeline's phases without a new phase
   learned scores) with the adaptive weight perturbation of Algorithm 1: each neuron's
   radius ``rho_i`` shrinks with its importance (Eq. 2-3, ``adasap.rho_min`` /
   ``rho_max``), so the neurons likely to be pruned are pushed into flat regions. The first
-  ``adasap.warmup_epochs`` epochs run the dense network; pruning steps follow at the end
-  of the last warm-up epoch and of every later prune epoch, removing the neurons of
-  lowest saliency (``adasap.criterion``, the l2 norm of AdaSAP_P) with the exponential
-  schedule of Sect. 4.1 (``k_r = m^(1 - r/R) k^(r/R)``) so the last step reaches the
-  target. With ``prune.epochs <= adasap.warmup_epochs`` this is one step at the end.
+  ``adasap.warmup_epochs`` epochs run the dense network; in the prune epochs after them a
+  pruning step follows every ``adasap.prune_every`` iterations (30, Sect. 4.1), removing
+  the neurons of lowest saliency (``adasap.criterion``, the l2 norm of AdaSAP_P) with the
+  exponential schedule of Sect. 4.1 (``k_r = m^(1 - r/R) k^(r/R)``, ``R`` the number of
+  steps that fit in those epochs, at least one) so the last step reaches the target. With
+  ``prune.epochs <= adasap.warmup_epochs`` this is one step at the end of the last epoch.
   Pruned neurons stay pruned: saliency is measured on the masked weights.
 * **finetune** = robustness encouragement: the same step with a uniform radius
   (``rho_min = rho_max = adasap.finetune_rho``, "SAM" in Algorithm 2) on the kept weights.
 
 Defaults are the paper's (ASAM, rho in [0.01, 2.0], rho = 2.0 when finetuning, 10 warm-up
-epochs). AdaSAP is structured (channel granularity) by default; with weight granularity
-every weight is its own neuron (the paper's unstructured special case). Between warm-up
-epochs the layers report the mask the saliency criterion would pick at the target (so the
-mask-stability measure tracks the ranking), while the forward pass stays dense.
+epochs, a step every 30 iterations). AdaSAP is structured (channel granularity) by default;
+with weight granularity every weight is its own neuron (the paper's unstructured special
+case). Until the first pruning step the layers report the mask the saliency criterion would
+pick at the target (so the mask-stability measure tracks the ranking), while the forward
+pass stays dense.
 
 S2AP cannot wrap AdaSAP: there are no scores to perturb; ``prune.best_mask`` does not
 apply either, because the weights themselves change: the mask is the last step's.
@@ -48,6 +50,7 @@ class AdaSAP(PruningMethod):
 
     name = "adasap"
     default_granularity = "channel"
+    best_mask_applies = False  # the weights themselves change: the mask is the last step's
     s2ap_unsupported = (
         "adasap trains the weights with its own adaptive perturbation and has no scores to "
         "perturb, so S2AP cannot apply; set s2ap.enabled: false"
@@ -55,7 +58,7 @@ class AdaSAP(PruningMethod):
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         super().__init__(cfg)
-        self.dense = False  # forward without masks (warm-up epochs)
+        self.dense = False  # forward without masks (until the first pruning step)
         self.started = False  # a pruning step has happened: pruned neurons stay pruned
         self.targets: dict[str, int | None] = {}  # final kept neurons per layer (None: all)
         self._perturbations: dict[str, Perturbation] = {}  # per phase, built on first use
@@ -115,13 +118,14 @@ class AdaSAP(PruningMethod):
         return [p for n, p in root.named_parameters() if not n.endswith("scores")]
 
     def _warmup(self) -> int:
-        return max(1, min(self.cfg.adasap.warmup_epochs, self.cfg.prune.epochs))
+        """Dense warm-up epochs; all of them when the prune phase is no longer than that."""
+        return min(self.cfg.adasap.warmup_epochs, self.cfg.prune.epochs)
 
     def on_epoch_start(self, model: nn.Module, phase: str, epoch: int) -> Perturbation | None:
         """The adaptive perturbation while pruning, the uniform one while finetuning; each
         built once and reused (its support follows ``self.dense`` as the epochs go)."""
         if phase == "prune":
-            self.dense = epoch < self._warmup()
+            self.dense = not self.started
         if phase not in ("prune", "finetune"):
             return None
         if phase not in self._perturbations:
@@ -139,17 +143,31 @@ class AdaSAP(PruningMethod):
             )
         return self._perturbations[phase]
 
+    def on_iteration(self, model: nn.Module, epoch: int, step: int, steps: int) -> None:
+        """A pruning step after every ``adasap.prune_every``-th iteration past the warm-up;
+        ``R`` steps in all, the last one reaching the target."""
+        warmup = self._warmup()
+        if epoch < warmup:
+            return
+        done = (epoch - warmup) * steps + step + 1  # iterations since the warm-up, this one included
+        total = (self.cfg.prune.epochs - warmup) * steps
+        every = self.cfg.adasap.prune_every
+        count = max(1, total // every)  # R
+        r = done // every if done % every == 0 else 0
+        if total < every and done == total:
+            r = 1  # fewer iterations than one interval: a single step at the end
+        if 1 <= r <= count:
+            self._prune_to(model, r / count)
+            self.started, self.dense = True, False
+            log.debug("adasap epoch %d iteration %d: pruning step %d/%d", epoch, step, r, count)
+
     def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
-        first = self._warmup() - 1  # the last warm-up epoch ends with the first pruning step
-        steps = self.cfg.prune.epochs - first
-        if epoch < first:
+        last = epoch == self.cfg.prune.epochs - 1
+        if self._warmup() == self.cfg.prune.epochs and last:
+            self._prune_to(model, 1.0)  # no epoch after the warm-up: one step at the end
+            self.started, self.dense = True, False
+        elif not self.started:
             self._prune_to(model, 1.0)  # what would be pruned now (reported, not applied)
-        else:
-            fraction = (epoch - first + 1) / steps
-            self._prune_to(model, fraction)
-            self.started = True
-            log.info("adasap epoch %d: pruning step %d/%d", epoch, epoch - first + 1, steps)
-        self.dense = False
 
     def state_dict(self) -> dict[str, Any]:
         return {"dense": self.dense, "started": self.started}

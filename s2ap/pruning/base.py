@@ -17,8 +17,9 @@ The pipeline drives a method through these hooks, in this order:
 ``on_epoch_start(model, phase, epoch)``
     before every training epoch; returns the method's own sharpness perturbation for that
     epoch (AdaSAP) or None for the pipeline's default (S2AP / AWP from the ``s2ap`` section).
-``parameters`` / ``penalty`` / ``on_epoch_end``
-    during the mask search.
+``parameters`` / ``penalty`` / ``on_iteration`` / ``on_epoch_end``
+    during the mask search; ``admissible`` says whether the scores of the moment may be
+    returned (HARP: only once its budget has been met).
 ``finish_search(model)``
     after the search, with the best epoch restored, right before the masks are frozen.
 ``state_dict`` / ``load_state_dict``
@@ -57,6 +58,7 @@ class PruningMethod:
     granularities: tuple[str, ...] = ("weight", "channel")  # prune.granularity values it supports
     default_granularity = "weight"
     s2ap_unsupported: str | None = None  # why S2AP cannot wrap this method, if it cannot
+    best_mask_applies = True  # False: the search returns its last state (prune.best_mask ignored)
     score_init: str | None = None  # None: use prune.score_init from the config
 
     def __init__(self, cfg: ExperimentConfig) -> None:
@@ -155,8 +157,15 @@ class PruningMethod:
         perturbation for the epoch (None: the pipeline's S2AP/AWP default)."""
         return None
 
+    def on_iteration(self, model: nn.Module, epoch: int, step: int, steps: int) -> None:
+        """Hook after iteration ``step`` (of ``steps``) of pruning epoch ``epoch``."""
+
     def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
         """Hook after each pruning epoch."""
+
+    def admissible(self) -> bool:
+        """Whether the search may return the current scores (``prune.best_mask``'s candidates)."""
+        return True
 
     def finish_search(self, model: nn.Module) -> None:
         """Hook after the mask search (best epoch restored), right before the masks freeze."""

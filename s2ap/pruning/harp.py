@@ -22,10 +22,18 @@ The budget is a penalty added to the robust loss (S2AP's "Formulation Generality
 
 zero exactly when the global keep-rate is within the target; for a FLOPs target the ratio
 is the compact network's FLOPs (from the learned channel rates) over ``dense / factor``.
-The weight ``c`` starts at ``harp.penalty_init`` and is multiplied by
-``harp.penalty_growth`` after every pruning epoch that ends over budget: robustness first,
-then increasingly the budget (HARP's step-wise incremental regularisation). The masks,
-their freeze and the dense export all use the learned per-layer rates; with
+
+The weight follows HARP's public code (intellisec/harp, ``utils/hw.py`` and ``train.py``,
+``gamma_dynamic``): in pruning epoch ``e`` it is ``c = (e + 1) * harp.penalty_init``
+(HARP's ``gamma``, default 1.0), growing linearly -- robustness first, then increasingly the
+budget -- until the first epoch that ends within budget (HARP rounds the penalty to four
+decimals, so a ratio below 5e-5 counts as within); from then on it stays frozen at that
+epoch's value. Only scores from then on are candidates for the returned mask
+(:meth:`Harp.admissible`; HARP keeps its best checkpoint only among such epochs), chosen by
+``prune.best_mask`` (HARP's own code picks the highest adversarial accuracy, ``val_robust``
+here, but on its test set). If no epoch ever meets the budget, the last epoch is returned.
+
+The masks, their freeze and the dense export all use the learned per-layer rates; with
 ``harp.enforce_budget`` (default) the rates returned by the search are shifted down
 together, if needed, so the frozen mask meets the target exactly.
 """
@@ -47,6 +55,7 @@ from s2ap.pruning.base import METHODS, PruningMethod
 log = logging.getLogger(__name__)
 
 _EDGE = 1e-6  # keeps the initial logit finite for an initial rate of exactly lo or 1
+_WITHIN = 5e-5  # HARP: np.round(penalty, 4) == 0
 
 
 @METHODS.register("harp")
@@ -58,6 +67,8 @@ class Harp(PruningMethod):
     def __init__(self, cfg: ExperimentConfig) -> None:
         super().__init__(cfg)
         self.coef = cfg.harp.penalty_init
+        self.frozen: float | None = None  # the weight once an epoch ended within budget
+        self.reached: int | None = None  # that epoch
         self.names: list[str] = []  # the layers with a learned rate, in definition order
         self.sizes: Tensor | None = None  # n_l: prunable entries (weights) per rated layer
         self.logits: nn.Parameter | None = None  # r_l, trained with the scores
@@ -121,7 +132,7 @@ class Harp(PruningMethod):
     def prepare(self, model: nn.Module) -> None:
         super().prepare(model)
         self._init_rates()
-        self.coef = self.cfg.harp.penalty_init
+        self.coef, self.frozen, self.reached = self.cfg.harp.penalty_init, None, None
 
     # ------------------------------------------------------------------ rates and budget
 
@@ -159,17 +170,26 @@ class Harp(PruningMethod):
     def penalty(self, model: nn.Module) -> Tensor:
         return (self.coef * self.budget_ratio().clamp_min(0)).float()
 
+    def on_epoch_start(self, model: nn.Module, phase: str, epoch: int) -> None:
+        if phase == "prune":
+            self.coef = self.frozen if self.frozen is not None else (epoch + 1) * self.cfg.harp.penalty_init
+        return None
+
     def on_epoch_end(self, model: nn.Module, epoch: int) -> None:
         with torch.no_grad():
             ratio = float(self.budget_ratio())
-        if ratio > 0:
-            self.coef *= self.cfg.harp.penalty_growth
+        if self.frozen is None and ratio < _WITHIN:
+            self.frozen, self.reached = self.coef, epoch
         rates = self.layer_rates()
         log.info(
-            "harp epoch %d: budget %+.4f (%s), penalty weight %.4g, keep-rates %s",
-            epoch, ratio, "over" if ratio > 0 else "within", self.coef,
-            " ".join(f"{v:.3f}" for v in rates.values()),
+            "harp epoch %d: budget %+.4f (%s), penalty weight %.4g%s, keep-rates %s",
+            epoch, ratio, "over" if ratio >= _WITHIN else "within", self.coef,
+            " (frozen)" if self.frozen is not None else "", " ".join(f"{v:.3f}" for v in rates.values()),
         )  # fmt: skip
+
+    def admissible(self) -> bool:
+        """HARP keeps checkpoints only once an epoch has ended within budget."""
+        return self.reached is not None
 
     def finish_search(self, model: nn.Module) -> None:
         """With ``harp.enforce_budget``, move every logit down by one common shift (found by
@@ -206,6 +226,8 @@ class Harp(PruningMethod):
         return {
             "logits": self.logits.detach().cpu().clone(),
             "coef": self.coef,
+            "frozen": self.frozen,
+            "reached": self.reached,
             "start": self._start.cpu().clone() if self._start is not None else None,
             "offset": self._offset.cpu().clone() if self._offset is not None else None,
         }
@@ -222,6 +244,7 @@ class Harp(PruningMethod):
         self._start = state["start"].to(device)
         self._offset = state["offset"].to(device)
         self.coef = float(state["coef"])
+        self.frozen, self.reached = state.get("frozen"), state.get("reached")
 
 
 class _RateMask:

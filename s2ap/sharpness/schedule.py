@@ -16,6 +16,7 @@ method, step for step.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from s2ap.config import S2APConfig
 from s2ap.layers import ScoredLayer
@@ -33,16 +34,25 @@ def _none(phase: str, epoch: int) -> Perturbation | None:
 class SharpnessSchedule:
     """Answers :meth:`for_epoch`: the perturbation for one epoch of one phase, or None."""
 
-    def __init__(self, s2ap: S2APConfig, layers: Sequence[ScoredLayer], own: OwnPerturbation = _none) -> None:
+    def __init__(
+        self,
+        s2ap: S2APConfig,
+        layers: Sequence[ScoredLayer],
+        own: OwnPerturbation = _none,
+        search_lr: float = 0.0,
+        finetune_lr: float = 0.0,
+    ) -> None:
+        """``search_lr`` / ``finetune_lr``: the phases' learning rates, the ascent step eta
+        of the ``algorithm1`` projections (Algorithm 1 and 2 use one eta for both steps)."""
         self.warmup_epochs = s2ap.warmup_epochs
         self.own = own  # the method's own perturbation for (phase, epoch), if it has one
         self.search: Perturbation | None = None
         self.finetune: Perturbation | None = None
         if s2ap.active:
             search = score_perturbation if s2ap.perturb == "scores" else search_weight_perturbation
-            self.search = search(layers, s2ap.gamma)
+            self.search = search(layers, s2ap.gamma, s2ap.projection, search_lr)
             if s2ap.finetune_awp:
-                self.finetune = weight_perturbation(layers, s2ap.gamma)
+                self.finetune = weight_perturbation(layers, s2ap.gamma, s2ap.projection, finetune_lr)
 
     def for_epoch(self, phase: str, epoch: int) -> Perturbation | None:
         chosen = self.own(phase, epoch)
@@ -54,3 +64,17 @@ class SharpnessSchedule:
         if chosen is not None:
             chosen.begin()
         return chosen
+
+    def state_dict(self) -> dict[str, Any]:
+        """The carried-over perturbations (``algorithm1``), for the run state."""
+        out = {}
+        for name, p in (("search", self.search), ("finetune", self.finetune)):
+            state = {} if p is None else p.state_dict()
+            if state:
+                out[name] = state
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, p in (("search", self.search), ("finetune", self.finetune)):
+            if p is not None and name in state:
+                p.load_state_dict(state[name])

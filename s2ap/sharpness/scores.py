@@ -11,8 +11,11 @@ from s2ap.layers import ScoredLayer
 from s2ap.sharpness.perturbation import LayerwisePerturbation
 
 
-def score_perturbation(layers: Sequence[ScoredLayer], gamma: float) -> LayerwisePerturbation:
-    """S2AP: perturb each layer's scores within ``gamma * ||s_l||``.
+def score_perturbation(
+    layers: Sequence[ScoredLayer], gamma: float, projection: str = "surface", eta: float = 0.0
+) -> LayerwisePerturbation:
+    """S2AP: perturb each layer's scores within ``gamma * ||s_l||`` (``projection`` and the
+    ascent step ``eta``: :class:`~s2ap.sharpness.perturbation.LayerwisePerturbation`).
 
     Under the straight-through estimator the network sees the scores only through the
     binary mask, and the score gradient is ``dL/dW * w * sign(s)``. When ``s + z`` keeps
@@ -29,5 +32,10 @@ def score_perturbation(layers: Sequence[ScoredLayer], gamma: float) -> Layerwise
             return out + [torch.signbit(s) for s in scores]
 
     return LayerwisePerturbation(
-        scores, gamma, reference=lambda i: scores[i].detach(), fingerprint=fingerprint
+        scores,
+        gamma,
+        reference=lambda i: scores[i].detach(),
+        fingerprint=fingerprint,
+        projection=projection,
+        eta=eta,
     )

@@ -41,12 +41,19 @@ def _weights(layers: Sequence[ScoredLayer]) -> list[nn.Parameter]:
     return [layer.weight for layer in layers]  # type: ignore[misc]
 
 
-def weight_perturbation(layers: Sequence[ScoredLayer], gamma: float) -> LayerwisePerturbation:
+def weight_perturbation(
+    layers: Sequence[ScoredLayer], gamma: float, projection: str = "surface", eta: float = 0.0
+) -> LayerwisePerturbation:
     """AWP on the kept weights (Algorithm 2): ``||nu_l|| <= gamma * ||w_l * m_l||``."""
     weights = _weights(layers)
     kept = _kept(layers, weights)
     return LayerwisePerturbation(
-        weights, gamma, reference=lambda i: weights[i].detach() * kept(i), support=kept
+        weights,
+        gamma,
+        reference=lambda i: weights[i].detach() * kept(i),
+        support=kept,
+        projection=projection,
+        eta=eta,
     )
 
 
@@ -59,10 +66,17 @@ class SearchWeightPerturbation(LayerwisePerturbation):
     tensors that were trainable when it was built), so every rank climbs the same way.
     """
 
-    def __init__(self, layers: Sequence[ScoredLayer], gamma: float) -> None:
+    def __init__(
+        self, layers: Sequence[ScoredLayer], gamma: float, projection: str = "surface", eta: float = 0.0
+    ) -> None:
         weights = _weights(layers)
         super().__init__(
-            weights, gamma, reference=lambda i: weights[i].detach(), support=_kept(layers, weights)
+            weights,
+            gamma,
+            reference=lambda i: weights[i].detach(),
+            support=_kept(layers, weights),
+            projection=projection,
+            eta=eta,
         )
         self.begin()
 
@@ -79,6 +93,7 @@ class SearchWeightPerturbation(LayerwisePerturbation):
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad.div_(world)
+        super().before_climb()
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -87,9 +102,11 @@ class SearchWeightPerturbation(LayerwisePerturbation):
             p.grad = None
 
 
-def search_weight_perturbation(layers: Sequence[ScoredLayer], gamma: float) -> SearchWeightPerturbation:
+def search_weight_perturbation(
+    layers: Sequence[ScoredLayer], gamma: float, projection: str = "surface", eta: float = 0.0
+) -> SearchWeightPerturbation:
     """``s2ap.perturb: weights``: perturb the kept weights instead of the scores."""
-    return SearchWeightPerturbation(layers, gamma)
+    return SearchWeightPerturbation(layers, gamma, projection, eta)
 
 
 def neuron_importance(weight: Tensor, channel: bool, criterion: str = "l2") -> Tensor:

@@ -214,16 +214,28 @@ def test_harp_penalty_is_zero_exactly_when_the_budget_holds() -> None:
             assert pen == pytest.approx(m.coef * ratio, rel=1e-6)
         seen.add(ratio > 0)
     assert seen == {True, False}
-    # The weight grows after an epoch over budget, and only then.
-    with torch.no_grad():
-        m.logits.fill_(3.0)
-    coef = m.coef
-    m.on_epoch_end(net, 0)
-    assert m.coef == coef * 2
-    with torch.no_grad():
-        m.logits.fill_(-3.0)
-    m.on_epoch_end(net, 1)
-    assert m.coef == coef * 2
+
+
+def test_harp_weight_grows_linearly_then_freezes_once_an_epoch_ends_within_budget() -> None:
+    """HARP's code: weight (epoch + 1) * gamma until an epoch ends within budget, then frozen;
+    candidates for the returned mask only from that epoch on."""
+    m, net, _ = bound("harp", sparsity=0.9)
+    init = m.cfg.harp.penalty_init
+    seen = []
+    for epoch, logit in enumerate([3.0, 3.0, -3.0, 3.0, 3.0]):  # over, over, within, over, over
+        m.on_epoch_start(net, "prune", epoch)
+        seen.append(m.coef)
+        assert m.admissible() == (epoch > 2)
+        with torch.no_grad():
+            m.logits.fill_(logit)
+        m.on_epoch_end(net, epoch)
+    assert seen == [init, 2 * init, 3 * init, 3 * init, 3 * init]
+    assert (m.frozen, m.reached) == (3 * init, 2)
+    state = m.state_dict()
+    m.prepare(net)  # a new search starts over
+    assert (m.coef, m.frozen, m.reached, m.admissible()) == (init, None, None, False)
+    m.load_state_dict(state)
+    assert (m.frozen, m.reached) == (3 * init, 2)
 
 
 def test_harp_rate_gradient_is_the_sum_of_mask_gradients() -> None:
@@ -278,6 +290,15 @@ def test_harp_strategy_list_sets_initial_rates_and_must_match_layers() -> None:
     with pytest.raises(ConfigError) as exc:  # in a run, before any training
         Pipeline(tiny(**{"prune.method": "harp", "harp.init_rates": [0.2] * 3}))
     assert exc.value.field == "harp.init_rates"
+
+
+def test_harp_returns_the_last_epoch_when_no_epoch_meets_the_budget(tmp_path: Path) -> None:
+    cfg = tiny(**{"prune.method": "harp", "prune.epochs": 2, "finetune.epochs": 0, "pretrain.epochs": 0,
+                  "harp.init_rates": [1.0] * 5, "harp.penalty_init": 1e-6})  # fmt: skip
+    p = Pipeline(cfg, tmp_path)
+    p.run()
+    assert p.method.reached is None and p.state.best.epoch == 1 and p.state.best.iteration is None
+    assert p.method.budget_ratio() <= 0  # enforce_budget still shifts the rates into the budget
 
 
 def test_harp_best_epoch_rates_come_back_with_their_scores(tmp_path: Path) -> None:
@@ -446,28 +467,34 @@ def test_residual_outputs_are_zeroed_not_removed() -> None:
 
 
 def test_adasap_phases_schedule_and_uniform_finetuning() -> None:
+    """Dense warm-up epochs, then a pruning step every adasap.prune_every iterations (R steps
+    over the remaining iterations, exponential schedule, the last one at the target)."""
     cfg = from_dict({"prune": {"method": "adasap", "sparsity": 0.75, "epochs": 4},
-                     "adasap": {"warmup_epochs": 2}})  # fmt: skip
+                     "adasap": {"warmup_epochs": 2, "prune_every": 2}})  # fmt: skip
+    assert from_dict({"prune": {"method": "adasap"}}).adasap.prune_every == 30  # seed 004's schedule
     m = build_method(cfg)
     net, shape = model_for("cnn", "channel")
     m.bind(net, shape)
     m.prepare(net)
-    kept = []
+    conv = "net.features.2"  # 64 channels, target 16
+    kept, dense = [], []
+    steps = 3  # iterations per epoch: 6 after the warm-up, so R = 3 steps, after iterations 2, 4, 6
     for epoch in range(4):
         pert = m.on_epoch_start(net, "prune", epoch)
         assert isinstance(pert, AdaptiveWeightPerturbation) and (pert.rho_min, pert.rho_max) == (0.01, 2.0)
-        assert m.dense == (epoch < 2)
-        if m.dense:
-            assert all(layer.current_mask().all() for _, layer in L.scored_layers(net))
+        for step in range(steps):
+            dense.append(m.dense)
+            if m.dense:
+                assert all(layer.current_mask().all() for _, layer in L.scored_layers(net))
+            m.on_iteration(net, epoch, step, steps)
+            kept.append({n: layer.mask.flatten().clone() for n, layer in L.scored_layers(net)})
         m.on_epoch_end(net, epoch)
-        kept.append({n: layer.mask.flatten().clone() for n, layer in L.scored_layers(net)})
-    conv = "net.features.2"  # 64 channels, target 16: m^(1 - r/R) k^(r/R) over R = 3 steps
-    assert [int(k[conv].sum()) for k in kept[1:]] == [
-        round(64 * 0.25 ** (1 / 3)),
-        round(64 * 0.25 ** (2 / 3)),
-        16,
-    ]
-    for a, b in zip(kept[1:], kept[2:], strict=False):
+    assert dense == [True] * 8 + [False] * 4  # dense through the warm-up and the first interval
+    counts = [int(k[conv].sum()) for k in kept[6:]]
+    r1, r2 = round(64 * 0.25 ** (1 / 3)), round(64 * 0.25 ** (2 / 3))
+    # Before the first step the layers report the target mask without applying it (dense).
+    assert counts == [16, r1, r1, r2, r2, 16]
+    for a, b in zip(kept[7:], kept[8:], strict=False):
         assert bool((b[conv] <= a[conv]).all())  # pruned neurons stay pruned
     assert int(kept[-1]["net.classifier.2"].sum()) == 10
     fin = m.on_epoch_start(net, "finetune", 0)

@@ -89,6 +89,24 @@ def test_tiny_spec_parses_into_cells() -> None:
     assert cfg.prune.sparsity == 0.9 and cfg.s2ap.gamma == 0.004 and cfg.device == "cpu"
 
 
+def test_method_fidelity_settings_are_grid_axes() -> None:
+    """surface vs algorithm1 (and the other new settings) are one-line ablations."""
+    spec = load_spec(tiny(grid={"s2ap.projection": ["surface", "algorithm1"]}), nodes=None)
+    cells = spec.cells()
+    assert [c.values for c in cells] == [{"s2ap.projection": "surface"}, {"s2ap.projection": "algorithm1"}]
+    assert spec.trial_config(cells[0].values).s2ap.projection == "surface"
+    assert spec.trial_config(cells[1].values).s2ap.projection == "algorithm1"
+    grid = {
+        "prune.best_mask": ["train_loss_iter", "val_robust"],
+        "data.augment": [False, True],
+        "adasap.prune_every": [10, 30],
+    }
+    assert len(load_spec(tiny(grid=grid), nodes=None).cells()) == 8
+    rejects(
+        tiny(grid={"s2ap.projection": ["surface", "ball"]}), "grid.s2ap.projection", contains="algorithm1"
+    )
+
+
 def test_trial_config_is_the_frozen_base_changed_and_validated_once(monkeypatch: pytest.MonkeyPatch) -> None:
     from s2ap import experiment
     from s2ap.config import ExperimentConfig
