@@ -336,8 +336,6 @@ class Pipeline:
         if self.reporter is not None:
             self.reporter(dict(row, global_epoch=len(self.state.rows)), path)
 
-    # ------------------------------------------------------------------ helpers
-
     @property
     def _best_rule(self) -> str:
         return self.cfg.prune.best_mask if self.method.best_mask_applies else "last"

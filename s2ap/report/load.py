@@ -105,6 +105,35 @@ def _method_label(row: pd.Series) -> str:
     return label
 
 
+# Settings that make runs incomparable when a table holds several of their values: each value
+# becomes its own method label, so no table row or panel pools them. The first ones apply to
+# Orig. and S2AP runs alike; an S2AP-only knob (projection) is null on Orig. runs, which then
+# serve as the baseline of every value.
+BOTH_SIDES = (RUN.best_mask, RUN.augment, RUN.adasap_prune_every)
+S2AP_ONLY = (RUN.projection,)
+
+
+def _split_variants(df: pd.DataFrame) -> pd.DataFrame:
+    """Append ``[axis=value]`` to the method label for every variant axis with several values."""
+    for col in BOTH_SIDES:
+        if col in df.columns and df[col].nunique(dropna=True) > 1:
+            df[RUN.method] = df[RUN.method] + df[col].map(
+                lambda v, c=col: f" [{c}={v}]" if pd.notna(v) else ""
+            )
+    for col in S2AP_ONLY:
+        if col not in df.columns or df.loc[df[RUN.s2ap], col].nunique(dropna=True) <= 1:
+            continue
+        parts = [
+            df[df[RUN.s2ap]].assign(
+                **{RUN.method: df[RUN.method] + df[col].map(lambda v, c=col: f" [{c}={v}]")}
+            )
+        ]
+        for value in sorted(df.loc[df[RUN.s2ap], col].dropna().unique(), key=str):
+            parts.append(df[~df[RUN.s2ap]].assign(**{RUN.method: df[RUN.method] + f" [{col}={value}]"}))
+        df = pd.concat(parts, ignore_index=True)
+    return df
+
+
 def prepare(df: pd.DataFrame, epochs: pd.DataFrame | None) -> pd.DataFrame:
     """Successful runs only, one row per (config, seed), percentages, per-epoch lists filled."""
     df = df.copy()
@@ -116,6 +145,7 @@ def prepare(df: pd.DataFrame, epochs: pd.DataFrame | None) -> pd.DataFrame:
         df = df.drop_duplicates(subset=[RUN.config_hash, RUN.seed], keep="last")
     df[RUN.s2ap] = df[RUN.s2ap].fillna(False).astype(bool)
     df[RUN.method] = df.apply(_method_label, axis=1)
+    df = _split_variants(df)
     df[RUN.sparsity] = df[RUN.sparsity].astype(float).round(6)
     acc_cols = [c for c in ACCURACIES if c in df]
     for col in acc_cols:

@@ -311,3 +311,37 @@ def test_selection_reads_validation_not_test() -> None:
     # Without validation figures nothing result-driven selects: the smallest gamma, not test's best.
     chosen, gamma = select_gamma(rows.drop(columns="final_val_pgd_acc"))
     assert gamma == 0.001
+
+
+def test_variant_axes_are_never_pooled() -> None:
+    # An S2AP projection ablation: each projection gets its own label with the shared Orig.
+    # baseline; a setting of both sides (augment) splits both.
+    import pandas as pd
+
+    from s2ap.report.load import prepare
+
+    base = {
+        "model": "cnn",
+        "dataset": "digits",
+        "method": "hydra",
+        "sparsity": 0.9,
+        "clean_acc": 0.9,
+        "robust_acc": 0.8,
+        "augment": False,
+    }
+    rows = [
+        {**base, "s2ap": False, "seed": 0, "projection": None, "config_hash": "o"},
+        {**base, "s2ap": True, "seed": 0, "projection": "surface", "config_hash": "s"},
+        {**base, "s2ap": True, "seed": 0, "projection": "algorithm1", "config_hash": "a"},
+    ]
+    df = prepare(pd.DataFrame(rows), None)
+    labels = sorted(zip(df["method"], df["s2ap"], strict=True))
+    assert labels == [
+        ("hydra [projection=algorithm1]", False),
+        ("hydra [projection=algorithm1]", True),
+        ("hydra [projection=surface]", False),
+        ("hydra [projection=surface]", True),
+    ]
+    rows.append({**base, "s2ap": False, "seed": 0, "projection": None, "augment": True, "config_hash": "x"})
+    df = prepare(pd.DataFrame(rows[:1] + rows[3:]), None)
+    assert sorted(df["method"]) == ["hydra [augment=False]", "hydra [augment=True]"]
