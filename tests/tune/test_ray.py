@@ -284,3 +284,40 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     # A second start without --resume must not clobber the search.
     clash = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert clash.returncode == 2 and clash.stderr.startswith("error: --out: ")
+
+
+def test_ddp_trial_resumes_after_its_train_controller_is_killed(tmp_path: Path) -> None:
+    """Tune retries a DDP trial whose Train controller died; the new TorchTrainer (same name,
+    same storage) resumes from Train's last checkpoint."""
+    from ray.util.state import list_actors
+
+    from s2ap.tune.cluster import start_local_ray
+    from s2ap.tune.search import run_search
+
+    spec = load_spec(spec_dict(tmp_path, resources={"workers": 2, "cpus_per_worker": 1}, max_failures=1))
+    start_local_ray(num_cpus=3)
+    box: list[Any] = []
+    thread = threading.Thread(target=lambda: box.append(run_search(spec, quiet=True)), daemon=True)
+    thread.start()
+    killed = None
+    deadline = time.time() + 300
+    while killed is None and time.time() < deadline and thread.is_alive():
+        for store in (spec.search_dir / "trials").glob("*"):
+            found = latest_checkpoint(*checkpoint_roots(spec.search_dir, store.name))
+            if found is None or found[1].get("final") or found[1]["metrics"]["global_epoch"] < 3:
+                continue
+            for actor in list_actors(filters=[("state", "=", "ALIVE")]):
+                if "Controller" in str(actor.class_name) and actor.pid:
+                    os.kill(actor.pid, signal.SIGKILL)
+                    killed = store.name
+        time.sleep(0.1)
+    assert killed is not None, "no controller was killed mid-trial"
+    thread.join(timeout=400)
+    assert box, "the search did not finish"
+    trials = pd.read_parquet(box[0].trials_path)
+    row = trials.set_index("trial_id").loc[killed]
+    assert row["status"] == "ok" and row["epochs_run"] == 5
+    assert row["attempts"] == 2  # a second worker group, started by Tune's retry
+    starts = read_workers(spec.search_dir / "trials" / killed)
+    assert sorted(s["resumed_from"] is not None for s in starts) == [False, False, True, True]
+    assert_each_epoch_once(pd.read_parquet(box[0].epochs_path))
