@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
-from torchvision import transforms
 
 from s2ap import data_files as files
 from s2ap.config import ConfigError, DataConfig
@@ -194,6 +193,8 @@ def load_imagenet(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     256-for-224 ratio) and the centre crop happen there too; the validation folder is indexed
     with the training folder's classes so that labels agree even if it lacks some classes.
     """
+    from torchvision import transforms  # only here: slow to import
+
     root = Path(cfg.root).expanduser()
     size = cfg.image_size or 224
     transform = transforms.Compose(
@@ -207,8 +208,8 @@ def load_imagenet(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     if not (root / "train").is_dir() or not (root / "val").is_dir():
         raise files.missing(root, expected, downloadable=False)
     try:
-        train = files.FixedClassImageFolder(root / "train", transform=transform)
-        test = files.FixedClassImageFolder(root / "val", transform=transform, classes=train.classes)
+        train = files.image_folder(root / "train", transform)
+        test = files.image_folder(root / "val", transform, classes=train.classes)
     except FileNotFoundError as exc:
         raise ConfigError("data.root", f"no usable images under {root}: {exc}; expected {expected}") from None
     if len(test) == 0:

@@ -18,8 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.datasets import CIFAR10, SVHN, ImageFolder
-from torchvision.datasets.utils import download_and_extract_archive, download_url
 
 from s2ap.errors import ConfigError
 
@@ -71,7 +69,14 @@ def cifar_folder(root: Path) -> Path | None:
     return None
 
 
+# torchvision is imported only where a download or an image folder needs it: it takes
+# seconds to import, and every trial of a search would pay that for nothing.
+
+
 def fetch_cifar10(root: Path) -> None:
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import download_and_extract_archive
+
     download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
 
 
@@ -99,6 +104,9 @@ def read_svhn(path: Path) -> tuple[Tensor, Tensor]:
 
 
 def fetch_svhn(root: Path, split: str) -> None:
+    from torchvision.datasets import SVHN
+    from torchvision.datasets.utils import download_url
+
     url, filename, md5 = SVHN.split_list[split]
     download_url(url, str(root), filename, md5)
 
@@ -113,18 +121,23 @@ def download(fetch: Callable[[], None], what: str, root: Path) -> None:
         raise ConfigError("data.download", f"downloading {what} to {root} failed: {exc}") from None
 
 
-class FixedClassImageFolder(ImageFolder):
-    """``ImageFolder`` that can reuse another folder's class list instead of finding its own."""
+def image_folder(root: Path, transform: Any, classes: Sequence[str] | None = None) -> Any:
+    """A torchvision ``ImageFolder`` that can reuse another folder's class list (``classes``)
+    instead of finding its own."""
+    from torchvision.datasets import ImageFolder
 
-    def __init__(self, root: Path, transform: Any, classes: Sequence[str] | None = None) -> None:
-        self._fixed_classes = list(classes) if classes is not None else None
-        super().__init__(str(root), transform=transform, allow_empty=classes is not None)
+    class FixedClassImageFolder(ImageFolder):
+        def __init__(self) -> None:
+            self._fixed_classes = list(classes) if classes is not None else None
+            super().__init__(str(root), transform=transform, allow_empty=classes is not None)
 
-    def find_classes(self, directory: Any) -> tuple[list[str], dict[str, int]]:
-        if self._fixed_classes is None:
-            return super().find_classes(directory)
-        present = {p.name for p in Path(directory).iterdir() if p.is_dir()}
-        unknown = sorted(present - set(self._fixed_classes))
-        if unknown:
-            raise FileNotFoundError(f"{directory} has classes missing from train/: {unknown[:5]}")
-        return self._fixed_classes, {c: i for i, c in enumerate(self._fixed_classes)}
+        def find_classes(self, directory: Any) -> tuple[list[str], dict[str, int]]:
+            if self._fixed_classes is None:
+                return super().find_classes(directory)
+            present = {p.name for p in Path(directory).iterdir() if p.is_dir()}
+            unknown = sorted(present - set(self._fixed_classes))
+            if unknown:
+                raise FileNotFoundError(f"{directory} has classes missing from train/: {unknown[:5]}")
+            return self._fixed_classes, {c: i for i, c in enumerate(self._fixed_classes)}
+
+    return FixedClassImageFolder()

@@ -10,7 +10,7 @@ The package, bottom to top: :mod:`~s2ap.tune.space` (the searched parameters' pr
 :mod:`~s2ap.tune.cells` (grid cells and what is searched in each),
 :mod:`~s2ap.tune.spec` (the spec: one frozen dataclass, loaded and checked whole),
 :mod:`~s2ap.tune.layout` (where a search keeps its files), :mod:`~s2ap.tune.trainable`
-(one trial: a Ray Train run of the pipeline), :mod:`~s2ap.tune.results` (the two tables),
+(one trial: the pipeline in its Tune actor, or a Ray Train run), :mod:`~s2ap.tune.results` (the two tables),
 then the Ray side: :mod:`~s2ap.tune.searcher`, :mod:`~s2ap.tune.scheduler`,
 :mod:`~s2ap.tune.callbacks`, :mod:`~s2ap.tune.cluster` and :mod:`~s2ap.tune.search`.
 """

@@ -1,7 +1,7 @@
 """Tune callbacks of a search: the result tables and the live view.
 
-:class:`ResultsWriter` rewrites ``trials.parquet`` / ``epochs.parquet`` whenever a trial
-ends. :class:`LiveView` emits a compact live view of the search (a line per trial event, a
+:class:`ResultsWriter` notes when the driver starts and ends each trial and rewrites
+``trials.parquet`` / ``epochs.parquet`` whenever a trial ends. :class:`LiveView` emits a compact live view of the search (a line per trial event, a
 status line every few seconds) on the ``s2ap.tune.live`` logger at INFO. Whether and where
 it shows is the logging configuration of the process, not a setting of the callback: on
 ``--resume`` the callbacks come back pickled from the first run, while showing the view is
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ray import cloudpickle
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
@@ -25,6 +26,7 @@ import s2ap.tune.results as tables
 from s2ap.errors import error_line
 from s2ap.results import describe_accuracy
 from s2ap.tune.cells import CELL_KEY, Cell, cell_of
+from s2ap.tune.layout import record_times, trial_store
 from s2ap.tune.spec import SearchSpec
 from s2ap.tune.trainable import own_reason
 
@@ -55,20 +57,39 @@ def live_view_to(stream: TextIO | None) -> Iterator[None]:
 
 
 def trial_error(trial: Trial) -> str | None:
-    """One line for an errored trial: its own reason (divergence, Train failure) when Tune
-    kept the exception, else the last line of the error Tune wrote."""
-    try:
-        exc = trial.get_pickled_error()
-    except Exception:  # noqa: BLE001 - a missing or unreadable error file
-        exc = None
-    reason = own_reason(exc)
+    """One line for an errored trial: its own reason (a Train failure) when Tune kept the
+    exception, else the last line of the error Tune wrote.
+
+    When ``on_trial_error`` fires, Tune has written the error to the trial's local staging
+    folder but not necessarily to its storage yet, so the local files are read first."""
+    exc = _read(trial, "pickled_error_file", lambda f: cloudpickle.load(f), "rb")
+    if exc is None:
+        exc = _quietly(trial.get_pickled_error)
+    reason = own_reason(exc if isinstance(exc, BaseException) else None)
     if reason is not None:
         return reason
-    try:
-        text = trial.get_error()
-    except Exception:  # noqa: BLE001
-        text = None
+    text = _read(trial, "error_file", lambda f: f.read(), "r") or _quietly(trial.get_error)
+    if text is None and isinstance(exc, BaseException):
+        text = str(exc)
     return None if text is None else error_line(text)
+
+
+def _read(trial: Trial, attr: str, load: Callable[[Any], Any], mode: str) -> Any:
+    try:
+        path = getattr(trial, attr, None)
+        if not path or not Path(path).is_file():
+            return None
+        with open(path, mode) as f:
+            return load(f)
+    except Exception:  # noqa: BLE001 - an unreadable error file: try the next source
+        return None
+
+
+def _quietly(read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except Exception:  # noqa: BLE001 - a missing or unreadable error file
+        return None
 
 
 def _records(trials: Sequence[Trial], done: Trial | None = None) -> list[tables.TrialRecord]:
@@ -103,10 +124,21 @@ class ResultsWriter(Callback):
         except Exception:  # results must never kill the search; the next write retries
             log.exception("could not write the result tables")
 
+    def _note(self, trial: Trial, **times: float) -> None:
+        try:
+            record_times(trial_store(self.search_dir, trial.trial_id), **times)
+        except OSError:  # the tables then lack this trial's times, the search goes on
+            log.warning("could not note the times of trial %s", trial.trial_id, exc_info=True)
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._note(trial, started=time.time())
+
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._note(trial, ended=time.time())
         self.write(trials, trial)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._note(trial, ended=time.time())
         self.write(trials)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
@@ -169,6 +201,8 @@ class LiveView(Callback):
     def _ended(self, trial: Trial) -> str:
         r = trial.last_result or {}
         val = r.get("val_pgd_acc")
+        if r.get("diverged"):
+            return f"ERROR  {self._label(trial)}: {r['diverged']}"
         if r.get("final"):
             final = {k.removeprefix("final_"): v for k, v in r.items() if k.startswith("final_")}
             kind = "AutoAttack" if final.get("robust_attack") == "autoattack" else "PGD"
@@ -190,7 +224,12 @@ class LiveView(Callback):
         for t in trials:
             r = t.last_result or {}
             score = r.get("val_pgd_acc")
-            if r.get("final") and score is not None and (best is None or score > best[1]):
+            if (
+                r.get("final")
+                and not r.get("diverged")
+                and score is not None
+                and (best is None or score > best[1])
+            ):
                 best = (t, score)
         return (
             f"{counts.get(Trial.RUNNING, 0)} running, {counts.get(Trial.PENDING, 0)} pending, "

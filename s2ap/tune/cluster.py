@@ -15,14 +15,20 @@ from typing import Any
 import ray
 
 from s2ap.errors import ConfigError
-from s2ap.tune.resources import TRAINABLE_CPUS, check_resources, concurrency, embedded_cpus
+from s2ap.tune.resources import check_resources, concurrency, embedded_cpus
 from s2ap.tune.spec import SearchSpec
 
 log = logging.getLogger(__name__)
 
 # Environment of every Ray process of the search. Train's controller polls its workers at
-# this interval; the default 2 s would add up to 2 s to each epoch's report.
-WORKER_ENV = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+# this interval; the default 2 s would add up to 2 s to each epoch's report. A one-worker
+# trial runs the pipeline in its Tune actor: it keeps the process's working directory (as
+# Train workers do), so relative paths in a config (data.root) mean the same on both paths.
+WORKER_ENV = {
+    "RAY_TRAIN_V2_ENABLED": "1",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+}
 
 
 def runtime_env(address: str | None = None) -> dict[str, Any]:
@@ -110,7 +116,7 @@ def connect(spec: SearchSpec, address: str | None, verbose: bool) -> tuple[bool,
             raise ConfigError(
                 "resources",
                 f"one trial ({spec.resources.workers} x {spec.resources.cpus_per_worker:g} CPUs + "
-                f"{TRAINABLE_CPUS} for its driver) does not fit this cluster",
+                f"{spec.resources.driver_cpus:g} for its driver) does not fit this cluster",
             )
     except ConfigError:
         if started:

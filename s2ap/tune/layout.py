@@ -1,10 +1,13 @@
 """Where a search keeps its files, shared by the workers that write them and the tables
 that read them.
 
-Under the search folder: ``train/<trial_id>/`` holds Train's checkpoints (each a folder with
-the epoch's ``state.pt``, the epochs that counted so far, ``meta.json`` and, once the trial
-has finished, its ``final.parquet`` row); ``trials/<trial_id>/`` holds which workers ran
-where (``workers/*.json``, one per worker start) and the divergence note.
+Under the search folder, a trial's checkpoints (each a folder with the epoch's ``state.pt``,
+the epochs that counted so far, ``meta.json`` and, once the trial has finished, its
+``final.parquet`` row) are Tune's, in ``trial_<trial_id>/checkpoint_*`` (one-worker trials),
+or Train's, in ``train/<trial_id>/checkpoint_*`` (DDP trials). ``trials/<trial_id>/`` holds
+which workers ran where (``workers/*.json``, one per worker start), a line per reported epoch
+(``epochs.jsonl``: when, by which process), when the driver saw the trial start and end
+(``times.json``) and the divergence note.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ META = "meta.json"
 STATE = "state.pt"
 EPOCHS = "epochs.parquet"
 FINAL = "final.parquet"
+PROGRESS = "epochs.jsonl"
+TIMES = "times.json"
 
 
 def trial_store(search_dir: str | Path, trial_id: str) -> Path:
@@ -31,6 +36,11 @@ def trial_store(search_dir: str | Path, trial_id: str) -> Path:
 
 def train_storage(search_dir: str | Path) -> Path:
     return Path(search_dir) / "train"
+
+
+def checkpoint_roots(search_dir: str | Path, trial_id: str) -> list[Path]:
+    """Where a trial's checkpoints may be: Tune's trial folder, Train's run folder."""
+    return [Path(search_dir) / f"trial_{trial_id}", train_storage(search_dir) / trial_id]
 
 
 def read_divergence(store: Path) -> str | None:
@@ -52,6 +62,7 @@ def record_worker(store: Path, rank: int, world: int, node_id: str, resumed_from
     """One small file per worker start: where trials ran and how often they restarted."""
     info = {
         "time": time.time(),
+        "process_started": _process_start(),
         "rank": rank,
         "world": world,
         "node_id": node_id,
@@ -60,6 +71,16 @@ def record_worker(store: Path, rank: int, world: int, node_id: str, resumed_from
         "resumed_from": resumed_from,
     }
     atomic_write_json(store / "workers" / f"{time.time_ns()}-{rank}-{os.getpid()}.json", info)
+
+
+def _process_start() -> float | None:
+    """When this process started (a reused actor's is older than its trial)."""
+    try:
+        import psutil  # comes with Ray
+
+        return float(psutil.Process().create_time())
+    except Exception:  # noqa: BLE001 - only a timeline figure
+        return None
 
 
 def read_workers(store: Path) -> list[dict[str, Any]]:
@@ -73,19 +94,64 @@ def read_workers(store: Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda w: w.get("time", 0.0))
 
 
+def record_epoch(store: Path, metrics: dict[str, Any]) -> None:
+    """Append one line per reported epoch: when, by which process (a restarted trial's
+    lines show which epochs it ran again, and that nothing ran after a stop)."""
+    line = {
+        "time": time.time(),
+        "pid": os.getpid(),
+        "phase": metrics.get("phase"),
+        "epoch": metrics.get("epoch"),
+        "global_epoch": metrics.get("global_epoch"),
+    }
+    store.mkdir(parents=True, exist_ok=True)
+    with open(store / PROGRESS, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def read_epochs(store: Path) -> list[dict[str, Any]]:
+    """Every reported epoch of a trial, in order (a torn last line is skipped)."""
+    path = store / PROGRESS
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def record_times(store: Path, *, started: float | None = None, ended: float | None = None) -> None:
+    """The driver's view of a trial: its first start and its (latest) end, wall clock."""
+    times = read_times(store)
+    if started is not None:
+        times.setdefault("started", started)
+    if ended is not None:
+        times["ended"] = ended
+    atomic_write_json(store / TIMES, times)
+
+
+def read_times(store: Path) -> dict[str, float]:
+    try:
+        return {k: float(v) for k, v in json.loads((store / TIMES).read_text()).items()}
+    except (OSError, ValueError):
+        return {}
+
+
 def write_meta(folder: Path, metrics: dict[str, Any], final: bool) -> None:
     """A checkpoint's ``meta.json``: when it was written, whether the trial had finished, and
     the metrics it reported with it."""
     atomic_write_json(folder / META, {"time": time.time(), "final": final, "metrics": metrics})
 
 
-def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint Train kept for a trial (by the time it was written, not its
-    epoch): the state the trial ended in."""
+def latest_checkpoint(*roots: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint kept for a trial under any of ``roots`` (by the time it was
+    written, not its epoch): the state the trial ended in."""
     best: tuple[float, Path, dict[str, Any]] | None = None
-    if not run_dir.is_dir():
-        return None
-    for meta_path in run_dir.glob(f"checkpoint_*/{META}"):
+    metas = [m for root in roots if root.is_dir() for m in root.glob(f"checkpoint_*/{META}")]
+    for meta_path in metas:
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):

@@ -1,8 +1,8 @@
 """What one trial asks for, and how many trials fit the nodes at once.
 
-A trial is one Tune function trainable (a sliver of a CPU: it only waits on its Train run)
-plus ``workers`` Train worker bundles of ``cpus_per_worker`` CPUs and ``gpus_per_worker``
-GPUs. :func:`check_resources` rejects what no node can provide; :func:`concurrency` packs
+A one-worker trial is one Tune function trainable holding ``cpus_per_worker`` CPUs and
+``gpus_per_worker`` GPUs (it runs the pipeline itself). A DDP trial is a trainable (a sliver
+of a CPU: it only waits on its Train run) plus ``workers`` Train worker bundles of that size. :func:`check_resources` rejects what no node can provide; :func:`concurrency` packs
 whole trials onto a cluster's nodes; :func:`embedded_cpus` sizes an embedded Ray so the
 trials fit. This module never imports Ray (nor torch, unless GPUs are counted).
 """
@@ -37,6 +37,11 @@ class Resources(Checked):
     @property
     def trial_cpus(self) -> float:
         return self.workers * self.cpus_per_worker
+
+    @property
+    def driver_cpus(self) -> float:
+        """What the trainable asks for besides the workers: nothing when it is the worker."""
+        return 0.0 if self.workers == 1 else TRAINABLE_CPUS
 
     @property
     def trial_gpus(self) -> float:
@@ -116,9 +121,9 @@ def _place_trial(free: list[list[float]], res: Resources) -> list[list[float]] |
         else:
             return None
     host = max(after, key=lambda f: f[0])
-    if host[0] + _EPS < TRAINABLE_CPUS:
+    if host[0] + _EPS < res.driver_cpus:
         return None
-    host[0] -= TRAINABLE_CPUS
+    host[0] -= res.driver_cpus
     return after
 
 
@@ -147,5 +152,5 @@ def embedded_cpus(plan: Plan) -> tuple[int, int]:
     per_trial = plan.resources.trial_cpus
     conc = plan.max_concurrent or max(1, int(cores // per_trial))
     conc = max(1, min(conc, plan.num_trials()))
-    need = math.ceil(conc * per_trial + conc * TRAINABLE_CPUS)
+    need = math.ceil(conc * per_trial + conc * plan.resources.driver_cpus)
     return max(cores, need), conc

@@ -15,12 +15,14 @@ This module reads files only; it never imports Ray, so the tables can be rebuilt
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,10 +38,11 @@ from s2ap.tune.layout import (
     EPOCHS,
     FINAL,
     META,
+    checkpoint_roots,
     latest_checkpoint,
     read_divergence,
+    read_times,
     read_workers,
-    train_storage,
     trial_store,
 )
 from s2ap.tune.spec import SearchSpec
@@ -92,6 +95,11 @@ def config_fields(cls: type = ExperimentConfig, prefix: str = "") -> list[pa.Fie
     return out
 
 
+@functools.cache
+def _config_leaves() -> frozenset[str]:
+    return frozenset(f.name for f in config_fields())
+
+
 TRIAL_FIELDS = [
     pa.field("trial_id", pa.string(), nullable=False),
     pa.field("search", pa.string(), nullable=False),
@@ -104,6 +112,11 @@ TRIAL_FIELDS = [
     pa.field("search_epochs_run", pa.int64(), nullable=False),  # after pretraining (ASHA's clock)
     pa.field("attempts", pa.int64(), nullable=False),  # worker-group starts (1 = no restart)
     pa.field("trial_time_s", pa.float64()),  # wall time in Tune, framework included
+    # When the driver started the trial (actor start included) and saw it end; overhead_s is
+    # that wall time minus the summed training time of the epochs that counted.
+    pa.field("started_at", pa.timestamp("us", tz="UTC")),
+    pa.field("ended_at", pa.timestamp("us", tz="UTC")),
+    pa.field("overhead_s", pa.float64()),
     pa.field("node_ids", pa.list_(pa.string())),
     pa.field("hostnames", pa.list_(pa.string())),
     pa.field("pids", pa.list_(pa.int64())),
@@ -151,10 +164,12 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Config values by dotted path. Only config sections are opened: a value that is a
+    mapping itself (``model.kwargs``) stays one column, stored as JSON."""
     out: dict[str, Any] = {}
     for key, value in cfg.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and name not in _config_leaves():
             out.update(_flatten(value, f"{name}."))
         else:
             out[name] = value
@@ -177,7 +192,7 @@ def trial_rows(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The trials row and the epoch rows of one finished trial."""
     store = trial_store(search_dir, record.trial_id)
-    found = latest_checkpoint(train_storage(search_dir) / record.trial_id)
+    found = latest_checkpoint(*checkpoint_roots(search_dir, record.trial_id))
     reported = record.last_result.get("checkpoint_path")
     if (
         record.state == "TERMINATED"
@@ -200,6 +215,8 @@ def trial_rows(
     cell = cell_of(record.config)
     cfg = spec.trial_config(record.config)
     workers = read_workers(store)
+    times = read_times(store)
+    wall = times["ended"] - times["started"] if {"started", "ended"} <= set(times) else None
     row: dict[str, Any] = {
         **_flatten(cfg.to_dict()),
         **identity(cfg),
@@ -214,7 +231,10 @@ def trial_rows(
         "epochs_run": len(epochs),
         "search_epochs_run": sum(1 for e in epochs if e.get("phase") != "pretrain"),
         "attempts": sum(1 for w in workers if w.get("rank") == 0),
-        "trial_time_s": record.last_result.get("time_total_s"),
+        "trial_time_s": wall if wall is not None else record.last_result.get("time_total_s"),
+        "started_at": _stamp(times.get("started")),
+        "ended_at": _stamp(times.get("ended")),
+        "overhead_s": None if wall is None else wall - sum(float(e.get("time_s") or 0.0) for e in epochs),
         "node_ids": sorted({str(w["node_id"]) for w in workers if w.get("node_id")}),
         "hostnames": sorted({str(w["hostname"]) for w in workers if w.get("hostname")}),
         "pids": [int(w["pid"]) for w in workers if w.get("pid") is not None],
@@ -234,6 +254,10 @@ def trial_rows(
             }
         )
     return row, epoch_rows
+
+
+def _stamp(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, tz=UTC)
 
 
 def to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:

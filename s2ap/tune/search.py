@@ -2,8 +2,8 @@
 
 The pieces: :class:`~s2ap.tune.searcher.CellSearcher` proposes trials (every grid cell its
 samples, a seeded TPE study inside each cell), :class:`~s2ap.tune.scheduler.CellScheduler`
-stops weak ones (ASHA per cell), :func:`~s2ap.tune.trainable.tune_trial` runs each as a Ray
-Train job, and the callbacks (:mod:`s2ap.tune.callbacks`) keep the result tables current
+stops weak ones (ASHA per cell), :func:`~s2ap.tune.trainable.tune_trial` runs each (inside
+its Tune actor with one worker, as a Ray Train job with more), and the callbacks (:mod:`s2ap.tune.callbacks`) keep the result tables current
 and show a live view. :func:`run_search` joins or starts Ray (:mod:`s2ap.tune.cluster`),
 builds the tuner, fits it, and writes the final tables.
 
@@ -58,8 +58,12 @@ class SearchOutcome:
 
 
 def build_tuner(spec: SearchSpec, search_dir: Path, conc: int, resume: bool) -> tune.Tuner:
+    res = spec.resources
+    inline = res.workers == 1  # the pipeline runs inside the trainable: it takes the worker's share
+    wants = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker} if inline else {"CPU": TRAINABLE_CPUS}
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trial, spec=spec, search_dir=str(search_dir)), {"CPU": TRAINABLE_CPUS}
+        tune.with_parameters(tune_trial, spec=spec, search_dir=str(search_dir)),
+        {k: v for k, v in wants.items() if v > 0},
     )
     if resume:
         # Searcher, scheduler and callbacks come back from the saved tuner; finished trials
@@ -86,16 +90,20 @@ def build_tuner(spec: SearchSpec, search_dir: Path, conc: int, resume: bool) -> 
             scheduler=scheduler,
             num_samples=spec.num_trials(),
             max_concurrent_trials=conc,
-            # A stopped trial's actor must die: its Train run (controller and workers) is
-            # owned by it and would otherwise keep training in a cached, reused actor.
-            reuse_actors=False,
+            # One worker: the next trial reuses the actor (no start, no imports); a stopped
+            # trial's thread ends inside its blocked tune.report. DDP: the actor must die, its
+            # Train run (controller and workers) would otherwise train on in a reused actor.
+            reuse_actors=inline,
             trial_name_creator=lambda t: f"trial_{t.trial_id}",
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
         ),
         run_config=tune.RunConfig(
             name=search_dir.name,
             storage_path=str(search_dir.parent),
-            failure_config=tune.FailureConfig(max_failures=0),  # Train retries worker faults
+            # Tune retries a trial whose actor (or DDP controller) died, from its last
+            # checkpoint; Train also retries a DDP trial's worker faults.
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
             verbose=0,
         ),
@@ -146,6 +154,8 @@ def run_search(
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's own tables off: the live view replaces them
     # Snapshot Tune's state often: a killed driver then loses at most a few seconds.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # Keeping 2 checkpoints per trial forces a snapshot as they rotate: intended, not a warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started, conc = connect(spec, address, verbose)
     try:
         log.info(

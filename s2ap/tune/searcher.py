@@ -5,6 +5,11 @@ Optuna TPE study (Tune's ``OptunaSearch``) propose the searched values. One stud
 because the best gamma for HYDRA at 99% sparsity says little about the best gamma for HARP
 at 80%. A trial's Tune config is ``{"cell": id, grid values..., searched values...}``: the
 dotted overrides :meth:`~s2ap.tune.spec.SearchSpec.trial_config` turns into its experiment.
+
+Each study is told what happened: every epoch's ranked metric as an intermediate value at
+its ``search_epoch``; a trial that ran to its final report as COMPLETE with its final value;
+a trial ASHA stopped as PRUNED (so TPE never mixes rung values with final ones); a trial
+that diverged or failed as FAIL.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import optuna
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from s2ap.tune.cells import CELL_KEY, Cell
+from s2ap.tune.scheduler import TIME_ATTR
 from s2ap.tune.space import Categorical, Distribution, IntRange, LogUniform
 
 
@@ -87,12 +94,29 @@ class CellSearcher(Searcher):
         self.trial_cell[trial_id] = cell.id
         return {CELL_KEY: cell.id, **cell.values, **params}
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def _study_of(self, trial_id: str) -> OptunaSearch | None:
         cell_id = self.trial_cell.get(trial_id)
-        if cell_id is None or cell_id not in self.studies:
+        return None if cell_id is None else self.studies.get(cell_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        study = self._study_of(trial_id)
+        value, step = result.get(self.metric), result.get(TIME_ATTR)
+        if study is None or result.get("final") or value is None or not step:
+            return  # pretraining (step 0) is shared by every trial and says nothing
+        study.on_trial_result(trial_id, {self.metric: value, TRAINING_ITERATION: int(step)})
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        study = self._study_of(trial_id)
+        if study is None:
             return
         # A diverged or failed trial is a failed Optuna trial, not a score of zero.
-        self.studies[cell_id].on_trial_complete(trial_id, None if error else result, error=error)
+        failed = error or bool((result or {}).get("diverged"))
+        if failed or not (result or {}).get("final"):
+            # Without a value, OptunaSearch tells FAIL (error) or PRUNED (stopped early; its
+            # intermediate values stay with it).
+            study.on_trial_complete(trial_id, None, error=failed)
+            return
+        study.on_trial_complete(trial_id, result, error=False)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:

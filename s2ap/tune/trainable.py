@@ -1,24 +1,26 @@
-"""One trial = one Ray Train V2 ``TorchTrainer`` run of the pipeline, launched from a Tune
-function trainable.
+"""One trial = one run of the pipeline, launched from a Tune function trainable.
 
-Inside a trial:
+Two paths, one trial body (:func:`run_trial`):
 
-* the trainable derives the trial's experiment from the spec once
-  (:meth:`~s2ap.tune.spec.SearchSpec.trial_config`: base + grid values + searched values,
-  validated whole) and hands that frozen config to every Train worker;
-* every Train worker runs :func:`s2ap.pipeline.run_experiment` on it (DDP over gloo on CPU,
-  NCCL on GPU); the pipeline all-reduces each epoch's metrics, every rank calls
-  ``ray.train.report`` with them and rank 0 alone attaches a checkpoint (a folder holding the
-  epoch's ``state.pt`` and the epochs that counted so far). Train's
-  :class:`~ray.tune.integration.ray_train.TuneReportCallback` forwards rank 0's report to
-  Tune, where ASHA reads ``val_pgd_acc`` at ``search_epoch``;
-* a worker fault restarts the worker group from the checkpoint Train hands back
-  (``FailureConfig``), whose ``state.pt`` goes to ``run_experiment(resume_from=...)``;
-* a NaN loss (:class:`s2ap.errors.TrainingDiverged`) is written next to the trial, never
-  retried, and raised in the trainable as :class:`TrialDiverged` so Tune records the trial
-  as errored with its reason while the search goes on;
-* pretraining is cached by content hash; trials needing the same pretrained model take a
-  file lock so it is computed once, the others wait and load it.
+* **one worker** (``resources.workers == 1``): the pipeline runs right inside the Tune
+  trainable's actor, with no Train worker group and no process group. Each epoch it calls
+  ``tune.report`` with its metrics and a checkpoint (a folder holding the epoch's ``state.pt``
+  and the epochs that counted so far). Reporting is synchronous: the training thread waits
+  inside ``tune.report`` until the driver has judged the result, so an ASHA stop ends the
+  thread there (Tune's ``SystemExit(0)``) and training never runs on in a reused actor.
+  Tune's ``FailureConfig`` retries a trial whose actor died, handing the last checkpoint back
+  through ``tune.get_checkpoint()``; actors are reused between trials;
+* **2+ workers**: the trainable runs a Ray Train V2 ``TorchTrainer`` (DDP over gloo on CPU,
+  NCCL on GPU) whose every worker runs the same trial body; rank 0 attaches the checkpoints,
+  Train's :class:`~ray.tune.integration.ray_train.TuneReportCallback` forwards them to Tune.
+  A worker fault restarts the worker group from Train's last checkpoint; a dead controller
+  fails the trainable, and Tune's retry resumes the same Train run from its storage.
+
+Either way ASHA reads ``val_pgd_acc`` at ``search_epoch``; a NaN loss
+(:class:`s2ap.errors.TrainingDiverged`) is written next to the trial, never retried, and the
+trial ends with a final report carrying ``diverged`` (the tables mark it an error, Optuna a
+failed trial); pretraining is cached by content hash, and trials needing the same pretrained
+model take a file lock so it is computed once.
 
 Where the files go is :mod:`s2ap.tune.layout`. Ray is imported only inside the functions
 that run in a trial, so importing this module never loads it.
@@ -34,7 +36,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +49,11 @@ from s2ap.experiment import phases, pretrain_key
 from s2ap.pipeline import run_experiment
 from s2ap.tune.clock import search_epoch
 from s2ap.tune.layout import (
-    DIVERGED,
     EPOCHS,
     META,
     STATE,
     read_divergence,
+    record_epoch,
     record_worker,
     train_storage,
     trial_store,
@@ -65,8 +67,9 @@ log = logging.getLogger(__name__)
 LOCK_POLL_S = 2.0
 
 
-class TrialDiverged(RuntimeError):
-    """The trial's loss turned NaN or infinite; the message is the reason."""
+# A checkpoint folder (or None) and the metrics of one report: how a trial body reports,
+# to Tune directly (one worker) or to Train (a DDP worker).
+ReportFn = Callable[[dict[str, Any], Path | None], None]
 
 
 class TrialFailed(RuntimeError):
@@ -74,11 +77,11 @@ class TrialFailed(RuntimeError):
 
 
 def own_reason(error: BaseException | None) -> str | None:
-    """The reason of a :class:`TrialDiverged` or :class:`TrialFailed` that Tune wrapped (it
-    may sit a few causes deep), else None."""
+    """The reason of a :class:`TrialFailed` that Tune wrapped (it may sit a few causes
+    deep), else None."""
     exc, seen = error, 0
     while exc is not None and seen < 5:
-        if isinstance(exc, TrialDiverged | TrialFailed):
+        if isinstance(exc, TrialFailed):
             return str(exc)
         exc = getattr(exc, "cause", None) or exc.__cause__
         seen += 1
@@ -158,38 +161,45 @@ class PretrainLock:
             self._fd = None
 
 
-# --------------------------------------------------------------------------- the worker
+# --------------------------------------------------------------------------- the trial body
 
 
 class _Reporter:
-    """The pipeline's per-epoch reporter inside a Train worker."""
+    """The pipeline's per-epoch reporter: adds ASHA's clock, notes the epoch in the trial's
+    store and hands metrics (rank 0: and a checkpoint folder) to ``report``."""
 
-    def __init__(self, cfg: ExperimentConfig, rank: int, run_dir: Path | None, lock: PretrainLock) -> None:
+    def __init__(
+        self, cfg: ExperimentConfig, rank: int, run_dir: Path | None, lock: PretrainLock, store: Path,
+        report: ReportFn,
+    ) -> None:  # fmt: skip
         self.cfg = cfg
         self.rank = rank
         self.run_dir = run_dir
         self.lock = lock
+        self.store = store
+        self.report = report
         self.last: dict[str, Any] | None = None
 
     def __call__(self, metrics: Mapping[str, Any], state_path: Path | None) -> None:
-        import ray.train
-
         m = {k: _plain(v) for k, v in metrics.items()}
         m["search_epoch"] = search_epoch(self.cfg, str(m["phase"]), int(m["epoch"]))
         m["final"] = False
         self.last = m
         if m["phase"] != "pretrain":
             self.lock.release()  # the cached checkpoint is written when pretraining ends
-        if self.rank == 0 and state_path is not None and self.run_dir is not None:
-            with tempfile.TemporaryDirectory(dir=self.run_dir.parent) as tmp:
-                folder = Path(tmp)
-                _link_or_copy(Path(state_path), folder / STATE)
-                if (self.run_dir / EPOCHS).exists():
-                    shutil.copy2(self.run_dir / EPOCHS, folder / EPOCHS)
-                write_meta(folder, m, final=False)
-                ray.train.report(m, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report(m)
+        if self.rank != 0 or state_path is None or self.run_dir is None:
+            self.report(m, None)
+            return
+        record_epoch(self.store, m)
+        with tempfile.TemporaryDirectory(dir=self.run_dir.parent) as tmp:
+            folder = Path(tmp)
+            _link_or_copy(Path(state_path), folder / STATE)
+            if (self.run_dir / EPOCHS).exists():
+                shutil.copy2(self.run_dir / EPOCHS, folder / EPOCHS)
+            write_meta(folder, m, final=False)
+            # One worker: blocks until the driver has judged this epoch; a stop raises
+            # SystemExit(0) here, so nothing trains on after it.
+            self.report(m, folder)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -209,23 +219,27 @@ def _scratch() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def train_worker(loop: dict[str, Any]) -> None:
-    """Runs on every Train worker of a trial. ``loop["config"]`` is the trial's frozen
-    experiment config, validated once on the driver."""
-    import ray
-    import ray.train
+def diverged_result(store: Path, metric: str, last: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The final report of a trial that diverged (now or in an earlier attempt), else None."""
+    reason = read_divergence(store)
+    if reason is None:
+        return None
+    out = dict(last or {})
+    out.setdefault(metric, None)  # Tune wants the ranked metric in every result
+    return {**out, "final": True, "diverged": reason}
 
-    cfg: ExperimentConfig = loop["config"]
-    torch.set_num_threads(max(1, int(round(loop["threads"]))))
-    ctx = ray.train.get_context()
-    dist = DistInfo(ctx.get_world_rank(), ctx.get_world_size())
-    store = Path(loop["trial_store"])
-    checkpoint = ray.train.get_checkpoint()
-    node = ray.get_runtime_context().get_node_id()
-    record_worker(store, dist.rank, dist.world, node, checkpoint.path if checkpoint is not None else None)
-    if (store / DIVERGED).exists():
-        return  # a retry of a diverged trial: the trainable reports the reason
 
+def run_trial(
+    cfg: ExperimentConfig,
+    store: Path,
+    checkpoint: Any,
+    dist: DistInfo,
+    cache: str | None,
+    report: ReportFn,
+    metric: str,
+) -> None:
+    """One trial on one rank: resume from ``checkpoint`` (a Ray checkpoint or None), run the
+    pipeline, report every epoch and the final result through ``report``."""
     with _scratch() as work:
         resume_from: Path | None = None
         if checkpoint is not None:
@@ -237,22 +251,24 @@ def train_worker(loop: dict[str, Any]) -> None:
                     final_dir = work / "final"
                     if dist.is_main:
                         shutil.copytree(folder, final_dir)
-                    _report_final(dist.rank, meta["metrics"], final_dir)
+                    _report_final(dist.rank, meta["metrics"], final_dir, report)
                     return
                 resume_from = work / STATE
                 shutil.copy2(Path(folder) / STATE, resume_from)
         run_dir = work / "run" if dist.is_main else None
         device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-        cache = loop["pretrain_cache"]
         lock = PretrainLock.acquire(cfg, cache, dist, device) if resume_from is None else PretrainLock(None)
-        reporter = _Reporter(cfg, dist.rank, run_dir, lock)
+        reporter = _Reporter(cfg, dist.rank, run_dir, lock, store, report)
         try:
             final = run_experiment(cfg, run_dir, reporter, resume_from=resume_from, pretrain_cache=cache)
         except TrainingDiverged as exc:
             write_divergence(store, f"training diverged: {exc}", dist.rank)
-            if dist.world == 1:
-                return
-            raise  # the other ranks are stuck in a collective: Train tears the group down
+            if dist.world > 1:
+                raise  # the other ranks are stuck in a collective: Train tears the group down
+            result = diverged_result(store, metric, reporter.last)
+            assert result is not None
+            report(result, None)
+            return
         finally:
             lock.release()
         metrics = dict(reporter.last or {"phase": "evaluate", "epoch": 0, "search_epoch": 0})
@@ -261,45 +277,100 @@ def train_worker(loop: dict[str, Any]) -> None:
             if value is None or isinstance(value, bool | int | float | str):
                 metrics[f"final_{key}"] = value
         metrics["final"] = True
-        _report_final(dist.rank, metrics, run_dir)
+        if dist.is_main:
+            record_epoch(store, {"phase": "final"})
+        _report_final(dist.rank, metrics, run_dir, report)
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:
     return json.loads((folder / META).read_text())
 
 
-def _report_final(rank: int, metrics: Mapping[str, Any], folder: Path | None) -> None:
-    import ray.train
-
+def _report_final(rank: int, metrics: Mapping[str, Any], folder: Path | None, report: ReportFn) -> None:
     if rank == 0 and folder is not None:
         write_meta(folder, dict(metrics), final=True)
-        ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(folder))
+        report(dict(metrics), folder)
     else:
-        ray.train.report(dict(metrics))
+        report(dict(metrics), None)
+
+
+def _train_report(metrics: dict[str, Any], folder: Path | None) -> None:
+    import ray.train
+
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
+
+
+def _tune_report(metrics: dict[str, Any], folder: Path | None) -> None:
+    from ray import tune
+
+    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
+
+
+def train_worker(loop: dict[str, Any]) -> None:
+    """Runs on every Train worker of a DDP trial. ``loop["config"]`` is the trial's frozen
+    experiment config, validated once on the driver."""
+    import ray
+    import ray.train
+
+    torch.set_num_threads(max(1, int(round(loop["threads"]))))
+    ctx = ray.train.get_context()
+    dist = DistInfo(ctx.get_world_rank(), ctx.get_world_size())
+    store = Path(loop["trial_store"])
+    if read_divergence(store) is not None:
+        return  # a retry of a diverged trial: the trainable reports the reason
+    checkpoint = ray.train.get_checkpoint()
+    node = ray.get_runtime_context().get_node_id()
+    record_worker(store, dist.rank, dist.world, node, checkpoint.path if checkpoint is not None else None)
+    run_trial(loop["config"], store, checkpoint, dist, loop["pretrain_cache"], _train_report, loop["metric"])
 
 
 # --------------------------------------------------------------------------- the trainable
 
 
 def tune_trial(config: dict[str, Any], spec: SearchSpec, search_dir: str) -> None:
-    """Tune function trainable: build one trial's TorchTrainer and run it to the end."""
-    import ray.train
+    """Tune function trainable: run one trial, in this actor (one worker) or as a
+    TorchTrainer (2+ workers), to the end."""
     from ray import tune
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
     store = trial_store(search_dir, trial_id)
     store.mkdir(parents=True, exist_ok=True)
+    metric = spec.scheduler.metric
+    result = diverged_result(store, metric, None)
+    if result is not None:  # a retry of a trial that diverged: not run again
+        tune.report(result)
+        return
+    cfg = spec.trial_config(config)  # the frozen config the trial runs, checked once
+    if spec.resources.workers == 1:
+        import ray
+
+        torch.set_num_threads(max(1, int(round(spec.resources.cpus_per_worker))))
+        checkpoint = tune.get_checkpoint()
+        node = ray.get_runtime_context().get_node_id()
+        record_worker(store, 0, 1, node, checkpoint.path if checkpoint is not None else None)
+        run_trial(cfg, store, checkpoint, DistInfo(), spec.pretrain_cache, _tune_report, metric)
+        return
+    _fit_ddp(cfg, spec, search_dir, trial_id, store)
+    result = diverged_result(store, metric, None)
+    if result is not None:
+        tune.report(result)
+
+
+def _fit_ddp(cfg: ExperimentConfig, spec: SearchSpec, search_dir: str, trial_id: str, store: Path) -> None:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
     res = spec.resources
     per_worker: dict[str, float] = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker > 0:
         per_worker["GPU"] = res.gpus_per_worker
     loop = {
-        "config": spec.trial_config(config),  # the frozen config the workers run, checked once
+        "config": cfg,
         "trial_store": str(store),
         "pretrain_cache": spec.pretrain_cache,
         "threads": res.cpus_per_worker,
+        "metric": spec.scheduler.metric,
     }
     trainer = TorchTrainer(
         train_worker,
@@ -320,13 +391,8 @@ def tune_trial(config: dict[str, Any], spec: SearchSpec, search_dir: str) -> Non
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        reason = read_divergence(store)
-        if reason is not None:
-            raise TrialDiverged(reason) from None
-        raise TrialFailed(_short(exc)) from None
-    reason = read_divergence(store)
-    if reason is not None:
-        raise TrialDiverged(reason)
+        if read_divergence(store) is None:
+            raise TrialFailed(_short(exc)) from None
 
 
 def _short(exc: BaseException) -> str:

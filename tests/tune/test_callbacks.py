@@ -60,3 +60,41 @@ def test_live_view_shows_lines_only_where_this_run_sends_them(caplog: pytest.Log
     assert not [r for r in caplog.records if r.name == LIVE_LOGGER]
     live = logging.getLogger(LIVE_LOGGER)
     assert live.propagate and live.level == logging.NOTSET and not live.handlers  # restored
+
+
+def test_error_line_is_read_from_the_local_error_file_before_storage_has_it(tmp_path: Any) -> None:
+    """``on_trial_error`` fires before Tune has synced the trial's error files to storage:
+    the live view reads the local ones Tune has just written, not 'None'."""
+    from ray import cloudpickle
+
+    from s2ap.tune.callbacks import trial_error
+    from s2ap.tune.trainable import TrialFailed
+
+    def errored(pickled: Any, text: str | None) -> Any:
+        t = trial("t9")
+        t.status = "ERROR"
+        t.get_pickled_error = lambda: None  # nothing in storage yet
+        t.get_error = lambda: None
+        t.pickled_error_file = t.error_file = None
+        if pickled is not None:
+            t.pickled_error_file = str(tmp_path / "error.pkl")
+            with open(t.pickled_error_file, "wb") as f:
+                cloudpickle.dump(pickled, f)
+        if text is not None:
+            t.error_file = str(tmp_path / "error.txt")
+            (tmp_path / "error.txt").write_text(text)
+        return t
+
+    failed = errored(TrialFailed("worker group died: OOM"), None)
+    assert trial_error(failed) == "worker group died: OOM"
+    crashed = errored(None, "Failure # 1 (occurred at 2026-12-02)\nTraceback ...\nValueError: bad shape\n")
+    assert trial_error(crashed) == "ValueError: bad shape"
+    view = LiveView(load_spec(SPEC, nodes=None))
+    out = io.StringIO()
+    with live_view_to(out):
+        view.on_trial_error(0, [crashed], crashed)
+        diverged = trial("t8", final=True, val_pgd_acc=None, diverged="training diverged: loss is nan")
+        view.on_trial_complete(0, [diverged], diverged)
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("ERROR  trial t9 [cell 1, s2ap.gamma=0.004]: ValueError: bad shape")
+    assert lines[1].endswith("ERROR  trial t8 [cell 1, s2ap.gamma=0.004]: training diverged: loss is nan")

@@ -1,4 +1,5 @@
-"""Real Ray Tune searches over Ray Train trials on tiny digits configs (CPU, a few minutes).
+"""Real Ray Tune searches on tiny digits configs (CPU, a few minutes): one-worker trials run
+inside their Tune actor, DDP trials as Ray Train runs.
 
 Each test starts its own Ray (embedded, a two-node ``Cluster``, or one the drivers join)
 and shuts it down again.
@@ -22,7 +23,7 @@ import yaml
 ray = pytest.importorskip("ray")
 pd = pytest.importorskip("pandas")
 
-from s2ap.tune.results import latest_checkpoint  # noqa: E402
+from s2ap.tune.layout import checkpoint_roots, latest_checkpoint, read_epochs, read_workers  # noqa: E402
 from s2ap.tune.spec import load_spec  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -79,26 +80,81 @@ def assert_each_epoch_once(epochs: Any) -> None:
 def kill_mid_trial(
     search_dir: Path, rank: int, after_epoch: int, thread: threading.Thread
 ) -> tuple[str, int]:
-    """SIGKILL one Train worker of the first trial once its checkpoint of ``after_epoch``
-    exists (and the trial has not finished): a worker fault, as a node losing a process."""
+    """SIGKILL the process of one rank of the first trial (the pid the trial recorded) once
+    its checkpoint of ``after_epoch`` exists and it has not finished: a one-worker trial's
+    Tune actor, or a DDP trial's Train worker, as a node losing a process."""
     deadline = time.time() + 300
     while time.time() < deadline and thread.is_alive():
-        for run in sorted((search_dir / "train").glob("*")):
-            found = latest_checkpoint(run)
+        for store in sorted((search_dir / "trials").glob("*")):
+            found = latest_checkpoint(*checkpoint_roots(search_dir, store.name))
             if found is None or found[1].get("final") or found[1]["metrics"]["global_epoch"] < after_epoch:
                 continue
-            for path in (search_dir / "trials" / run.name / "workers").glob("*.json"):
-                worker = json.loads(path.read_text())
+            for worker in read_workers(store):
                 if worker["rank"] == rank:
                     os.kill(worker["pid"], signal.SIGKILL)
-                    return run.name, found[1]["metrics"]["global_epoch"]
+                    return store.name, found[1]["metrics"]["global_epoch"]
         time.sleep(0.05)
     raise AssertionError("no mid-trial checkpoint appeared before the trial ended")
 
 
+def search_killing(spec: Any, rank: int, after_epoch: int) -> tuple[Any, str, int]:
+    """Run the search in a thread, kill a process of its first trial mid-way (see
+    :func:`kill_mid_trial`), wait for the search to end; (outcome, killed trial, its epoch)."""
+    from s2ap.tune.search import run_search
+
+    box: list[Any] = []
+    thread = threading.Thread(target=lambda: box.append(run_search(spec, quiet=True)), daemon=True)
+    thread.start()
+    killed, at_epoch = kill_mid_trial(spec.search_dir, rank=rank, after_epoch=after_epoch, thread=thread)
+    thread.join(timeout=400)
+    assert box, "the search did not finish"
+    return box[0], killed, at_epoch
+
+
+def test_one_worker_trial_resumes_after_its_process_is_killed_and_reused_actors_stop(tmp_path: Path) -> None:
+    from s2ap.tune.cluster import start_local_ray
+
+    spec = load_spec(
+        spec_dict(
+            tmp_path,
+            # One after the other, one ASHA: the 99.9% sparse trial is stopped at the rung.
+            grid={"prune.sparsity": [0.5, 0.999, 0.6]},
+            scheduler={"type": "asha", "per_cell": False, "reduction_factor": 2},
+            max_failures=2,
+        )
+    )
+    start_local_ray(num_cpus=2)
+    outcome, killed, at_epoch = search_killing(spec, rank=0, after_epoch=3)
+    trials = pd.read_parquet(outcome.trials_path).set_index("prune.sparsity")
+    epochs = pd.read_parquet(outcome.epochs_path)
+    dense, sparse, third = trials.loc[0.5], trials.loc[0.999], trials.loc[0.6]
+
+    # Tune retried the trial whose actor died; it resumed from its checkpoint and finished.
+    assert dense["trial_id"] == killed and dense["status"] == "ok" and dense["attempts"] == 2
+    first, again = dense["pids"]
+    assert first != again
+    starts = read_workers(spec.search_dir / "trials" / killed)
+    assert [s["resumed_from"] is not None for s in starts] == [False, True]
+    ran = read_epochs(spec.search_dir / "trials" / killed)
+    resumed = [e["global_epoch"] for e in ran if e["pid"] == again]
+    assert resumed and resumed[0] >= at_epoch + 1  # not from the start: from the checkpoint
+    assert dense["epochs_run"] == 5 and dense["search_epochs_run"] == 3  # each epoch once
+    assert_each_epoch_once(epochs)
+    assert (epochs["phase"] == "pretrain").sum() == BASE["pretrain"]["epochs"]  # cached after
+
+    # ASHA stopped the sparse trial at the rung; its thread ended there, nothing trained on
+    # in the actor that the next trial reused (every later trial ran in the same process).
+    assert sparse["status"] == "stopped" and sparse["search_epochs_run"] == 2
+    stopped_ran = read_epochs(spec.search_dir / "trials" / sparse["trial_id"])
+    assert [e["global_epoch"] for e in stopped_ran] == [1, 2]
+    assert list(sparse["pids"]) == [again] and list(third["pids"]) == [again]
+    assert third["status"] in ("ok", "stopped")
+    for row in (dense, sparse, third):
+        assert row["ended_at"] > row["started_at"] and row["overhead_s"] > 0
+
+
 def test_ddp_search_survives_a_killed_worker_writes_tables_and_asha_stops_a_trial(tmp_path: Path) -> None:
     from s2ap.tune.cluster import start_local_ray
-    from s2ap.tune.search import run_search
 
     spec = load_spec(
         spec_dict(
@@ -114,13 +170,7 @@ def test_ddp_search_survives_a_killed_worker_writes_tables_and_asha_stops_a_tria
     )
     assert spec.grace_period() == 2
     start_local_ray(num_cpus=3)
-    box: list[Any] = []
-    thread = threading.Thread(target=lambda: box.append(run_search(spec, quiet=True)), daemon=True)
-    thread.start()
-    killed, at_epoch = kill_mid_trial(spec.search_dir, rank=1, after_epoch=3, thread=thread)
-    thread.join(timeout=400)
-    assert box, "the search did not finish"
-    outcome = box[0]
+    outcome, killed, at_epoch = search_killing(spec, rank=1, after_epoch=3)
 
     trials, trials_duck, trials_pl = read_all(outcome.trials_path)
     epochs, epochs_duck, epochs_pl = read_all(outcome.epochs_path)
@@ -132,6 +182,7 @@ def test_ddp_search_survives_a_killed_worker_writes_tables_and_asha_stops_a_tria
     trials = trials.set_index("prune.sparsity")
     dense, sparse = trials.loc[0.5], trials.loc[0.999]
     # The killed DDP trial restarted both workers from its checkpoint and finished.
+    assert trials["pids"].map(len).min() >= 2  # DDP: Train workers, not the Tune actor
     assert dense["trial_id"] == killed and dense["status"] == "ok" and not dense["stopped_early"]
     assert dense["attempts"] == 2 and len(dense["pids"]) == 4  # 2 workers x 2 starts
     starts = [
@@ -195,7 +246,8 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
 
     address = start_local_ray(num_cpus=2)  # the drivers join this instance
     spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump(spec_dict(tmp_path, grid={"prune.sparsity": [0.5, 0.9]})))
+    # The second trial is long enough (40 finetuning epochs) to be cut by the kill.
+    spec_file.write_text(yaml.safe_dump(spec_dict(tmp_path, grid={"finetune.epochs": [1, 40]})))
     out = tmp_path / "search"
     cmd = [sys.executable, "-m", "s2ap.tune", str(spec_file), "--address", address, "--out", str(out), "-q"]
     driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -220,7 +272,11 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     trials = pd.read_parquet(out / "trials.parquet")
     assert len(trials) == 2 and trials["trial_id"].is_unique
     assert set(trials["status"]) == {"ok"}
-    assert sorted(trials["prune.sparsity"]) == [0.5, 0.9]
+    assert sorted(trials["finetune.epochs"]) == [1, 40]
+    cut = trials.set_index("finetune.epochs").loc[40]
+    assert (
+        cut["attempts"] == 2 and cut["epochs_run"] == 2 + 40
+    )  # restarted; every epoch once (pretraining cached)
     for trial_id, attempts in done.items():  # finished before the kill: not run again
         assert trials.set_index("trial_id").loc[trial_id, "attempts"] == attempts
     assert_each_epoch_once(pd.read_parquet(out / "epochs.parquet"))
@@ -228,3 +284,40 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     # A second start without --resume must not clobber the search.
     clash = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert clash.returncode == 2 and clash.stderr.startswith("error: --out: ")
+
+
+def test_ddp_trial_resumes_after_its_train_controller_is_killed(tmp_path: Path) -> None:
+    """Tune retries a DDP trial whose Train controller died; the new TorchTrainer (same name,
+    same storage) resumes from Train's last checkpoint."""
+    from ray.util.state import list_actors
+
+    from s2ap.tune.cluster import start_local_ray
+    from s2ap.tune.search import run_search
+
+    spec = load_spec(spec_dict(tmp_path, resources={"workers": 2, "cpus_per_worker": 1}, max_failures=1))
+    start_local_ray(num_cpus=3)
+    box: list[Any] = []
+    thread = threading.Thread(target=lambda: box.append(run_search(spec, quiet=True)), daemon=True)
+    thread.start()
+    killed = None
+    deadline = time.time() + 300
+    while killed is None and time.time() < deadline and thread.is_alive():
+        for store in (spec.search_dir / "trials").glob("*"):
+            found = latest_checkpoint(*checkpoint_roots(spec.search_dir, store.name))
+            if found is None or found[1].get("final") or found[1]["metrics"]["global_epoch"] < 3:
+                continue
+            for actor in list_actors(filters=[("state", "=", "ALIVE")]):
+                if "Controller" in str(actor.class_name) and actor.pid:
+                    os.kill(actor.pid, signal.SIGKILL)
+                    killed = store.name
+        time.sleep(0.1)
+    assert killed is not None, "no controller was killed mid-trial"
+    thread.join(timeout=400)
+    assert box, "the search did not finish"
+    trials = pd.read_parquet(box[0].trials_path)
+    row = trials.set_index("trial_id").loc[killed]
+    assert row["status"] == "ok" and row["epochs_run"] == 5
+    assert row["attempts"] == 2  # a second worker group, started by Tune's retry
+    starts = read_workers(spec.search_dir / "trials" / killed)
+    assert sorted(s["resumed_from"] is not None for s in starts) == [False, False, True, True]
+    assert_each_epoch_once(pd.read_parquet(box[0].epochs_path))

@@ -11,6 +11,7 @@ import pytest
 
 from s2ap import results
 from s2ap.tune import results as tables
+from s2ap.tune.layout import record_times
 from s2ap.tune.spec import load_spec
 
 SPEC = {
@@ -82,10 +83,11 @@ def checkpoint(run: Path, name: str, stamp: float, n_epochs: int, final: bool = 
 def test_tables_hold_each_epoch_once_from_the_run_that_counted(tmp_path: Path) -> None:
     spec = load_spec(SPEC, nodes=None)
     train, trials_dir = tmp_path / "train", tmp_path / "trials"
-    # ok: restarted from its epoch-1 checkpoint after epoch 3 had been reported; the newest
-    # checkpoint (by time, not by epoch) is the run that counted.
-    checkpoint(train / "a", "checkpoint_old", 2.0, 3)
-    checkpoint(train / "a", "checkpoint_new", 5.0, 4, final=True)
+    # ok, a one-worker trial (Tune's checkpoints, in trial_<id>): restarted from its epoch-1
+    # checkpoint after epoch 3 had been reported; the newest checkpoint (by time, not by
+    # epoch) is the run that counted.
+    checkpoint(tmp_path / "trial_a", "checkpoint_old", 2.0, 3)
+    checkpoint(tmp_path / "trial_a", "checkpoint_new", 5.0, 4, final=True)
     # stopped by ASHA after epoch 2 (it was judged on that checkpoint).
     stopped = checkpoint(train / "b", "checkpoint_1", 1.0, 2)
     # errored: NaN during pruning.
@@ -108,6 +110,9 @@ def test_tables_hold_each_epoch_once_from_the_run_that_counted(tmp_path: Path) -
                     }
                 )
             )
+    # The driver saw trial a start at t=100 s and end at t=110 s.
+    record_times(trials_dir / "a", started=100.0)
+    record_times(trials_dir / "a", started=105.0, ended=110.0)  # a restart keeps the first start
     records = [
         tables.TrialRecord(
             "a", {"cell": 0, "prune.sparsity": 0.5}, "TERMINATED", {"final": True, "val_pgd_acc": 0.4}
@@ -136,6 +141,12 @@ def test_tables_hold_each_epoch_once_from_the_run_that_counted(tmp_path: Path) -
     assert list(trials["epochs_run"]) == [4, 2, 2]
     assert list(trials["search_epochs_run"]) == [3, 1, 1]
     assert list(trials["attempts"]) == [2, 1, 1]
+    # Wall time from the driver's start and end; overhead = wall - the 4 counted epochs' 0.1 s.
+    assert trials.loc["a", "trial_time_s"] == pytest.approx(10.0)
+    assert trials.loc["a", "overhead_s"] == pytest.approx(10.0 - 4 * 0.1)
+    assert trials.loc["a", "started_at"] == pd.Timestamp(100.0, unit="s", tz="UTC")
+    assert trials.loc["a", "ended_at"] == pd.Timestamp(110.0, unit="s", tz="UTC")
+    assert pd.isna(trials.loc["b", "overhead_s"]) and pd.isna(trials.loc["b", "started_at"])
     assert list(trials.loc["a", "node_ids"]) == ["node0", "node1"]
     assert trials.loc["a", "robust_acc"] == 0.6 and list(trials.loc["a", "hamming"]) == [0.1, 0.2]
     assert trials.loc["a", "final_val_pgd_acc"] == pytest.approx(0.4)
@@ -192,3 +203,26 @@ def test_result_schemas_are_typed_and_unique() -> None:
     assert trials.field("status").type == pa.string()
     assert epochs.field("val_pgd_acc").type == pa.float64()
     assert epochs.field("global_epoch").type == pa.int64()
+
+
+def test_a_mapping_valued_setting_stays_one_json_column() -> None:
+    # model.kwargs is a value, not a config section: one column holding its JSON.
+    from s2ap.experiment import from_dict
+
+    cfg = from_dict(
+        {
+            "model": {
+                "name": "torchvision.models:resnet18",
+                "kwargs": {"width_per_group": 32, "zero_init_residual": True},
+            }
+        }
+    )
+    flat = tables._flatten(cfg.to_dict())
+    assert flat["model.kwargs"] == {"width_per_group": 32, "zero_init_residual": True}
+    assert not any(k.startswith("model.kwargs.") for k in flat)
+    table = tables.to_table([flat], tables.trials_schema())
+    assert json.loads(table.column("model.kwargs")[0].as_py()) == {
+        "width_per_group": 32,
+        "zero_init_residual": True,
+    }
+    assert flat["prune.sparsity"] == cfg.prune.sparsity  # sections are still opened

@@ -45,7 +45,7 @@ def drain(s: CellSearcher) -> list[dict[str, Any]]:
         if config == Searcher.FINISHED:
             return out
         out.append(config)
-        s.on_trial_complete(f"t{i}", {"val_pgd_acc": 0.1 * (i % 5)})
+        s.on_trial_complete(f"t{i}", {"val_pgd_acc": 0.1 * (i % 5), "final": True})
     raise AssertionError("never finished")
 
 
@@ -73,7 +73,7 @@ def test_seeded_tpe_is_reproducible_and_save_restore_continues(tmp_path: Path) -
     _, s = searcher(seed=7)
     head = [s.suggest(f"t{i}") for i in range(5)]
     for i in range(5):
-        s.on_trial_complete(f"t{i}", {"val_pgd_acc": 0.1 * (i % 5)})
+        s.on_trial_complete(f"t{i}", {"val_pgd_acc": 0.1 * (i % 5), "final": True})
     s.save(str(tmp_path / "searcher.pkl"))
     _, restored = searcher(seed=7)
     restored.restore(str(tmp_path / "searcher.pkl"))
@@ -88,3 +88,44 @@ def test_optuna_storage_url_keeps_one_study_per_cell(tmp_path: Path) -> None:
     drain(searcher(storage=url)[1])
     names = sorted(st.study_name for st in optuna.get_all_study_summaries(url))
     assert names == ["s-cell2", "s-cell3"]
+
+
+def test_optuna_is_told_complete_pruned_and_failed_with_intermediate_values(tmp_path: Path) -> None:
+    """A trial ASHA stopped reaches its study as PRUNED with its per-epoch values (never as
+    COMPLETE with a rung value); a finished one as COMPLETE with its final value; a diverged
+    one as FAIL."""
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    _, s = searcher(storage=url)
+    ids: dict[int, list[str]] = {}
+    for i in range(100):
+        config = s.suggest(f"t{i}")
+        if config == Searcher.FINISHED:
+            break
+        ids.setdefault(config["cell"], []).append(f"t{i}")
+    done, stopped, diverged = ids[2][:3]
+
+    def epoch(trial_id: str, step: int, value: float) -> None:
+        s.on_trial_result(trial_id, {"val_pgd_acc": value, "search_epoch": step, "final": False})
+
+    epoch(done, 0, 0.9)  # pretraining: shared, not a step of the search
+    for step, value in ((1, 0.2), (2, 0.3), (3, 0.35)):
+        epoch(done, step, value)
+    s.on_trial_result(done, {"val_pgd_acc": 0.4, "search_epoch": 3, "final": True})
+    s.on_trial_complete(done, {"val_pgd_acc": 0.4, "search_epoch": 3, "final": True})
+    for step, value in ((1, 0.1), (2, 0.15)):
+        epoch(stopped, step, value)
+    # Tune hands a stopped trial's last (rung) result to on_trial_complete.
+    s.on_trial_complete(stopped, {"val_pgd_acc": 0.15, "search_epoch": 2, "final": False})
+    epoch(diverged, 1, 0.05)
+    s.on_trial_complete(diverged, {"val_pgd_acc": None, "final": True, "diverged": "training diverged: nan"})
+
+    study = optuna.load_study(study_name="s-cell2", storage=url)
+    by_state = {t.state: t for t in study.trials if t.state != optuna.trial.TrialState.RUNNING}
+    State = optuna.trial.TrialState
+    assert set(by_state) == {State.COMPLETE, State.PRUNED, State.FAIL}
+    assert by_state[State.COMPLETE].value == pytest.approx(0.4)
+    assert by_state[State.COMPLETE].intermediate_values == {1: 0.2, 2: 0.3, 3: 0.35}
+    assert by_state[State.PRUNED].intermediate_values == {1: 0.1, 2: 0.15}
+    assert by_state[State.FAIL].value is None

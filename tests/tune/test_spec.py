@@ -312,10 +312,14 @@ def test_rejects_other_bad_values() -> None:
 
 
 def test_concurrency_never_starts_a_trial_that_cannot_fit() -> None:
-    one_cpu_trials = load_spec(tiny(resources={"workers": 1, "cpus_per_worker": 2}), nodes=None)
-    # Two 2-CPU nodes: both worker bundles fit, but the trainables' sliver would not.
-    assert concurrency(one_cpu_trials, [{"CPU": 2.0}, {"CPU": 2.0}]) == 1
-    assert concurrency(one_cpu_trials, [{"CPU": 3.0}, {"CPU": 3.0}]) == 2
+    one_worker = load_spec(tiny(resources={"workers": 1, "cpus_per_worker": 2}), nodes=None)
+    # A one-worker trial is its trainable (it runs the pipeline): no sliver besides it.
+    assert concurrency(one_worker, [{"CPU": 2.0}, {"CPU": 2.0}]) == 2
+    assert concurrency(one_worker, [{"CPU": 3.0}, {"CPU": 1.0}]) == 1
+    # DDP: two 2-CPU nodes hold both trials' worker bundles, but not the trainables' sliver.
+    two = load_spec(tiny(resources={"workers": 2, "cpus_per_worker": 1}), nodes=None)
+    assert concurrency(two, [{"CPU": 2.0}, {"CPU": 2.0}]) == 1
+    assert concurrency(two, [{"CPU": 2.5}, {"CPU": 2.5}]) == 2
     ddp = load_spec(tiny(resources={"workers": 2, "cpus_per_worker": 1}, max_concurrent=2), nodes=None)
     assert concurrency(ddp, [{"CPU": 8.0}]) == 2  # capped by max_concurrent
     assert Resources(2, 1.5, 0).trial_cpus == 3.0
