@@ -345,3 +345,17 @@ def test_cli_bad_input_is_one_line_and_status_2(tmp_path: Path) -> None:
         assert "Traceback" not in out.stderr
     assert outs[0].stderr.startswith("error: scheduler.metric: ")
     assert outs[1].stderr.startswith("error: spec: file not found")
+
+
+def test_default_grace_is_the_first_finetuning_epoch() -> None:
+    # With finetuning epochs to spare, ASHA's first rung waits until the mask is fixed: the
+    # longest pruning phase (a grid over prune.epochs included) plus one.
+    base = tiny()["base"]
+    spec = load_spec(tiny(base={**base, "finetune": {"epochs": 3}}), nodes=None)
+    assert spec.grace_period() == 5  # 4 pruning epochs + 1
+    grid = {"prune.epochs": [4, 6], "s2ap.enabled": [True]}
+    spec = load_spec(tiny(base={**base, "finetune": {"epochs": 3}}, grid=grid), nodes=None)
+    assert spec.grace_period() == 7
+    assert spec.scheduler.reduction_factor == 3.0
+    # No finetuning epoch to spare (4 + 1 = 5 of 5): one epoch after the longest warm-up.
+    assert load_spec(tiny(), nodes=None).grace_period() == 3
