@@ -52,6 +52,7 @@ from s2ap.tune.layout import (
     EPOCHS,
     META,
     STATE,
+    latest_checkpoint,
     read_divergence,
     record_epoch,
     record_worker,
@@ -319,6 +320,8 @@ def train_worker(loop: dict[str, Any]) -> None:
     if read_divergence(store) is not None:
         return  # a retry of a diverged trial: the trainable reports the reason
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop.get("fallback_checkpoint"):
+        checkpoint = ray.train.Checkpoint.from_directory(loop["fallback_checkpoint"])
     node = ray.get_runtime_context().get_node_id()
     record_worker(store, dist.rank, dist.world, node, checkpoint.path if checkpoint is not None else None)
     run_trial(loop["config"], store, checkpoint, dist, loop["pretrain_cache"], _train_report, loop["metric"])
@@ -371,6 +374,7 @@ def _fit_ddp(cfg: ExperimentConfig, spec: SearchSpec, search_dir: str, trial_id:
         "pretrain_cache": spec.pretrain_cache,
         "threads": res.cpus_per_worker,
         "metric": spec.scheduler.metric,
+        "fallback_checkpoint": _drop_torn_snapshot(train_storage(search_dir) / trial_id),
     }
     trainer = TorchTrainer(
         train_worker,
@@ -393,6 +397,26 @@ def _fit_ddp(cfg: ExperimentConfig, spec: SearchSpec, search_dir: str, trial_id:
     except ray.train.TrainingFailedError as exc:
         if read_divergence(store) is None:
             raise TrialFailed(_short(exc)) from None
+
+
+def _drop_torn_snapshot(run: Path) -> str | None:
+    """Train writes its checkpoint list (``checkpoint_manager_snapshot.json``) in place: a
+    controller killed mid-write leaves it torn, and every restart of that run then fails while
+    loading it. Remove a torn list and hand back the newest checkpoint of the run, from which
+    the workers resume instead; None when the list is intact or absent."""
+    snapshot = run / "checkpoint_manager_snapshot.json"
+    if not snapshot.is_file():
+        return None
+    try:
+        json.loads(snapshot.read_text())
+        return None
+    except (OSError, ValueError):
+        log.warning(
+            "%s is torn (its controller died while writing it): resuming from the newest checkpoint", snapshot
+        )
+        snapshot.unlink(missing_ok=True)
+    found = latest_checkpoint(run)
+    return str(found[0]) if found is not None else None
 
 
 def _short(exc: BaseException) -> str:
