@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -80,7 +80,7 @@ def frozen_batch_norm(model: nn.Module) -> Iterator[None]:
 
 def train_epoch(
     model: nn.Module,
-    loader: torch.utils.data.DataLoader,
+    loader: Iterable[tuple[Tensor, Tensor]],
     batches: ShardedBatches,
     objective: Objective,
     optimizer: torch.optim.Optimizer,
@@ -188,6 +188,25 @@ def train_step(
         perturbation.restore()
     optimizer.step()
     return loss.detach(), logits.detach(), changed
+
+
+def on_device(model: nn.Module, fast: dict[str, bool], device: torch.device) -> nn.Module:
+    """``model`` moved to ``device`` in the fast path's memory format (channels_last on CUDA:
+    NHWC convolutions, and with bf16 the tensor-core kernels); says in the log what runs."""
+    log.info(
+        "fast path on %s: bf16 autocast %s, channels_last %s, torch.compile %s%s",
+        device, *("on" if fast[k] else "off" for k in ("amp", "channels_last", "compile")),
+        "" if device.type == "cuda" else " (autocast and channels_last are CUDA-only)",
+    )  # fmt: skip
+    fmt = torch.channels_last if fast["channels_last"] else torch.preserve_format
+    return model.to(device, memory_format=fmt)
+
+
+def compiled(model: nn.Module, on: bool, backend: str = "inductor") -> nn.Module:
+    """``torch.compile(model)`` when ``on``. The score mask's top-k is cached on the scores'
+    version counter, so the compiled graph sees it as a tensor input: no recompile per step
+    (``benchmarks/bench_gpu_epoch.py`` counts recompiles and graph breaks)."""
+    return torch.compile(model, backend=backend) if on else model  # type: ignore[return-value]
 
 
 def build_optimizer(
