@@ -99,7 +99,10 @@ def train_epoch(
     each iteration's robust loss (the mean over this rank's ``n`` points) while the
     parameters are still those it was computed at."""
     model.train()
-    loss_sum = correct = count = 0.0
+    # Sums kept on the device and read once at the end. What still reads the device every step:
+    # the divergence check (a finite loss), the per-iteration best mask and the perturbation norms.
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * n, correct
+    count = 0
     start = time.perf_counter()
     norms: list[float] = []
     global_sizes = [len(b) for b in batches.global_batches()]
@@ -124,14 +127,14 @@ def train_epoch(
             norms.append(sum(n * n for n in perturbation.last_norms) ** 0.5)
             perturbed += int(changed)
         n = y.shape[0]
-        loss_sum += float(loss) * n
-        correct += float((logits.argmax(1) == y).sum())
+        sums += torch.stack([loss.double() * n, (logits.argmax(1) == y).sum().double()])
         count += n
         if on_iteration is not None:
             on_iteration(step)
     steps = len(global_sizes)
     frac = perturbed / steps if perturbation is not None and steps else None
-    return EpochResult(loss_sum, correct, int(count), time.perf_counter() - start, norms, frac)
+    loss_sum, correct = sums.tolist()
+    return EpochResult(loss_sum, correct, count, time.perf_counter() - start, norms, frac)
 
 
 def train_step(
