@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "objective": "trades, PGD-10 (KL), beta 6",
         "method": "hydra, sparsity 0.9",
         "compile_backend": backend,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,  # as the pipeline leaves it (torch's default)
         "variants": {},
     }
     print(
