@@ -227,7 +227,10 @@ class EvalConfig(Checked):
 class ExperimentConfig(Checked):
     seed: int = bounded(0, ge=0, le=2**32 - 1, note="a 32-bit seed, as NumPy takes")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = False
+    # The GPU fast path (s2ap/experiment.py: fast_settings). null = auto: on with CUDA, off on CPU.
+    amp: bool | None = None  # bf16 autocast for the attack steps and training (CUDA only)
+    channels_last: bool | None = None  # NHWC weights and activations (CUDA only)
+    compile: bool = False  # torch.compile of the training model (opt-in until measured to help)
     out_dir: str = "runs/experiment"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -135,11 +135,28 @@ def granularity(cfg: ExperimentConfig) -> str:
     return cfg.prune.granularity or method_class(cfg).default_granularity
 
 
-def identity(cfg: ExperimentConfig) -> dict[str, Any]:
+def fast_settings(cfg: ExperimentConfig, device_type: str) -> dict[str, bool]:
+    """The GPU fast path this run uses on a ``device_type`` device: bf16 autocast and
+    channels_last are CUDA-only (null = on with CUDA), compile is taken as configured."""
+    cuda = device_type == "cuda"
+    return {
+        "amp": cuda and cfg.amp is not False,
+        "channels_last": cuda and cfg.channels_last is not False,
+        "compile": cfg.compile,
+    }
+
+
+def identity(cfg: ExperimentConfig, device_type: str | None = None) -> dict[str, Any]:
     """The result columns that follow from the config alone: every run row (and a search's
     stopped or failed trials) carries them. S2AP's knobs are null when S2AP is off, so an
-    Orig. row never looks like it had a gamma."""
+    Orig. row never looks like it had a gamma. With ``device_type`` the fast-path columns
+    are the settings used there; without it, the configured ones (null = auto)."""
     on = cfg.s2ap.enabled
+    fast = (
+        fast_settings(cfg, device_type)
+        if device_type is not None
+        else {"amp": cfg.amp, "channels_last": cfg.channels_last, "compile": cfg.compile}
+    )
     searches = phases(cfg).prune > 0 and method_class(cfg).best_mask_applies
     return {
         "config_hash": cfg.hash(),
@@ -160,4 +177,5 @@ def identity(cfg: ExperimentConfig) -> dict[str, Any]:
         "best_mask": cfg.prune.best_mask if searches else None,
         "augment": augments(cfg.data),
         "adasap_prune_every": cfg.adasap.prune_every if cfg.prune.method == "adasap" else None,
+        **fast,
     }

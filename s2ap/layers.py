@@ -77,7 +77,11 @@ class ScoredLayer:
         return math.prod(self.weight.shape[1:])
 
     def score_mask(self) -> Tensor:
-        """Binary top-k mask of the current scores (no gradient), cached on their version."""
+        """Binary top-k mask of the current scores (no gradient), cached on their version.
+        Under ``torch.compile`` the top-k is part of the graph instead: the cache's key would
+        break the graph and recompile it every time the scores change."""
+        if torch.compiler.is_compiling():
+            return topk_mask(self.scores.abs(), self.keep)
         key = (self.scores._version, self.scores.data_ptr(), self.keep)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, topk_mask(self.scores.abs(), self.keep))
@@ -134,7 +138,10 @@ class CountMask:
 
 
 def cached_topk(layer: ScoredLayer, count: int) -> Tensor:
-    """Binary top-``count`` mask of ``|scores|``, recomputed only when the scores change."""
+    """Binary top-``count`` mask of ``|scores|``, recomputed only when the scores change
+    (under ``torch.compile``: in the graph, see :meth:`ScoredLayer.score_mask`)."""
+    if torch.compiler.is_compiling():
+        return topk_count_mask(layer.scores.abs(), count)
     key = (layer.scores._version, layer.scores.data_ptr(), count)
     cache = getattr(layer, "_count_cache", None)
     if cache is None or cache[0] != key:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from s2ap.config import ExperimentConfig, PhaseConfig
 from s2ap.data import Splits, load_splits
 from s2ap.distributed import DistInfo, ShardedBatches, resolve_device
 from s2ap.errors import ConfigError
-from s2ap.experiment import identity, phases, pretrain_key
+from s2ap.experiment import fast_settings, identity, phases, pretrain_key
 from s2ap.io import atomic_write, atomic_write_text
 from s2ap.metrics import hamming
 from s2ap.models import export_state_dict, from_config
@@ -45,7 +45,8 @@ from s2ap.pruning import PruningMethod, build_method
 from s2ap.seeding import derive_seed
 from s2ap.sharpness import SharpnessSchedule
 from s2ap.state import BestMask, RunState
-from s2ap.train import build_optimizer, build_scheduler, train_epoch
+from s2ap.tensor_data import device_loader
+from s2ap.train import build_optimizer, build_scheduler, compiled, on_device, train_epoch
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +79,21 @@ class Pipeline:
         self.pretrain_cache = Path(pretrain_cache) if pretrain_cache is not None else None
         self.device = resolve_device(cfg.device)
         self.phases = phases(cfg)
+        self.fast = fast_settings(cfg, self.device.type)  # bf16, channels_last, compile
         # Every row of this run starts with the same identity columns.
-        self.identity = {**identity(cfg), "code_version": results.code_version()}
+        self.identity = {**identity(cfg, self.device.type), "code_version": results.code_version()}
 
         self.splits = splits if splits is not None else load_splits(cfg.data, cfg.seed)
         info = self.splits.info
         self.method: PruningMethod = build_method(cfg)
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         size = cfg.data.image_size or info.image_size
-        self.model = from_config(
-            cfg.model,
-            num_classes=info.num_classes,
-            in_channels=info.in_channels,
-            image_size=size,
-            mean=info.mean,
-            std=info.std,
-            granularity=self.method.granularity,
-        ).to(self.device)
+        self.model = on_device(
+            from_config(
+                cfg.model, num_classes=info.num_classes, in_channels=info.in_channels, image_size=size,
+                mean=info.mean, std=info.std, granularity=self.method.granularity,
+            ), self.fast, self.device,
+        )  # fmt: skip
         self.method.bind(self.model, (1, info.in_channels, size, size))  # checks + hooks, also on resume
         self.layers = [layer for _, layer in L.scored_layers(self.model)]
         self.objective = build_objective(cfg.objective, cfg.attack)
@@ -222,7 +221,7 @@ class Pipeline:
 
     def _train(self, phase: str, cfg: PhaseConfig, params: list[nn.Parameter]) -> None:
         self._set_trainable(params)
-        model = self.dist.wrap(self.model, self.device)
+        model = compiled(self.dist.wrap(self.model, self.device), self.fast["compile"])
         optimizer = build_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
         scheduler = build_scheduler(optimizer, cfg.schedule, cfg.epochs)
         if self._opt_state is not None and self._opt_state.get("optimizer") is not None:
@@ -246,7 +245,7 @@ class Pipeline:
             res = train_epoch(
                 model, loader, batches, self.objective, optimizer, self.device,
                 perturbation=perturbation, penalty=penalty, on_iteration=hook, before_update=before_update,
-                phase=phase, epoch=epoch, progress=self.progress, amp=self.cfg.amp,
+                phase=phase, epoch=epoch, progress=self.progress, amp=self.fast["amp"],
             )  # fmt: skip
             scheduler.step()
             loss_sum, correct, n = self.dist.all_reduce_sum([res.loss_sum, res.correct, res.n], self.device)
@@ -340,13 +339,13 @@ class Pipeline:
     def _best_rule(self) -> str:
         return self.cfg.prune.best_mask if self.method.best_mask_applies else "last"
 
-    def _loader(self, dataset: Dataset, batches: ShardedBatches) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_sampler=batches,  # type: ignore[arg-type]
-            num_workers=self.cfg.data.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
+    def _loader(self, dataset: Dataset, batches: ShardedBatches) -> Iterable:
+        """On CUDA a training set that fits stays there as uint8, augmented on the device."""
+        cuda = self.device.type == "cuda"
+        if cuda and (on_gpu := device_loader(dataset, batches, self.device)) is not None:
+            return on_gpu
+        workers = self.cfg.data.num_workers
+        return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=cuda)  # type: ignore[arg-type]
 
     def _set_trainable(self, tensors: list[nn.Parameter]) -> None:
         keep = {id(t) for t in tensors}

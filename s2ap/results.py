@@ -76,6 +76,9 @@ RUN_SCHEMA = pa.schema(
         pa.field("best_mask", pa.string()),  # prune.best_mask (null when no mask search chooses)
         pa.field("augment", pa.bool_()),  # training-set crop + flip
         pa.field("adasap_prune_every", pa.int64()),  # AdaSAP's pruning interval in iterations
+        pa.field("amp", pa.bool_()),  # bf16 autocast used (null: auto, in a trial that never ran)
+        pa.field("channels_last", pa.bool_()),  # NHWC memory format used
+        pa.field("compile", pa.bool_()),  # torch.compile of the training model
         pa.field("status", pa.string()),  # ok | error
         pa.field("error", pa.string()),
         pa.field("density", pa.float64()),

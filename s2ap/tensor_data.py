@@ -7,12 +7,15 @@ whole batch with one tensor operation instead of one Python call per image.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
+
+log = logging.getLogger(__name__)
 
 Item = tuple[Tensor, int]
 
@@ -133,3 +136,79 @@ class CropFlip(Dataset):
     @property
     def classes(self) -> list[str]:
         return list(getattr(self.base, "classes", []))
+
+
+# --------------------------------------------------------------------------- on the device
+
+
+def crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, padding: int) -> Tensor:
+    """:class:`CropFlip`'s transform of a whole batch in one gather, on the batch's device:
+    image ``b`` is cropped at ``offsets[b] = (dy, dx)`` from its zero-padded self and
+    mirrored when ``flips[b]``. Works on ``uint8`` as well as float images."""
+    n, c, height, width = images.shape
+    dev = images.device
+    p = int(padding)
+    padded = F.pad(images, (p, p, p, p))
+    rows = offsets[:, :1] + torch.arange(height, device=dev)  # n x H
+    cols = offsets[:, 1:] + torch.arange(width, device=dev)  # n x W
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    b = torch.arange(n, device=dev)[:, None, None, None]
+    ch = torch.arange(c, device=dev)[None, :, None, None]
+    return padded[b, ch, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class DeviceLoader:
+    """A training set held on ``device`` as its raw (``uint8``) images, batched, augmented
+    (the :class:`CropFlip` table of the epoch, read when iteration starts) and converted to
+    float there: no worker processes, no host-to-device copy of images per step. Yields the
+    same ``(x, y)`` batches as a DataLoader over the data set with ``batches`` as sampler."""
+
+    def __init__(
+        self, images: Tensor, labels: Tensor, scale: float, batches: Iterable[list[int]],
+        device: torch.device, augment: CropFlip | None = None,
+    ) -> None:  # fmt: skip
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.scale = float(scale)
+        self.batches = batches
+        self.device = device
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        aug = self.augment
+        if aug is not None:
+            offsets, flips = aug.offsets.to(self.device), aug.flips.to(self.device)
+        for batch in self.batches:
+            idx = torch.as_tensor(batch, dtype=torch.long).to(self.device, non_blocking=True)
+            x = self.images[idx]
+            if aug is not None:
+                x = crop_flip(x, offsets[idx], flips[idx], aug.padding)
+            x = x.to(torch.float32)
+            yield (x.div_(self.scale) if self.scale != 1.0 else x), self.labels[idx]
+
+
+def device_loader(
+    dataset: Dataset, batches: Iterable[list[int]], device: torch.device, max_fraction: float = 0.25
+) -> DeviceLoader | None:
+    """A :class:`DeviceLoader` for ``dataset`` when it is an in-memory image set (optionally a
+    subset of one, optionally under :class:`CropFlip`) whose images take at most
+    ``max_fraction`` of the CUDA device's free memory; None otherwise."""
+    augment = dataset if isinstance(dataset, CropFlip) else None
+    inner = augment.base if augment is not None else dataset
+    rows = None
+    if isinstance(inner, Subset):
+        rows, inner = torch.as_tensor(list(inner.indices), dtype=torch.long), inner.dataset
+    if not isinstance(inner, TensorImageDataset):
+        return None
+    images = inner.images if rows is None else inner.images[rows]
+    labels = inner.targets if rows is None else inner.targets[rows]
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if images.numel() * images.element_size() > max_fraction * free:
+            log.info("training set does not fit on %s: batches come through a DataLoader", device)
+            return None
+    log.info("training set kept on %s as %s (%d images)", device, images.dtype, len(images))
+    return DeviceLoader(images, labels, inner.scale, batches, device, augment)

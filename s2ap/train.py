@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -80,7 +80,7 @@ def frozen_batch_norm(model: nn.Module) -> Iterator[None]:
 
 def train_epoch(
     model: nn.Module,
-    loader: torch.utils.data.DataLoader,
+    loader: Iterable[tuple[Tensor, Tensor]],
     batches: ShardedBatches,
     objective: Objective,
     optimizer: torch.optim.Optimizer,
@@ -99,7 +99,10 @@ def train_epoch(
     each iteration's robust loss (the mean over this rank's ``n`` points) while the
     parameters are still those it was computed at."""
     model.train()
-    loss_sum = correct = count = 0.0
+    # Sums kept on the device and read once at the end. What still reads the device every step:
+    # the divergence check (a finite loss), the per-iteration best mask and the perturbation norms.
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * n, correct
+    count = 0
     start = time.perf_counter()
     norms: list[float] = []
     global_sizes = [len(b) for b in batches.global_batches()]
@@ -124,14 +127,14 @@ def train_epoch(
             norms.append(sum(n * n for n in perturbation.last_norms) ** 0.5)
             perturbed += int(changed)
         n = y.shape[0]
-        loss_sum += float(loss) * n
-        correct += float((logits.argmax(1) == y).sum())
+        sums += torch.stack([loss.double() * n, (logits.argmax(1) == y).sum().double()])
         count += n
         if on_iteration is not None:
             on_iteration(step)
     steps = len(global_sizes)
     frac = perturbed / steps if perturbation is not None and steps else None
-    return EpochResult(loss_sum, correct, int(count), time.perf_counter() - start, norms, frac)
+    loss_sum, correct = sums.tolist()
+    return EpochResult(loss_sum, correct, count, time.perf_counter() - start, norms, frac)
 
 
 def train_step(
@@ -188,6 +191,25 @@ def train_step(
         perturbation.restore()
     optimizer.step()
     return loss.detach(), logits.detach(), changed
+
+
+def on_device(model: nn.Module, fast: dict[str, bool], device: torch.device) -> nn.Module:
+    """``model`` moved to ``device`` in the fast path's memory format (channels_last on CUDA:
+    NHWC convolutions, and with bf16 the tensor-core kernels); says in the log what runs."""
+    log.info(
+        "fast path on %s: bf16 autocast %s, channels_last %s, torch.compile %s%s",
+        device, *("on" if fast[k] else "off" for k in ("amp", "channels_last", "compile")),
+        "" if device.type == "cuda" else " (autocast and channels_last are CUDA-only)",
+    )  # fmt: skip
+    fmt = torch.channels_last if fast["channels_last"] else torch.preserve_format
+    return model.to(device, memory_format=fmt)
+
+
+def compiled(model: nn.Module, on: bool, backend: str = "inductor") -> nn.Module:
+    """``torch.compile(model)`` when ``on``. While compiling, the score mask's top-k is part
+    of the graph (its eager cache key would break it), so changing scores cause neither a
+    graph break nor a recompile per step (``benchmarks/bench_gpu_epoch.py`` counts both)."""
+    return torch.compile(model, backend=backend) if on else model  # type: ignore[return-value]
 
 
 def build_optimizer(

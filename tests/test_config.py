@@ -92,6 +92,9 @@ def test_cli_bad_input_one_line_exit_2(tmp_path) -> None:
         ("adasap.prune_every=0", "adasap.prune_every", ">= 1"),
         ("harp.penalty_init=0", "harp.penalty_init", "> 0"),
         ("harp.penalty_growth=2", "harp.penalty_growth", "unknown key"),
+        ("amp=fast", "amp", "bool or null"),
+        ("channels_last=nhwc", "channels_last", "bool or null"),
+        ("compile=maybe", "compile", "true or false"),
     ],
 )
 def test_cli_bad_method_fidelity_settings_are_one_line_exit_2(tmp_path, setting, field, words) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from s2ap.config import ConfigError
-from s2ap.experiment import from_dict, identity, phases, pretrain_key, with_overrides
+from s2ap.experiment import fast_settings, from_dict, identity, phases, pretrain_key, with_overrides
 
 
 def test_which_phases_train_follows_the_method_and_the_inputs_given() -> None:
@@ -43,6 +43,19 @@ def test_identity_nulls_s2aps_knobs_when_it_is_off() -> None:
     assert on["gamma"] == 0.5 and on["warmup_epochs"] == 5 and on["perturb"] == "scores"
     assert identity(from_dict({"prune": {"method": "adasap"}}))["granularity"] == "channel"
     assert on["config_hash"] == from_dict({"s2ap": {"enabled": True, "gamma": 0.5}}).hash()
+
+
+def test_the_fast_path_is_on_with_cuda_off_on_cpu_and_the_row_records_what_ran() -> None:
+    auto = from_dict({})
+    assert fast_settings(auto, "cuda") == {"amp": True, "channels_last": True, "compile": False}
+    forced = from_dict({"amp": True, "channels_last": True, "compile": True})
+    assert fast_settings(forced, "cpu") == {"amp": False, "channels_last": False, "compile": True}
+    assert fast_settings(from_dict({"amp": False}), "cuda")["amp"] is False
+    row = identity(auto, "cuda")
+    assert (row["amp"], row["channels_last"], row["compile"]) == (True, True, False)
+    configured = identity(auto)  # a trial that never ran: what was asked for, null = auto
+    assert (configured["amp"], configured["channels_last"], configured["compile"]) == (None, None, False)
+    assert auto.hash() != forced.hash()
 
 
 def test_registry_checks_happen_on_every_derived_config() -> None:

@@ -63,6 +63,8 @@ def test_end_to_end_digits_writes_run_folder(tmp_path: Path) -> None:
     assert list(row.hamming) == pytest.approx(list(prune.hamming))
     assert len(row.loss_diff) == 1 and row.loss_diff[0] >= 0
     assert row.robust_acc == row.pgd_acc and pd.isna(row.aa_acc)
+    # The fast-path settings the run used: on CPU neither bf16 autocast nor channels_last.
+    assert (row.amp, row.channels_last, row["compile"]) == (False, False, False)
 
     # The saved masks have the target density, and the dense export loads into the plain model.
     masks = torch.load(tmp_path / "masks.pt")

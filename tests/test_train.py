@@ -11,13 +11,15 @@ import torch.nn.functional as F
 from s2ap import layers as L
 from s2ap.config import AttackConfig, ObjectiveConfig
 from s2ap.data import load_splits
+from s2ap.distributed import DistInfo, ShardedBatches
 from s2ap.errors import TrainingDiverged
 from s2ap.experiment import from_dict, with_overrides
 from s2ap.models import build_model
 from s2ap.objectives import build_objective
 from s2ap.pruning import build_method
 from s2ap.sharpness import score_perturbation, weight_perturbation
-from s2ap.train import build_optimizer, train_step
+from s2ap.tensor_data import device_loader
+from s2ap.train import build_optimizer, on_device, train_epoch, train_step
 
 TINY = {
     "seed": 0,
@@ -175,3 +177,34 @@ def test_the_perturbed_pass_leaves_batch_norm_statistics_alone(objective: str, w
 
 def scored(model: torch.nn.Module) -> list[L.ScoredLayer]:
     return [layer for _, layer in L.scored_layers(model)]
+
+
+def test_the_fast_path_runs_on_cpu_with_autocast_off_and_changes_no_result() -> None:
+    """amp on CPU is off (bf16 autocast is CUDA-only): an epoch with amp=True is the fp32
+    epoch exactly; channels_last weights compute the same logits."""
+    cfg = tiny()
+    train = load_splits(cfg.data, 0).train
+    objective = build_objective(cfg.objective, cfg.attack)
+    results = []
+    for amp in (False, True):
+        model, params = pruning_model()
+        batches = ShardedBatches(len(train), 64, shuffle=True, dist_info=DistInfo())
+        loader = device_loader(train, batches, torch.device("cpu"))
+        assert loader is not None
+        optimizer = build_optimizer(params, "sgd", 0.1, 0.9, 0.0)
+        torch.manual_seed(3)
+        res = train_epoch(model, loader, batches, objective, optimizer, torch.device("cpu"), amp=amp)
+        results.append((res.loss_sum, res.correct, res.n, [p.detach().clone() for p in params]))
+    (loss0, correct0, n0, p0), (loss1, correct1, n1, p1) = results
+    assert (loss0, correct0, n0) == (loss1, correct1, n1) and n0 == len(train)
+    assert all(torch.equal(a, b) for a, b in zip(p0, p1, strict=True))
+
+    model, _ = pruning_model()
+    x = torch.rand(4, 3, 8, 8)
+    expected = model(x)
+    nhwc = on_device(
+        copy.deepcopy(model), {"amp": False, "channels_last": True, "compile": False}, torch.device("cpu")
+    )
+    conv = next(m for m in nhwc.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nhwc(x), expected, rtol=1e-5, atol=1e-5)
