@@ -139,3 +139,33 @@ def test_dockerfile_cpu_by_default_cuda_by_build_arg_and_torch_pinned() -> None:
     assert re.search(r"^USER s2ap$", text, re.M)  # not root
     pyproject = (DOCKER.parent / "pyproject.toml").read_text()
     assert "torch>=2.1,<=2.14.1" in pyproject and "torch>=2.1,<=2.14.1" in text
+
+
+def test_s3_override_wires_one_object_store_into_every_node_and_the_service(compose: dict[str, Any]) -> None:
+    s3 = yaml.safe_load((DOCKER / "compose.s3.yaml").read_text())
+    services = s3["services"]
+    store, bucket = services["objectstore"], services["objectstore-bucket"]
+    assert store["ports"] == ["127.0.0.1:9001:9001"]  # console on loopback; S3 API internal only
+    assert bucket["depends_on"]["objectstore"]["condition"] == "service_healthy"
+    script = " ".join(bucket["command"])
+    assert "mc mb --ignore-existing" in script and "$$S3_BUCKET" in script  # $$: the shell's, not Compose's
+    envs = []
+    for name in compose["services"]:  # every service of the base file gets the same storage
+        env = services[name]["environment"]
+        assert (
+            services[name]["depends_on"]["objectstore-bucket"]["condition"]
+            == "service_completed_successfully"
+        )
+        assert env["AWS_ENDPOINT_URL"] == "http://objectstore:9000"
+        assert env["S2AP_STORAGE"].startswith("s3://")
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert env[key].startswith("${S2AP_S3_"), (name, key)  # required from the host, never a default
+            assert ":?" in env[key]
+        envs.append(env)
+    assert all(e == envs[0] for e in envs)
+    # Compose merges environment and depends_on maps: the base file's wiring to the head stays.
+    for name in ("ray-worker", "service"):
+        assert compose["services"][name]["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    for n, line in enumerate((DOCKER / "compose.s3.yaml").read_text().splitlines(), 1):
+        if not line.lstrip().startswith("#"):
+            assert "$(" not in line, f"compose.s3.yaml:{n}: {line}"
