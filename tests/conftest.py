@@ -26,8 +26,11 @@ def _free_port() -> int:
 def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """moto's S3 server on loopback, and the standard AWS environment pointing at it (every
     process started from the test inherits it: Ray's workers too). Yields the endpoint URL."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -157,12 +157,13 @@ def run_search(
     start = time.time()
     search_dir = storage.check(out, "--out") if out is not None else spec.search_dir
     address = address or os.environ.get("RAY_ADDRESS") or None
-    for field, where in (
-        ("--out" if out is not None else "storage", search_dir),
-        ("pretrain_cache", spec.pretrain_cache),
-    ):
-        if where is not None:
-            storage.probe(where, field)  # before Ray starts: an unreachable store is one line
+    # Before Ray starts: an unknown scheme, an unreachable store, a missing bucket is one line.
+    if out is not None:
+        storage.probe(search_dir, "--out")
+    else:
+        storage.probe(spec.storage, "storage")
+    if spec.pretrain_cache is not None:
+        storage.probe(spec.pretrain_cache, "pretrain_cache")
     prepare_dir(spec, search_dir, resume)
     os.environ.update(WORKER_ENV)
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's own tables off: the live view replaces them
