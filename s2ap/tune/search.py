@@ -60,11 +60,8 @@ class SearchOutcome:
 def build_tuner(spec: SearchSpec, search_dir: str, conc: int, resume: bool) -> tune.Tuner:
     res = spec.resources
     inline = res.workers == 1  # the pipeline runs inside the trainable: it takes the worker's share
-    wants = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker} if inline else {"CPU": TRAINABLE_CPUS}
-    trainable = tune.with_resources(
-        tune.with_parameters(tune_trial, spec=spec, search_dir=search_dir),
-        {k: v for k, v in wants.items() if v > 0},
-    )
+    wants = res.per_worker() if inline else {"CPU": TRAINABLE_CPUS}
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, spec=spec, search_dir=search_dir), wants)
     if resume:
         # Searcher, scheduler and callbacks come back from the saved tuner; finished trials
         # stay finished, unfinished ones resume from their Train checkpoints.

@@ -309,9 +309,7 @@ def _fit_ddp(cfg: ExperimentConfig, spec: SearchSpec, search_dir: str, trial_id:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     res = spec.resources
-    per_worker: dict[str, float] = {"CPU": res.cpus_per_worker}
-    if res.gpus_per_worker > 0:
-        per_worker["GPU"] = res.gpus_per_worker
+    per_worker = res.per_worker()
     loop = {
         "config": cfg,
         "trial_store": store,

@@ -165,3 +165,78 @@ def test_bad_storage_is_one_line_before_any_trial(
         f"error: storage: cannot reach the store of 's3://bucket/p' at endpoint http://127.0.0.1:{port}"
     )
     assert not ray.is_initialized()
+
+
+def test_trials_land_on_the_worker_nodes_of_a_cluster_sharing_s3(s3_bucket: str, tmp_path: Path) -> None:
+    """A head and two worker nodes (``ray.cluster_utils.Cluster``, all on this machine):
+    trials ask for a custom resource only the workers declare, so they run there, and the
+    nodes share the search's files and the pretraining cache through the bucket alone."""
+    from ray.cluster_utils import Cluster
+
+    from s2ap.tune.cluster import runtime_env
+    from s2ap.tune.search import run_search
+    from s2ap.tune.spec import load_spec
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    workers = {cluster.add_node(num_cpus=1, resources={"trial_node": 1}).node_id for _ in range(2)}
+    head = cluster.head_node.node_id
+    try:
+        ray.init(address=cluster.address, runtime_env=runtime_env(cluster.address))
+        spec = load_spec(
+            {
+                "name": "cluster",
+                "base": {**BASE, "finetune": {"epochs": 1, "lr": 0.01}},
+                "grid": {"prune.sparsity": [0.5, 0.6]},
+                "scheduler": {"type": "fifo"},
+                "resources": {"workers": 1, "cpus_per_worker": 1, "custom_per_worker": {"trial_node": 1}},
+                "max_concurrent": 2,
+                "storage": f"{s3_bucket}/cluster",
+            },
+            nodes=None,
+        )
+        outcome = run_search(spec, quiet=True)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert outcome.trials_path == f"{s3_bucket}/cluster/cluster/trials.parquet"
+    trials = s3_table(outcome.trials_path)
+    assert len(trials) == 2 and set(trials["status"]) == {"ok"}
+    ran_on = [list(ids) for ids in trials["node_ids"]]
+    assert all(len(ids) == 1 for ids in ran_on), ran_on
+    # Two at a time, one per node that has the resource: both worker nodes, never the head.
+    assert {ids[0] for ids in ran_on} == workers and head not in workers
+    epochs = s3_table(outcome.epochs_path)
+    # One trial pretrained, the other (on the other node) waited on the lease and loaded the
+    # checkpoint from the bucket.
+    assert (epochs["phase"] == "pretrain").sum() == BASE["pretrain"]["epochs"]
+    assert [n for n in storage.list_dir(f"{s3_bucket}/cluster/pretrain_cache") if n.endswith(".lease")] == []
+
+
+def test_custom_resources_no_node_has_are_refused() -> None:
+    from s2ap.errors import ConfigError
+    from s2ap.tune.spec import load_spec
+
+    spec = {
+        "name": "x",
+        "base": BASE,
+        "scheduler": {"type": "fifo"},
+        "resources": {"custom_per_worker": {"trial_node": 1}},
+        "storage": "/tmp/s2ap-custom-resources",
+    }
+    with pytest.raises(ConfigError) as err:
+        load_spec(spec)  # an embedded Ray on this machine declares none
+    assert err.value.field == "resources.custom_per_worker.trial_node"
+    with pytest.raises(ConfigError) as err:
+        load_spec(spec, nodes=[{"CPU": 4.0}, {"CPU": 2.0, "trial_node": 0.5}])
+    assert str(err.value) == (
+        "resources.custom_per_worker.trial_node: 1 'trial_node' per worker, but no node has more than 0.5"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_spec({**spec, "resources": {"custom_per_worker": {"GPU": 1}}}, nodes=None)
+    assert err.value.field == "resources.custom_per_worker.GPU"
+    nodes = [{"CPU": 4.0}, {"CPU": 4.0, "trial_node": 2.0}]
+    fits = load_spec({**spec, "grid": {"seed": [0, 1, 2]}}, nodes=nodes)
+    from s2ap.tune.resources import concurrency
+
+    # The CPUs would hold all three trials; the custom resource holds two, on the second node.
+    assert concurrency(fits, nodes) == 2
