@@ -24,8 +24,6 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -315,23 +313,49 @@ def list_dir(where: str | Path) -> list[str]:
     return sorted(i.base_name for i in infos)
 
 
-@contextmanager
-def open_input(where: str | Path) -> Iterator[IO[bytes]]:
-    """A binary stream of a file, read as it is consumed (downloads, Parquet)."""
+def open_input(where: str | Path) -> IO[bytes]:
+    """An open binary stream of a file, read as it is consumed (downloads, Parquet); the
+    caller closes it (``with storage.open_input(x) as f``). FileNotFoundError when absent."""
     if not is_remote(where):
-        with open(where, "rb") as f:
-            yield f
-        return
+        return open(where, "rb")
+    fs, path = locate(str(where))
+    try:
+        return fs.open_input_file(path)  # type: ignore[return-value]
+    except OSError:
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(redact(str(where))) from None
+        raise
+
+
+def version(where: str | Path) -> str | None:
+    """``"<mtime_ns>:<size>"`` of a file, None when it does not exist: changes whenever the
+    file is replaced."""
+    if not is_remote(where):
+        try:
+            st = Path(where).stat()
+        except FileNotFoundError:
+            return None
+        return f"{st.st_mtime_ns}:{st.st_size}"
+    fs, path = locate(str(where))
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        return None
+    return f"{info.mtime_ns}:{info.size}"
+
+
+def read_table(where: str | Path, columns: list[str] | None = None) -> pa.Table:
+    if not is_remote(where):
+        return pq.read_table(where, columns=columns)
+    fs, path = locate(str(where))
+    return pq.read_table(path, filesystem=fs, columns=columns)
+
+
+def read_schema(where: str | Path) -> pa.Schema:
+    if not is_remote(where):
+        return pq.read_schema(where)
     fs, path = locate(str(where))
     with fs.open_input_file(path) as f:
-        yield f  # type: ignore[misc]
-
-
-def read_table(where: str | Path) -> pa.Table:
-    if not is_remote(where):
-        return pq.read_table(where)
-    fs, path = locate(str(where))
-    return pq.read_table(path, filesystem=fs)
+        return pq.read_schema(f)
 
 
 def write_table(table: pa.Table, where: str | Path) -> str:
