@@ -105,7 +105,9 @@ def search_killing(spec: Any, rank: int, after_epoch: int) -> tuple[Any, str, in
     box: list[Any] = []
     thread = threading.Thread(target=lambda: box.append(run_search(spec, quiet=True)), daemon=True)
     thread.start()
-    killed, at_epoch = kill_mid_trial(Path(spec.search_dir), rank=rank, after_epoch=after_epoch, thread=thread)
+    killed, at_epoch = kill_mid_trial(
+        Path(spec.search_dir), rank=rank, after_epoch=after_epoch, thread=thread
+    )
     thread.join(timeout=400)
     assert box, "the search did not finish"
     return box[0], killed, at_epoch
@@ -189,7 +191,8 @@ def test_ddp_search_survives_a_killed_worker_writes_tables_and_asha_stops_a_tria
     assert dense["trial_id"] == killed and dense["status"] == "ok" and not dense["stopped_early"]
     assert dense["attempts"] == 2 and len(dense["pids"]) == 4  # 2 workers x 2 starts
     starts = [
-        json.loads(p.read_text()) for p in (Path(spec.search_dir) / "trials" / killed / "workers").glob("*.json")
+        json.loads(p.read_text())
+        for p in (Path(spec.search_dir) / "trials" / killed / "workers").glob("*.json")
     ]
     assert sorted(s["resumed_from"] is not None for s in starts) == [False, False, True, True]
     assert dense["search_epochs_run"] == 3 and dense["epochs_run"] == 5  # every epoch, each once
