@@ -41,7 +41,7 @@ SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file")
 # account_key / sas tokens from abfs ones): refused in a location, blanked in text.
 _SECRET = re.compile(r"key|secret|token|password|passwd|sig|credential|sas", re.I)
 _URI_IN_TEXT = re.compile(r"\b([a-z][a-z0-9+.-]*)://([^/\s@'\"]*@)?([^\s'\"?]*)(\?[^\s'\"]*)?", re.I)
-PROBE_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 5.0
 
 
 def is_uri(where: str | Path) -> bool:
@@ -83,7 +83,10 @@ def check(where: str | Path, field: str) -> str:
             f"unknown storage scheme {scheme + '://'!r} in {redact(text)!r}: expected a folder or a URI "
             f"with one of {', '.join(s + '://' for s in SCHEMES)}",
         )
-    if parts.username or parts.password or "@" in parts.netloc:
+    # abfs names its container as user info (abfs://container@account.dfs.core.windows.net):
+    # that is allowed there, a password never.
+    container_form = scheme in ("abfs", "abfss") and parts.password is None
+    if parts.password or ("@" in parts.netloc and not container_form):
         raise ConfigError(
             field,
             f"credentials in the URI are refused ({redact(text)!r}): give them in the environment "
@@ -113,6 +116,9 @@ def _split(uri: str) -> tuple[str, str, str]:
     scheme = parts.scheme.lower()
     if scheme in ("hdfs", "viewfs"):
         return f"{scheme}://{parts.netloc}", parts.path or "/", parts.query
+    if "@" in parts.netloc:  # abfs://container@account.dfs.core.windows.net/path
+        container, host = parts.netloc.split("@", 1)
+        return f"{scheme}://{host}", f"{container}{parts.path}".rstrip("/"), parts.query
     return f"{scheme}://", f"{parts.netloc}{parts.path}".rstrip("/"), parts.query
 
 
@@ -145,7 +151,12 @@ def _build(root: str, query: str, timeout: float | None = None) -> pafs.FileSyst
         if "region" not in opts:
             opts["region"] = _s3_region(query)
         return pafs.S3FileSystem(**opts)
-    fs, _ = pafs.FileSystem.from_uri(root + "placeholder" + (f"?{query}" if query else ""))
+    scheme, _, host = root.partition("://")
+    if scheme in ("hdfs", "viewfs"):
+        where = f"{root}/"
+    else:  # abfs's account host, or a bucket placeholder (gs://placeholder)
+        where = f"{scheme}://placeholder@{host}/" if host else f"{root}placeholder"
+    fs, _ = pafs.FileSystem.from_uri(where + (f"?{query}" if query else ""))
     return fs
 
 
@@ -179,7 +190,16 @@ def from_fs_path(base: str, fs_path: str) -> str:
     if not is_remote(base):
         return fs_path
     root, _, query = _split(base)
-    return root + fs_path.lstrip("/") if root.endswith("://") else root + "/" + fs_path.lstrip("/")
+    inner = fs_path.lstrip("/")
+    if root.endswith("://"):
+        out = root + inner
+    elif urlsplit(base).scheme.lower() in ("hdfs", "viewfs"):
+        out = f"{root}/{inner}"
+    else:  # the container is the first part of the path: container@account
+        container, _, rest = inner.partition("/")
+        scheme, _, host = root.partition("://")
+        out = f"{scheme}://{container}@{host}/{rest}".rstrip("/")
+    return f"{out}?{query}" if query else out
 
 
 # --------------------------------------------------------------------------- paths
@@ -382,7 +402,8 @@ def probe(where: str, field: str, timeout: float = PROBE_TIMEOUT_S) -> None:
         fs = _build(root, query, timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - a missing driver (HDFS), a bad option
         raise ConfigError(field, f"cannot open {shown!r}: {_reason(exc)}") from None
-    bucket = path.split("/", 1)[0] if root.endswith("://") else "/"
+    hdfs = urlsplit(where).scheme.lower() in ("hdfs", "viewfs")
+    bucket = "/" if hdfs else path.split("/", 1)[0]
     box: list[Any] = []
     worker = threading.Thread(target=lambda: box.append(_info(fs, bucket)), daemon=True)
     worker.start()

@@ -55,6 +55,24 @@ def test_credentials_in_a_uri_are_refused_and_never_shown(uri: str) -> None:
     assert "sup3rsecret" not in str(err.value)
 
 
+def test_paths_inside_each_kind_of_store_map_back_to_uris() -> None:
+    """What Ray reports (a path inside the store's filesystem) becomes a URI again."""
+    s3 = storage.check("s3://bucket/searches/", "storage")
+    assert s3 == "s3://bucket/searches" and storage._split(s3)[:2] == ("s3://", "bucket/searches")
+    assert storage.from_fs_path(s3, "bucket/searches/x/checkpoint_1") == "s3://bucket/searches/x/checkpoint_1"
+    az = storage.check(
+        "abfs://runs@acct.dfs.core.windows.net/searches", "storage"
+    )  # a container, not a secret
+    assert storage._split(az)[:2] == ("abfs://acct.dfs.core.windows.net", "runs/searches")
+    assert storage.from_fs_path(az, "runs/searches/x") == "abfs://runs@acct.dfs.core.windows.net/searches/x"
+    hdfs = storage.check("hdfs://namenode:8020/user/s2ap", "storage")
+    assert storage._split(hdfs)[:2] == ("hdfs://namenode:8020", "/user/s2ap")
+    assert storage.from_fs_path(hdfs, "/user/s2ap/x") == "hdfs://namenode:8020/user/s2ap/x"
+    assert storage.join(s3, "a", "b") == "s3://bucket/searches/a/b" and storage.parent(s3) == "s3://bucket"
+    with pytest.raises(ConfigError):
+        storage.check("abfs://runs:sup3rsecret@acct.dfs.core.windows.net/x", "storage")
+
+
 def test_redact_blanks_user_info_and_secret_parameters_in_any_text() -> None:
     text = "failed on s3://KEY:SECRET@bucket/p?region=eu-west-1&secret_key=SECRET and gs://b/x"
     shown = storage.redact(text)
