@@ -316,7 +316,7 @@ def _fit_ddp(cfg: ExperimentConfig, spec: SearchSpec, search_dir: str, trial_id:
         "pretrain_cache": spec.pretrain_cache,
         "threads": res.cpus_per_worker,
         "metric": spec.scheduler.metric,
-        "fallback_checkpoint": _drop_torn_snapshot(train_storage(search_dir) / trial_id),
+        "fallback_checkpoint": _drop_torn_snapshot(storage.join(train_storage(search_dir), trial_id)),
     }
     trainer = TorchTrainer(
         train_worker,
