@@ -30,12 +30,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from s2ap import layers as L
-from s2ap import results
+from s2ap import pretrain_cache as pcache
+from s2ap import results, storage
 from s2ap.config import ExperimentConfig, PhaseConfig
 from s2ap.data import Splits, load_splits
 from s2ap.distributed import DistInfo, ShardedBatches, resolve_device
 from s2ap.errors import ConfigError
-from s2ap.experiment import fast_settings, identity, phases, pretrain_key
+from s2ap.experiment import fast_settings, identity, phases
 from s2ap.io import atomic_write, atomic_write_text
 from s2ap.metrics import hamming
 from s2ap.models import export_state_dict, from_config
@@ -76,7 +77,9 @@ class Pipeline:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.reporter = reporter
         self.progress = progress and self.is_main
-        self.pretrain_cache = Path(pretrain_cache) if pretrain_cache is not None else None
+        self.pretrain_cache = (
+            None if pretrain_cache is None else storage.check(pretrain_cache, "pretrain_cache")
+        )
         self.device = resolve_device(cfg.device)
         self.phases = phases(cfg)
         self.fast = fast_settings(cfg, self.device.type)  # bf16, channels_last, compile
@@ -146,14 +149,15 @@ class Pipeline:
             return
         if self.phases.pretrain == 0:
             return
-        cached = self._cache_path()
-        if cached is not None and cached.exists() and self.state.epoch == 0:
-            log.info("pretrained checkpoint from cache %s", cached)
-            self._load_dense(cached)
+        cached = None if self.pretrain_cache is None else pcache.entry(self.pretrain_cache, self.cfg)
+        state = pcache.load(cached) if cached is not None and self.state.epoch == 0 else None
+        if state is not None:
+            log.info("pretrained checkpoint from cache %s", storage.redact(str(cached)))
+            self._load_state(state, str(cached))
             return
         self._train("pretrain", self.cfg.pretrain, self._weights())
         if cached is not None and self.is_main:
-            _save_tensors(L.dense_state_dict(self.model), cached)
+            pcache.save(cached, L.dense_state_dict(self.model))
 
     def prune(self) -> None:
         """The mask: given, or searched (with S2AP after its warm-up), then frozen."""
@@ -355,15 +359,12 @@ class Pipeline:
     def _weights(self) -> list[nn.Parameter]:
         return [p for n, p in self.model.named_parameters() if not n.endswith("scores")]
 
-    def _cache_path(self) -> Path | None:
-        if self.pretrain_cache is None:
-            return None
-        return self.pretrain_cache / f"pretrain-{pretrain_key(self.cfg)}.pt"
-
     def _load_dense(self, path: Path) -> None:
         if not path.is_file():
             raise ConfigError("pretrain.checkpoint", f"file not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        self._load_state(torch.load(path, map_location="cpu", weights_only=True), str(path))
+
+    def _load_state(self, state: dict[str, Any], path: str) -> None:
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         bad = [k for k in missing if not k.endswith((".scores", ".mask"))]
         if bad or unexpected:

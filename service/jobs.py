@@ -23,15 +23,16 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from s2ap import storage
 from s2ap.io import atomic_write_text
 from service.errors import ApiError
 from service.progress import TABLES, config_keys, read_progress
 from service.runner import RAY_TO_STATUS, ClusterUnavailable, Runner, error_from_logs, tail
-from service.settings import Settings
+from service.settings import JOBS_DIR, Settings
 from service.specs import SpecProblem, ValidSpec, dump_yaml, parse_body, validate
 from service.store import TERMINAL, DuplicateIdempotencyKey, JobRecord, JobStore
 
@@ -42,6 +43,7 @@ _CURSOR = re.compile(r"^[1-9][0-9]{0,17}$")
 SPEC_FILE = "spec.yaml"
 SUBMIT_GRACE_S = 30.0  # a queued record younger than this may still be in its POST
 RESULTS_DIR = "search"
+CHUNK_BYTES = 1 << 20
 LOST_MESSAGE = "the Ray cluster no longer knows this job (the cluster was restarted); results written before that are kept"
 
 
@@ -95,6 +97,7 @@ class JobManager:
                 self.root,
                 nodes=self._nodes(),
                 max_grid_cells=self.settings.max_grid_cells,
+                storage=self.settings.storage,
             )
         except SpecProblem as exc:
             # One line like the CLI's: "base.prune.sparsity: must be in (0, 1), got 2.0".
@@ -124,7 +127,7 @@ class JobManager:
             trials={"done": 0, "ok": 0, "stopped": 0, "errored": 0},
             spec=valid.resolved,
             spec_path=str(spec_path),
-            results_dir=str(job_dir / RESULTS_DIR),
+            results_dir=self.results_dir(job_id),
             request_hash=request_hash,
             idempotency_key=idempotency_key,
         )
@@ -159,6 +162,13 @@ class JobManager:
                 "header.idempotency-key",
             )
         return Submitted(earlier, False)
+
+    def results_dir(self, job_id: str) -> str:
+        """Where a job's search writes: under ``S2AP_STORAGE`` (a folder or an object store
+        URI) when set, else in the job's folder in the data directory."""
+        if self.settings.storage is not None:
+            return storage.join(self.settings.storage, JOBS_DIR, job_id, RESULTS_DIR)
+        return str(self.settings.jobs_dir / job_id / RESULTS_DIR)
 
     def entrypoint(self, job: JobRecord) -> str:
         """Exactly the CLI a user would run: ``python -m s2ap.tune SPEC --out DIR``."""
@@ -201,12 +211,14 @@ class JobManager:
         items = items[:size]
         return items, (str(items[-1].seq) if more and items else None)
 
-    def results(self, job_id: str, table: str) -> bytes:
+    def results(self, job_id: str, table: str) -> Iterator[bytes]:
+        """The table's bytes, streamed from wherever the job writes (a folder or an object
+        store) in chunks. The search replaces a table whole (a rename locally, one PUT on a
+        store), and the stream reads the one version it opened, never half of one."""
         job = self.get(job_id)
-        path = Path(job.results_dir) / TABLES[table]
+        where = storage.join(job.results_dir, TABLES[table])
         try:
-            with open(path, "rb") as f:  # replaced atomically by the search: never half-written
-                return f.read()
+            stream = storage.open_input(where)
         except FileNotFoundError:
             raise ApiError(
                 409,
@@ -214,6 +226,15 @@ class JobManager:
                 f"job {job_id} is {job.status} and has no {table} table yet: it appears when the first trial ends",
                 "query.table",
             ) from None
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                while chunk := stream.read(CHUNK_BYTES):
+                    yield bytes(chunk)
+            finally:
+                stream.close()
+
+        return chunks()
 
     def logs(self, job_id: str, lines: int | None) -> str:
         job = self.get(job_id)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
+from s2ap import storage
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -33,12 +33,8 @@ class Progress:
     best: dict[str, Any] | None
 
 
-def file_version(path: Path) -> str | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return f"{st.st_mtime_ns}:{st.st_size}"
+def file_version(path: str | Path) -> str | None:
+    return storage.version(path)
 
 
 def _number(value: Any) -> float | None:
@@ -64,15 +60,14 @@ def read_progress(
 ) -> Progress | None:
     """Counts and best trial, or None when there is no table yet or it did not change
     since ``known`` (a version this function returned before)."""
-    path = Path(results_dir) / TRIALS_FILE
+    path = storage.join(results_dir, TRIALS_FILE)  # a local folder or a storage URI
     version = file_version(path)
     if version is None or version == known:
         return None
-    schema = pq.read_schema(path)
-    names = set(schema.names)
+    names = set(storage.read_schema(path).names)
     keys = [k for k in dict.fromkeys(config_keys) if k in names]
     wanted = [c for c in ("trial_id", "status", BEST_METRIC, TIE_METRIC, *_REPORTED) if c in names] + keys
-    rows = pq.read_table(path, columns=wanted).to_pylist()
+    rows = storage.read_table(path, columns=wanted).to_pylist()
     counts = {"done": len(rows), "ok": 0, "stopped": 0, "errored": 0}
     for row in rows:
         status = row.get("status")

@@ -9,6 +9,9 @@ variable                   meaning                                              
 ``S2AP_API_TOKEN``         bearer token every endpoint but ``/healthz`` needs   (required)
 ``S2AP_DATA_DIR``          job records, specs and results; spec paths must      ``./s2ap-data``
                            resolve inside it
+``S2AP_STORAGE``           where job results (and the shared pretraining        the data dir
+                           cache) go: a folder or an object store URI
+                           (``s3://bucket/s2ap``; credentials from ``AWS_*``)
 ``RAY_ADDRESS``            dashboard URL of an existing Ray cluster             embedded head
                            (``http://ray-head:8265``); unset: the service
                            starts a local Ray head itself
@@ -43,6 +46,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from s2ap import storage
+from s2ap.errors import ConfigError
+
 # The service's own state in the data directory: no spec path may point into it.
 DB_FILE = "jobs.sqlite3"  # and its -wal, -shm, -journal companions
 JOBS_DIR = "jobs"
@@ -73,6 +79,7 @@ class Settings:
     ray_autogroup_nice: int = 5
     job_python: str | None = None
     public_docs: bool = False
+    storage: str | None = None  # None: results in the data directory
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -93,6 +100,7 @@ class Settings:
             "ray_autogroup_nice": _int(env, "S2AP_RAY_AUTOGROUP_NICE", cls.ray_autogroup_nice, low=0),
             "job_python": env.get("S2AP_JOB_PYTHON") or None,
             "public_docs": _flag(env, "S2AP_PUBLIC_DOCS"),
+            "storage": env.get("S2AP_STORAGE") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
@@ -113,6 +121,13 @@ class Settings:
             raise SettingsError(
                 f"S2AP_PAGE_SIZE ({self.page_size}) must not exceed S2AP_MAX_PAGE_SIZE ({self.max_page_size})"
             )
+        if self.storage is not None:
+            try:
+                checked = storage.check(self.storage, "S2AP_STORAGE")
+                storage.probe(checked, "S2AP_STORAGE")  # an unreachable store: one line at startup
+            except ConfigError as exc:
+                raise SettingsError(str(exc)) from None
+            object.__setattr__(self, "storage", checked)
         if self.ray_address and "://" not in self.ray_address:
             raise SettingsError(
                 f"RAY_ADDRESS must be the Ray dashboard URL (http://host:8265) jobs are submitted to, "

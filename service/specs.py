@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from s2ap.errors import ConfigError
+from s2ap.storage import join as _join
 from service import model_policy
 from service.settings import SERVICE_STATE
 
@@ -268,8 +269,10 @@ def _rewrite(key: str, value: Any, root: Path, field: str) -> Any:
     return value
 
 
-def confine_paths(data: Mapping[str, Any], root: Path) -> dict[str, Any]:
-    """A copy of the spec with every path absolute and inside ``root`` (else SpecProblem)."""
+def confine_paths(data: Mapping[str, Any], root: Path, storage: str | None = None) -> dict[str, Any]:
+    """A copy of the spec with every path absolute and inside ``root`` (else SpecProblem).
+    With the service's ``storage`` (``S2AP_STORAGE``) set, a spec without its own
+    ``pretrain_cache`` shares the one there."""
     out: dict[str, Any] = plain_copy(data)
     base = out.get("base")
     if isinstance(base, str):
@@ -303,6 +306,8 @@ def confine_paths(data: Mapping[str, Any], root: Path) -> dict[str, Any]:
         )
     if out.get("pretrain_cache") is not None:
         out["pretrain_cache"] = confine(out["pretrain_cache"], root, "pretrain_cache")
+    elif storage is not None and "pretrain_cache" not in out:
+        out["pretrain_cache"] = _join(storage, "pretrain_cache")
     optuna = out.get("optuna_storage")
     if optuna is not None:
         if not isinstance(optuna, str) or not optuna.startswith("sqlite:///"):
@@ -341,6 +346,7 @@ def validate(
     *,
     nodes: Sequence[Mapping[str, float]] | None = None,
     max_grid_cells: int = 10_000,
+    storage: str | None = None,
 ) -> ValidSpec:
     """The whole submission check: shape, paths, then ``load_spec`` (no Ray import)."""
     from s2ap.tune.spec import load_spec, spec_to_dict
@@ -355,7 +361,7 @@ def validate(
             f"the grid spans {cells} cells; this service accepts at most {max_grid_cells}",
             "grid",
         )
-    confined = confine_paths(data, root)
+    confined = confine_paths(data, root, storage)
     for field, message in model_policy.refused(confined):  # before validation imports anything
         raise SpecProblem("model_not_allowed", message, field)
     try:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from s2ap import storage
 from s2ap.report.load import ReportError, load_runs, prepare
 from s2ap.report.plots import PLOTS, plot_gamma
 from s2ap.report.selection import best_gamma_runs
@@ -26,13 +27,16 @@ class Report:
 
 
 def build_report(paths: Sequence[str | Path], out: str | Path | None = None) -> Report:
-    """Read ``paths``, write the tables and plots to ``out`` (default: ``report/`` beside the
-    first input) and say what was written and what was skipped. Raises ReportError on bad input."""
+    """Read ``paths`` (local paths or storage URIs), write the tables and plots to ``out``
+    (default: ``report/`` beside the first input, or in the working directory when that is a
+    URI) and say what was written and what was skipped. Raises ReportError on bad input."""
     if not paths:
         raise ReportError("no input paths given")
     raw, epochs = load_runs(paths)
     df = prepare(raw, epochs)
-    if out is None:
+    if out is None and storage.is_remote(paths[0]):
+        out = Path("report")  # figures are local files: beside an object-store input, here
+    elif out is None:
         first = Path(paths[0])
         out = (first if first.is_dir() else first.parent) / "report"
     out_dir = Path(out)

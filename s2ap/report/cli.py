@@ -18,9 +18,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI: 0 on success, 2 on bad input (one ``error:`` line on stderr, no traceback)."""
     cli = parser("python -m s2ap.report", __doc__)
     cli.add_argument(
-        "paths", nargs="+", metavar="PATH", help="final.parquet, trials.parquet, or a folder with one"
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="final.parquet, trials.parquet, or a folder with one; local or a URI (s3://bucket/searches/name)",
     )
-    cli.add_argument("--out", metavar="DIR", help="output folder (default: report/ beside the first PATH)")
+    cli.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output folder (default: report/ beside the first PATH; ./report for a URI)",
+    )
     args = cli.parse_args(argv)
     setup_logging(logging.WARNING)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.parquet as pq
 
-from s2ap import results
+from s2ap import results, storage
+from s2ap.errors import ConfigError
 from s2ap.results import EPOCH, RUN
 
 logger = logging.getLogger(__name__)
@@ -47,47 +47,59 @@ class ReportError(Exception):
     """Bad input: the message is one line that names what is missing."""
 
 
-def _resolve(path: Path) -> tuple[Path, Path | None]:
-    """The run table for a file or folder argument, and the epochs table beside it."""
-    if path.is_dir():
+def _resolve(raw: str) -> tuple[str, str | None]:
+    """The run table for a file or folder argument (a local path or a storage URI, read
+    through ``pyarrow.fs``), and the epochs table beside it."""
+    if storage.is_remote(raw):
+        try:
+            storage.probe(raw, "path")
+        except ConfigError as exc:
+            raise ReportError(exc.message) from None
+        where = storage.check(raw, "path")
+    else:
+        where = str(Path(raw))
+    shown = storage.redact(where)
+    if storage.is_dir(where):
         for name in RUN_FILES:
-            if (path / name).is_file():
-                path = path / name
+            if storage.is_file(storage.join(where, name)):
+                where = storage.join(where, name)
                 break
         else:
-            raise ReportError(f"{path} contains neither {' nor '.join(RUN_FILES)}")
-    elif not path.exists():
-        raise ReportError(f"{path}: no such file or directory")
-    epochs = path.parent / EPOCH_FILE
-    return path, (epochs if epochs.is_file() and epochs != path else None)
+            raise ReportError(f"{shown} contains neither {' nor '.join(RUN_FILES)}")
+    elif not storage.exists(where):
+        raise ReportError(f"{shown}: no such file or directory")
+    epochs = storage.join(storage.parent(where), EPOCH_FILE)
+    return where, (epochs if epochs != where and storage.is_file(epochs) else None)
 
 
-def _read(path: Path) -> pd.DataFrame:
+def _read(where: str) -> pd.DataFrame:
     try:
-        return pq.read_table(path).to_pandas()
+        return storage.read_table(where).to_pandas()
     except Exception as exc:  # pyarrow raises several types for a broken or foreign file
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ReportError(f"{path} is not a readable Parquet file ({reason})") from None
+        raise ReportError(f"{storage.redact(where)} is not a readable Parquet file ({reason})") from None
 
 
 def load_runs(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Concatenate the run tables (and epoch tables) named by ``paths``; ReportError if unusable."""
+    """Concatenate the run tables (and epoch tables) named by ``paths`` (local paths or
+    storage URIs such as ``s3://bucket/searches/name``); ReportError if unusable."""
     runs: list[pd.DataFrame] = []
     epochs: list[pd.DataFrame] = []
     for raw in paths:
-        file, epoch_file = _resolve(Path(raw))
+        file, epoch_file = _resolve(str(raw))
         table = _read(file)
+        shown = storage.redact(file)
         missing = [c for c in REQUIRED if c not in table.columns]
         if missing:
-            raise ReportError(f"{file} lacks columns: {', '.join(missing)}")
+            raise ReportError(f"{shown} lacks columns: {', '.join(missing)}")
         if table.empty:
-            raise ReportError(f"{file} has no rows")
+            raise ReportError(f"{shown} has no rows")
         runs.append(table)
         if epoch_file is not None:
             try:
-                epochs.append(pq.read_table(epoch_file).to_pandas())
+                epochs.append(storage.read_table(epoch_file).to_pandas())
             except Exception as exc:  # the epochs table is optional: warn, do not fail
-                logger.warning("ignoring unreadable %s: %s", epoch_file, exc)
+                logger.warning("ignoring unreadable %s: %s", storage.redact(epoch_file), exc)
     df = pd.concat(runs, ignore_index=True) if len(runs) > 1 else runs[0]
     ep = pd.concat(epochs, ignore_index=True) if epochs else None
     return df, ep

@@ -113,7 +113,7 @@ def _records(trials: Sequence[Trial], done: Trial | None = None) -> list[tables.
 class ResultsWriter(Callback):
     """Keeps both Parquet tables current while the search runs."""
 
-    def __init__(self, spec: SearchSpec, search_dir: Path) -> None:
+    def __init__(self, spec: SearchSpec, search_dir: str) -> None:
         self.spec = spec
         self.search_dir = search_dir
         self.trials: list[dict[str, Any]] = []

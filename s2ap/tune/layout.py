@@ -8,6 +8,9 @@ or Train's, in ``train/<trial_id>/checkpoint_*`` (DDP trials). ``trials/<trial_i
 which workers ran where (``workers/*.json``, one per worker start), a line per reported epoch
 (``epochs.jsonl``: when, by which process), when the driver saw the trial start and end
 (``times.json``) and the divergence note.
+
+The search folder is a local folder or an object store URI: every note is read and written
+through :mod:`s2ap.storage`, whichever it is.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from s2ap import storage
 from s2ap.io import atomic_write_json
 
 DIVERGED = "diverged.json"
@@ -29,36 +33,44 @@ FINAL = "final.parquet"
 PROGRESS = "epochs.jsonl"
 TIMES = "times.json"
 
-
-def trial_store(search_dir: str | Path, trial_id: str) -> Path:
-    return Path(search_dir) / "trials" / trial_id
+Where = str | Path  # a local folder or a storage URI (:mod:`s2ap.storage`)
 
 
-def train_storage(search_dir: str | Path) -> Path:
-    return Path(search_dir) / "train"
+def trial_store(search_dir: Where, trial_id: str) -> str:
+    return storage.join(search_dir, "trials", trial_id)
 
 
-def checkpoint_roots(search_dir: str | Path, trial_id: str) -> list[Path]:
+def train_storage(search_dir: Where) -> str:
+    return storage.join(search_dir, "train")
+
+
+def checkpoint_roots(search_dir: Where, trial_id: str) -> list[str]:
     """Where a trial's checkpoints may be: Tune's trial folder, Train's run folder."""
-    return [Path(search_dir) / f"trial_{trial_id}", train_storage(search_dir) / trial_id]
+    return [storage.join(search_dir, f"trial_{trial_id}"), storage.join(train_storage(search_dir), trial_id)]
 
 
-def read_divergence(store: Path) -> str | None:
-    """The reason a trial diverged, or None when it did not."""
-    path = store / DIVERGED
-    if not path.is_file():
-        return None
+def _json(where: str) -> Any:
+    """A JSON note, or None when it is missing or unreadable."""
     try:
-        return str(json.loads(path.read_text()).get("reason", "training diverged"))
+        return json.loads(storage.read_bytes(where))
     except (OSError, ValueError):
-        return "training diverged"
+        return None
 
 
-def write_divergence(store: Path, reason: str, rank: int) -> None:
-    atomic_write_json(store / DIVERGED, {"reason": reason, "time": time.time(), "rank": rank})
+def read_divergence(store: Where) -> str | None:
+    """The reason a trial diverged, or None when it did not."""
+    path = storage.join(store, DIVERGED)
+    if not storage.is_file(path):
+        return None
+    note = _json(path)
+    return str(note.get("reason", "training diverged")) if isinstance(note, dict) else "training diverged"
 
 
-def record_worker(store: Path, rank: int, world: int, node_id: str, resumed_from: str | None) -> None:
+def write_divergence(store: Where, reason: str, rank: int) -> None:
+    storage.write_json(storage.join(store, DIVERGED), {"reason": reason, "time": time.time(), "rank": rank})
+
+
+def record_worker(store: Where, rank: int, world: int, node_id: str, resumed_from: str | None) -> None:
     """One small file per worker start: where trials ran and how often they restarted."""
     info = {
         "time": time.time(),
@@ -70,7 +82,7 @@ def record_worker(store: Path, rank: int, world: int, node_id: str, resumed_from
         "pid": os.getpid(),
         "resumed_from": resumed_from,
     }
-    atomic_write_json(store / "workers" / f"{time.time_ns()}-{rank}-{os.getpid()}.json", info)
+    storage.write_json(storage.join(store, "workers", f"{time.time_ns()}-{rank}-{os.getpid()}.json"), info)
 
 
 def _process_start() -> float | None:
@@ -83,18 +95,14 @@ def _process_start() -> float | None:
         return None
 
 
-def read_workers(store: Path) -> list[dict[str, Any]]:
+def read_workers(store: Where) -> list[dict[str, Any]]:
     """Every recorded worker start of a trial, oldest first."""
-    out = []
-    for path in sorted((store / "workers").glob("*.json")):
-        try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return sorted(out, key=lambda w: w.get("time", 0.0))
+    folder = storage.join(store, "workers")
+    notes = [_json(storage.join(folder, n)) for n in storage.list_dir(folder) if n.endswith(".json")]
+    return sorted((n for n in notes if isinstance(n, dict)), key=lambda w: w.get("time", 0.0))
 
 
-def record_epoch(store: Path, metrics: dict[str, Any]) -> None:
+def record_epoch(store: Where, metrics: dict[str, Any]) -> None:
     """Append one line per reported epoch: when, by which process (a restarted trial's
     lines show which epochs it ran again, and that nothing ran after a stop)."""
     line = {
@@ -104,18 +112,17 @@ def record_epoch(store: Path, metrics: dict[str, Any]) -> None:
         "epoch": metrics.get("epoch"),
         "global_epoch": metrics.get("global_epoch"),
     }
-    store.mkdir(parents=True, exist_ok=True)
-    with open(store / PROGRESS, "a") as f:
-        f.write(json.dumps(line) + "\n")
+    storage.append_line(storage.join(store, PROGRESS), json.dumps(line))
 
 
-def read_epochs(store: Path) -> list[dict[str, Any]]:
+def read_epochs(store: Where) -> list[dict[str, Any]]:
     """Every reported epoch of a trial, in order (a torn last line is skipped)."""
-    path = store / PROGRESS
-    if not path.is_file():
+    try:
+        text = storage.read_text(storage.join(store, PROGRESS))
+    except FileNotFoundError:
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             out.append(json.loads(line))
         except ValueError:
@@ -123,40 +130,49 @@ def read_epochs(store: Path) -> list[dict[str, Any]]:
     return out
 
 
-def record_times(store: Path, *, started: float | None = None, ended: float | None = None) -> None:
+def record_times(store: Where, *, started: float | None = None, ended: float | None = None) -> None:
     """The driver's view of a trial: its first start and its (latest) end, wall clock."""
     times = read_times(store)
     if started is not None:
         times.setdefault("started", started)
     if ended is not None:
         times["ended"] = ended
-    atomic_write_json(store / TIMES, times)
+    storage.write_json(storage.join(store, TIMES), times)
 
 
-def read_times(store: Path) -> dict[str, float]:
+def read_times(store: Where) -> dict[str, float]:
+    note = _json(storage.join(store, TIMES))
     try:
-        return {k: float(v) for k, v in json.loads((store / TIMES).read_text()).items()}
-    except (OSError, ValueError):
+        return {k: float(v) for k, v in note.items()} if isinstance(note, dict) else {}
+    except (TypeError, ValueError):
         return {}
 
 
 def write_meta(folder: Path, metrics: dict[str, Any], final: bool) -> None:
-    """A checkpoint's ``meta.json``: when it was written, whether the trial had finished, and
-    the metrics it reported with it."""
+    """A checkpoint's ``meta.json`` (in the local folder handed to Ray): when it was written,
+    whether the trial had finished, and the metrics it reported with it."""
     atomic_write_json(folder / META, {"time": time.time(), "final": final, "metrics": metrics})
 
 
-def latest_checkpoint(*roots: Path) -> tuple[Path, dict[str, Any]] | None:
+def read_meta(checkpoint: Where) -> dict[str, Any] | None:
+    """A checkpoint's ``meta.json`` (None when missing or unreadable)."""
+    note = _json(storage.join(checkpoint, META))
+    return note if isinstance(note, dict) else None
+
+
+def latest_checkpoint(*roots: Where) -> tuple[str, dict[str, Any]] | None:
     """The newest checkpoint kept for a trial under any of ``roots`` (by the time it was
     written, not its epoch): the state the trial ended in."""
-    best: tuple[float, Path, dict[str, Any]] | None = None
-    metas = [m for root in roots if root.is_dir() for m in root.glob(f"checkpoint_*/{META}")]
-    for meta_path in metas:
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            continue
-        stamp = float(meta.get("time", 0.0))
-        if best is None or stamp > best[0]:
-            best = (stamp, meta_path.parent, meta)
+    best: tuple[float, str, dict[str, Any]] | None = None
+    for root in roots:
+        for name in storage.list_dir(root):
+            if not name.startswith("checkpoint_"):
+                continue
+            folder = storage.join(root, name)
+            meta = read_meta(folder)
+            if meta is None:
+                continue
+            stamp = float(meta.get("time", 0.0))
+            if best is None or stamp > best[0]:
+                best = (stamp, folder, meta)
     return None if best is None else (best[1], best[2])

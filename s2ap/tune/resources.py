@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from s2ap.coerce import Checked, bounded
@@ -24,6 +24,7 @@ TRAINABLE_CPUS = 0.01
 _EPS = 1e-9
 
 Node = Mapping[str, float]  # a node's resources as Ray reports them: {"CPU": 8.0, "GPU": 1.0}
+_BUILTIN = ("CPU", "GPU", "memory", "object_store_memory")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,24 @@ class Resources(Checked):
     workers: int = bounded(1, ge=1)
     cpus_per_worker: float = bounded(1.0, gt=0)
     gpus_per_worker: float = bounded(0.0, ge=0)
+    # Custom Ray resources each worker also needs, e.g. {"trial_node": 1}: only nodes that
+    # declare them (ray start --resources '{"trial_node": 4}') run trials.
+    custom_per_worker: dict[str, float] = field(default_factory=dict)
+
+    def check(self) -> None:
+        for name, amount in self.custom_per_worker.items():
+            if name in _BUILTIN or not name:
+                raise ConfigError(
+                    f"custom_per_worker.{name}",
+                    f"{name!r} is not a custom resource: use cpus_per_worker / gpus_per_worker",
+                )
+            if not amount > 0:
+                raise ConfigError(f"custom_per_worker.{name}", f"must be > 0, got {amount}")
+
+    def per_worker(self) -> dict[str, float]:
+        """One worker's Ray resource request (zero amounts left out)."""
+        wants = {"CPU": self.cpus_per_worker, "GPU": self.gpus_per_worker, **self.custom_per_worker}
+        return {k: float(v) for k, v in wants.items() if v > 0}
 
     @property
     def trial_cpus(self) -> float:
@@ -76,10 +95,8 @@ def _local_gpus() -> int:
 
 
 def _worker_slots(node: Node, res: Resources) -> int:
-    slots = math.floor(float(node.get("CPU", 0.0)) / res.cpus_per_worker + _EPS)
-    if res.gpus_per_worker > 0:
-        slots = min(slots, math.floor(float(node.get("GPU", 0.0)) / res.gpus_per_worker + _EPS))
-    return max(slots, 0)
+    wants = res.per_worker()
+    return max(min(math.floor(float(node.get(k, 0.0)) / v + _EPS) for k, v in wants.items()), 0)
 
 
 def check_resources(plan: Plan, nodes: Sequence[Node], *, embedded: bool = False) -> None:
@@ -99,6 +116,17 @@ def check_resources(plan: Plan, nodes: Sequence[Node], *, embedded: bool = False
             "resources.cpus_per_worker",
             f"{res.cpus_per_worker:g} CPUs per worker, but no node has more than {cpus:g}",
         )
+    for name, amount in res.custom_per_worker.items():
+        have = max((float(n.get(name, 0)) for n in nodes), default=0.0)
+        if have + _EPS < amount:
+            where = (
+                "this machine's embedded Ray has none (join a cluster whose nodes declare it)"
+                if embedded
+                else (f"no node has more than {have:g}")
+            )
+            raise ConfigError(
+                f"resources.custom_per_worker.{name}", f"{amount:g} {name!r} per worker, but {where}"
+            )
     if not embedded:
         slots = sum(_worker_slots(n, res) for n in nodes)
         if slots < res.workers:
@@ -109,21 +137,22 @@ def check_resources(plan: Plan, nodes: Sequence[Node], *, embedded: bool = False
             )
 
 
-def _place_trial(free: list[list[float]], res: Resources) -> list[list[float]] | None:
-    """``free`` ([CPU, GPU] per node) after placing one whole trial first-fit, or None."""
-    after = [list(f) for f in free]
+def _place_trial(free: list[dict[str, float]], res: Resources) -> list[dict[str, float]] | None:
+    """``free`` (resources per node) after placing one whole trial first-fit, or None."""
+    after = [dict(f) for f in free]
+    wants = res.per_worker()
     for _ in range(res.workers):
-        for f in sorted(after, key=lambda f: f[0]):
-            if f[0] + _EPS >= res.cpus_per_worker and f[1] + _EPS >= res.gpus_per_worker:
-                f[0] -= res.cpus_per_worker
-                f[1] -= res.gpus_per_worker
+        for f in sorted(after, key=lambda f: f.get("CPU", 0.0)):
+            if all(f.get(k, 0.0) + _EPS >= v for k, v in wants.items()):
+                for k, v in wants.items():
+                    f[k] = f.get(k, 0.0) - v
                 break
         else:
             return None
-    host = max(after, key=lambda f: f[0])
-    if host[0] + _EPS < res.driver_cpus:
+    host = max(after, key=lambda f: f.get("CPU", 0.0))
+    if host.get("CPU", 0.0) + _EPS < res.driver_cpus:
         return None
-    host[0] -= res.driver_cpus
+    host["CPU"] = host.get("CPU", 0.0) - res.driver_cpus
     return after
 
 
@@ -134,7 +163,7 @@ def concurrency(plan: Plan, nodes: Sequence[Node]) -> int:
     stops at the first trial that does not fit, so Tune never starts a trial whose Train
     worker group would sit waiting for resources (and time out) behind running ones.
     """
-    free = [[float(n.get("CPU", 0.0)), float(n.get("GPU", 0.0))] for n in nodes]
+    free = [{k: float(v) for k, v in n.items()} for n in nodes]
     cap = plan.max_concurrent or plan.num_trials()
     placed = 0
     while placed < cap:

@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from s2ap import results
+from s2ap import results, storage
 from s2ap.config import ExperimentConfig
 from s2ap.experiment import identity
 from s2ap.tune.cells import cell_of
@@ -37,10 +36,10 @@ from s2ap.tune.clock import search_epoch
 from s2ap.tune.layout import (
     EPOCHS,
     FINAL,
-    META,
     checkpoint_roots,
     latest_checkpoint,
     read_divergence,
+    read_meta,
     read_times,
     read_workers,
     trial_store,
@@ -157,10 +156,10 @@ class TrialRecord:
     error: str | None = None
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
+def _read_rows(where: str) -> list[dict[str, Any]]:
+    if not storage.is_file(where):
         return []
-    return pq.read_table(path).to_pylist()
+    return storage.read_table(where).to_pylist()
 
 
 def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -188,23 +187,21 @@ def _cast(value: Any, dtype: pa.DataType) -> Any:
 
 
 def trial_rows(
-    spec: SearchSpec, record: TrialRecord, search_dir: Path, cell_keys: Mapping[int, str]
+    spec: SearchSpec, record: TrialRecord, search_dir: str, cell_keys: Mapping[int, str]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The trials row and the epoch rows of one finished trial."""
     store = trial_store(search_dir, record.trial_id)
     found = latest_checkpoint(*checkpoint_roots(search_dir, record.trial_id))
-    reported = record.last_result.get("checkpoint_path")
-    if (
-        record.state == "TERMINATED"
-        and not record.last_result.get("final")
-        and reported
-        and (Path(reported) / META).is_file()
-    ):
+    reported = record.last_result.get("checkpoint_path")  # a path inside the storage filesystem
+    if record.state == "TERMINATED" and not record.last_result.get("final") and reported:
         # Stopped by the scheduler: the state it was judged on, whatever ran after it.
-        found = (Path(reported), json.loads((Path(reported) / META).read_text()))
+        where = storage.from_fs_path(search_dir, str(reported))
+        meta_there = read_meta(where)
+        if meta_there is not None:
+            found = (where, meta_there)
     folder, meta = found if found is not None else (None, {})
-    final_row = _read_rows(folder / FINAL)[0] if folder and meta.get("final") else {}
-    epochs = _read_rows(folder / EPOCHS) if folder else []
+    final_row = _read_rows(storage.join(folder, FINAL))[0] if folder and meta.get("final") else {}
+    epochs = _read_rows(storage.join(folder, EPOCHS)) if folder else []
     reason = read_divergence(store)
     if reason is not None or record.state == "ERROR":
         status, error = "error", reason or record.error or "trial failed"
@@ -266,21 +263,21 @@ def to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
 
 
 def write_tables(
-    spec: SearchSpec, records: Iterable[TrialRecord], search_dir: Path
-) -> tuple[Path, Path, list[dict[str, Any]]]:
+    spec: SearchSpec, records: Iterable[TrialRecord], search_dir: str | Path
+) -> tuple[str, str, list[dict[str, Any]]]:
     """Rebuild and atomically replace both tables from every finished trial."""
     cell_keys = {c.id: c.key for c in spec.cells()}
     trials, epochs = [], []
     for record in sorted(records, key=lambda r: r.trial_id):
         try:
-            row, rows = trial_rows(spec, record, search_dir, cell_keys)
+            row, rows = trial_rows(spec, record, str(search_dir), cell_keys)
         except Exception:  # one unreadable trial must not hide the others
             log.exception("could not collect trial %s", record.trial_id)
             continue
         trials.append(row)
         epochs.extend(rows)
-    t_path = results.write_table(to_table(trials, trials_schema()), search_dir / TRIALS_FILE)
-    e_path = results.write_table(to_table(epochs, epochs_schema()), search_dir / EPOCHS_FILE)
+    t_path = storage.write_table(to_table(trials, trials_schema()), storage.join(search_dir, TRIALS_FILE))
+    e_path = storage.write_table(to_table(epochs, epochs_schema()), storage.join(search_dir, EPOCHS_FILE))
     return t_path, e_path, trials
 
 

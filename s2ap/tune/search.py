@@ -28,8 +28,8 @@ from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 import s2ap.tune.results as tables
+from s2ap import storage
 from s2ap.errors import ConfigError
-from s2ap.io import atomic_write_text
 from s2ap.results import describe_accuracy
 from s2ap.stats import Interval
 from s2ap.tune.callbacks import LiveView, ResultsWriter, fmt, live_view_to
@@ -38,7 +38,7 @@ from s2ap.tune.resources import TRAINABLE_CPUS
 from s2ap.tune.scheduler import CellScheduler
 from s2ap.tune.searcher import CellSearcher
 from s2ap.tune.spec import AshaSpec, SearchSpec, spec_hash, spec_to_dict
-from s2ap.tune.trainable import failure_reason, tune_trial
+from s2ap.tune.trainable import failure_reason, storage_args, tune_trial
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +49,30 @@ SPEC_FILE = "spec.json"
 class SearchOutcome:
     """Where the results are and what came out of them."""
 
-    search_dir: Path
-    trials_path: Path
-    epochs_path: Path
+    search_dir: str  # a local folder or a storage URI
+    trials_path: str
+    epochs_path: str
     trials: list[dict[str, Any]]
     best: dict[int, Mapping[str, Any]]
     wall_s: float
 
 
-def build_tuner(spec: SearchSpec, search_dir: Path, conc: int, resume: bool) -> tune.Tuner:
+def build_tuner(spec: SearchSpec, search_dir: str, conc: int, resume: bool) -> tune.Tuner:
     res = spec.resources
     inline = res.workers == 1  # the pipeline runs inside the trainable: it takes the worker's share
-    wants = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker} if inline else {"CPU": TRAINABLE_CPUS}
-    trainable = tune.with_resources(
-        tune.with_parameters(tune_trial, spec=spec, search_dir=str(search_dir)),
-        {k: v for k, v in wants.items() if v > 0},
-    )
+    wants = res.per_worker() if inline else {"CPU": TRAINABLE_CPUS}
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, spec=spec, search_dir=search_dir), wants)
     if resume:
         # Searcher, scheduler and callbacks come back from the saved tuner; finished trials
         # stay finished, unfinished ones resume from their Train checkpoints.
-        return tune.Tuner.restore(str(search_dir), trainable, resume_unfinished=True, resume_errored=False)
+        where = storage_args(search_dir)
+        return tune.Tuner.restore(
+            where["storage_path"],
+            trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            storage_filesystem=where.get("storage_filesystem"),
+        )
     s = spec.scheduler
     scheduler: TrialScheduler
     if isinstance(s, AshaSpec):
@@ -98,8 +102,8 @@ def build_tuner(spec: SearchSpec, search_dir: Path, conc: int, resume: bool) -> 
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
         ),
         run_config=tune.RunConfig(
-            name=search_dir.name,
-            storage_path=str(search_dir.parent),
+            name=storage.name(search_dir),
+            **storage_args(storage.parent(search_dir)),
             # Tune retries a trial whose actor (or DDP controller) died, from its last
             # checkpoint; Train also retries a DDP trial's worker faults.
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -110,28 +114,29 @@ def build_tuner(spec: SearchSpec, search_dir: Path, conc: int, resume: bool) -> 
     )
 
 
-def prepare_dir(spec: SearchSpec, search_dir: Path, resume: bool) -> None:
+def prepare_dir(spec: SearchSpec, search_dir: str, resume: bool) -> None:
     """Refuse to mix two searches in one folder; remember the spec for ``--resume``."""
-    saved = search_dir / SPEC_FILE
-    exists = (search_dir / "tuner.pkl").exists()
+    saved = storage.join(search_dir, SPEC_FILE)
+    shown = storage.redact(search_dir)
+    exists = storage.exists(storage.join(search_dir, "tuner.pkl"))
     if resume:
         if not exists:
-            raise ConfigError("--resume", f"no search to resume in {search_dir}")
-        if not any(search_dir.glob("experiment_state-*.json")):
+            raise ConfigError("--resume", f"no search to resume in {shown}")
+        if not any(n.startswith("experiment_state-") for n in storage.list_dir(search_dir)):
             raise ConfigError(
                 "--resume",
-                f"{search_dir} holds no saved Tune state yet: remove it and start the search again",
+                f"{shown} holds no saved Tune state yet: remove it and start the search again",
             )
-        if saved.exists() and json.loads(saved.read_text()).get("hash") != spec_hash(spec):
-            raise ConfigError("--resume", f"the spec differs from the one that started {search_dir}")
+        if storage.exists(saved) and storage.read_json(saved).get("hash") != spec_hash(spec):
+            raise ConfigError("--resume", f"the spec differs from the one that started {shown}")
         return
     if exists:
         raise ConfigError(
             "--out",
-            f"{search_dir} already holds a search: pass --resume to continue it, or pick another --out",
+            f"{shown} already holds a search: pass --resume to continue it, or pick another --out",
         )
     text = json.dumps({"hash": spec_hash(spec), "spec": spec_to_dict(spec)}, indent=1, default=str)
-    atomic_write_text(saved, text)
+    storage.write_text(saved, text)
 
 
 def run_search(
@@ -147,8 +152,15 @@ def run_search(
     initialised, else joins ``address`` / ``RAY_ADDRESS``, else starts an embedded one.
     The live view goes to stdout unless ``quiet``."""
     start = time.time()
-    search_dir = Path(out).resolve() if out is not None else spec.search_dir
+    search_dir = storage.check(out, "--out") if out is not None else spec.search_dir
     address = address or os.environ.get("RAY_ADDRESS") or None
+    # Before Ray starts: an unknown scheme, an unreachable store, a missing bucket is one line.
+    if out is not None:
+        storage.probe(search_dir, "--out")
+    else:
+        storage.probe(spec.storage, "storage")
+    if spec.pretrain_cache is not None:
+        storage.probe(spec.pretrain_cache, "pretrain_cache")
     prepare_dir(spec, search_dir, resume)
     os.environ.update(WORKER_ENV)
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's own tables off: the live view replaces them
@@ -163,7 +175,7 @@ def run_search(
             spec.name,
             spec.num_trials(),
             conc,
-            search_dir,
+            storage.redact(search_dir),
         )
         with live_view_to(None if quiet else sys.stdout):
             grid = build_tuner(spec, search_dir, conc, resume).fit()

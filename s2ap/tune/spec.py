@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from s2ap import experiment
+from s2ap import experiment, storage
 from s2ap.coerce import Checked, bounded, build, build_with, documented, stable_hash, to_dict
 from s2ap.config import ExperimentConfig
 from s2ap.errors import ConfigError
@@ -136,14 +136,11 @@ class SearchSpec(Checked):
             self._check_asha(configs)
 
     def _check_places(self) -> None:
-        if not self.storage or "://" in self.storage:
-            # Workers write trial notes and the pretraining cache next to Train's checkpoints.
-            raise ConfigError(
-                "storage",
-                f"expected a folder (shared by every node on a cluster, e.g. NFS), got {self.storage!r}",
-            )
-        if self.pretrain_cache is not None and not self.pretrain_cache:
-            raise ConfigError("pretrain_cache", "expected a folder path or null, got ''")
+        # Every node writes trial notes, checkpoints and the pretraining cache there: on a
+        # cluster a shared folder (NFS) or an object store URI (s2ap.storage).
+        storage.check(self.storage, "storage")
+        if self.pretrain_cache is not None:
+            storage.check(self.pretrain_cache, "pretrain_cache")
         if self.optuna_storage is not None and "://" not in self.optuna_storage:
             raise ConfigError(
                 "optuna_storage",
@@ -192,9 +189,10 @@ class SearchSpec(Checked):
     # ----------------------------------------------------------------- derived
 
     @property
-    def search_dir(self) -> Path:
-        """Where this search's results, Tune state and Train checkpoints live."""
-        return Path(self.storage) / self.name
+    def search_dir(self) -> str:
+        """Where this search's results, Tune state and Train checkpoints live: a local
+        folder or a storage URI."""
+        return storage.join(self.storage, self.name)
 
     @property
     def device(self) -> str:
@@ -324,14 +322,15 @@ def _base_config(data: Mapping[str, Any], where: Path | None) -> ExperimentConfi
 
 
 def _resolve_places(data: dict[str, Any]) -> dict[str, Any]:
-    """Storage (and the pretraining cache, by default inside it) as absolute folders."""
-    storage = data.get("storage", DEFAULT_STORAGE)
-    if not isinstance(storage, str) or not storage or "://" in storage:
-        return data  # check() says what is wrong with it
-    data["storage"] = storage = str(Path(storage).expanduser().resolve())
-    cache = data.get("pretrain_cache", str(Path(storage) / "pretrain_cache"))
-    if isinstance(cache, str) and cache:
-        cache = str(Path(cache).expanduser().resolve())
+    """Storage (and the pretraining cache, by default inside it) as absolute folders or
+    checked URIs (:func:`s2ap.storage.check`)."""
+    where = data.get("storage", DEFAULT_STORAGE)
+    if not isinstance(where, str):
+        return data  # the field's type check says what is wrong with it
+    data["storage"] = where = storage.check(where, "storage")
+    cache = data.get("pretrain_cache", storage.join(where, "pretrain_cache"))
+    if isinstance(cache, str):
+        cache = storage.check(cache, "pretrain_cache")
     data["pretrain_cache"] = cache
     return data
 

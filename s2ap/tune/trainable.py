@@ -20,7 +20,11 @@ Either way ASHA reads ``val_pgd_acc`` at ``search_epoch``; a NaN loss
 (:class:`s2ap.errors.TrainingDiverged`) is written next to the trial, never retried, and the
 trial ends with a final report carrying ``diverged`` (the tables mark it an error, Optuna a
 failed trial); pretraining is cached by content hash, and trials needing the same pretrained
-model take a file lock so it is computed once.
+model take its lock (:mod:`s2ap.pretrain_cache`) so it is computed once.
+
+The search folder may be a local folder or an object store URI (:mod:`s2ap.storage`): notes
+go there through ``pyarrow.fs``, Tune and Train get the URI's filesystem (:func:`storage_args`)
+and upload each checkpoint folder, which is first written to a local scratch folder.
 
 Where the files go is :mod:`s2ap.tune.layout`. Ray is imported only inside the functions
 that run in a trial, so importing this module never loads it.
@@ -29,24 +33,23 @@ that run in a trial, so importing this module never loads it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from s2ap import storage
 from s2ap.config import ExperimentConfig
 from s2ap.distributed import DistInfo, resolve_device
 from s2ap.errors import TrainingDiverged, error_line
-from s2ap.experiment import phases, pretrain_key
 from s2ap.pipeline import run_experiment
+from s2ap.pretrain_cache import PretrainLock
 from s2ap.tune.clock import search_epoch
 from s2ap.tune.layout import (
     EPOCHS,
@@ -64,8 +67,6 @@ from s2ap.tune.layout import (
 from s2ap.tune.spec import SearchSpec
 
 log = logging.getLogger(__name__)
-
-LOCK_POLL_S = 2.0
 
 
 # A checkpoint folder (or None) and the metrics of one report: how a trial body reports,
@@ -105,63 +106,6 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-# --------------------------------------------------------------------------- pretrain lock
-
-
-class PretrainLock:
-    """An exclusive ``flock`` on ``<cache>/pretrain-<key>.lock`` held by rank 0 of the one
-    trial that pretrains; released as soon as pretraining is over (first later epoch), or
-    when the process dies. The kernel drops it with the process, so a killed trial never
-    leaves a stale lock behind."""
-
-    def __init__(self, fd: int | None) -> None:
-        self._fd = fd
-
-    @classmethod
-    def acquire(
-        cls, cfg: ExperimentConfig, cache_dir: str | None, dist: DistInfo, device: torch.device
-    ) -> PretrainLock:
-        """Block until this trial may pretrain or the cached checkpoint exists. Every rank
-        calls it: rank 0 polls the lock and broadcasts the outcome with a cheap all-reduce,
-        so no rank sits in a collective that could time out while another trial pretrains."""
-        if cache_dir is None or phases(cfg).pretrain == 0:
-            return cls(None)
-        cache = Path(cache_dir)
-        key = pretrain_key(cfg)
-        cached = cache / f"pretrain-{key}.pt"
-        fd: int | None = None
-        waited = False
-        while True:
-            outcome = 0.0  # 0: wait, 1: this trial pretrains, 2: cached
-            if dist.is_main:
-                if cached.exists():
-                    outcome = 2.0
-                else:
-                    cache.mkdir(parents=True, exist_ok=True)
-                    fd = os.open(cache / f"pretrain-{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        outcome = 1.0
-                    except BlockingIOError:
-                        os.close(fd)
-                        fd = None
-            outcome = dist.all_reduce_sum([outcome], device)[0]
-            if outcome:
-                if outcome == 1.0 and dist.is_main:
-                    log.info("pretraining %s for every trial that shares it", key)
-                return cls(fd)
-            if not waited:
-                log.info("waiting for another trial to pretrain %s", key)
-                waited = True
-            time.sleep(LOCK_POLL_S)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
 # --------------------------------------------------------------------------- the trial body
 
 
@@ -170,7 +114,7 @@ class _Reporter:
     store and hands metrics (rank 0: and a checkpoint folder) to ``report``."""
 
     def __init__(
-        self, cfg: ExperimentConfig, rank: int, run_dir: Path | None, lock: PretrainLock, store: Path,
+        self, cfg: ExperimentConfig, rank: int, run_dir: Path | None, lock: PretrainLock, store: str,
         report: ReportFn,
     ) -> None:  # fmt: skip
         self.cfg = cfg
@@ -220,7 +164,7 @@ def _scratch() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def diverged_result(store: Path, metric: str, last: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def diverged_result(store: str, metric: str, last: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The final report of a trial that diverged (now or in an earlier attempt), else None."""
     reason = read_divergence(store)
     if reason is None:
@@ -232,7 +176,7 @@ def diverged_result(store: Path, metric: str, last: Mapping[str, Any] | None) ->
 
 def run_trial(
     cfg: ExperimentConfig,
-    store: Path,
+    store: str,
     checkpoint: Any,
     dist: DistInfo,
     cache: str | None,
@@ -258,7 +202,7 @@ def run_trial(
                 shutil.copy2(Path(folder) / STATE, resume_from)
         run_dir = work / "run" if dist.is_main else None
         device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-        lock = PretrainLock.acquire(cfg, cache, dist, device) if resume_from is None else PretrainLock(None)
+        lock = PretrainLock.acquire(cfg, cache, dist, device) if resume_from is None else PretrainLock()
         reporter = _Reporter(cfg, dist.rank, run_dir, lock, store, report)
         try:
             final = run_experiment(cfg, run_dir, reporter, resume_from=resume_from, pretrain_cache=cache)
@@ -316,12 +260,13 @@ def train_worker(loop: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(round(loop["threads"]))))
     ctx = ray.train.get_context()
     dist = DistInfo(ctx.get_world_rank(), ctx.get_world_size())
-    store = Path(loop["trial_store"])
+    store = loop["trial_store"]
     if read_divergence(store) is not None:
         return  # a retry of a diverged trial: the trainable reports the reason
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and loop.get("fallback_checkpoint"):
-        checkpoint = ray.train.Checkpoint.from_directory(loop["fallback_checkpoint"])
+        fs, path = storage.locate(loop["fallback_checkpoint"])
+        checkpoint = ray.train.Checkpoint(path, filesystem=fs)
     node = ray.get_runtime_context().get_node_id()
     record_worker(store, dist.rank, dist.world, node, checkpoint.path if checkpoint is not None else None)
     run_trial(loop["config"], store, checkpoint, dist, loop["pretrain_cache"], _train_report, loop["metric"])
@@ -337,7 +282,6 @@ def tune_trial(config: dict[str, Any], spec: SearchSpec, search_dir: str) -> Non
 
     trial_id = tune.get_context().get_trial_id()
     store = trial_store(search_dir, trial_id)
-    store.mkdir(parents=True, exist_ok=True)
     metric = spec.scheduler.metric
     result = diverged_result(store, metric, None)
     if result is not None:  # a retry of a trial that diverged: not run again
@@ -359,22 +303,20 @@ def tune_trial(config: dict[str, Any], spec: SearchSpec, search_dir: str) -> Non
         tune.report(result)
 
 
-def _fit_ddp(cfg: ExperimentConfig, spec: SearchSpec, search_dir: str, trial_id: str, store: Path) -> None:
+def _fit_ddp(cfg: ExperimentConfig, spec: SearchSpec, search_dir: str, trial_id: str, store: str) -> None:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     res = spec.resources
-    per_worker: dict[str, float] = {"CPU": res.cpus_per_worker}
-    if res.gpus_per_worker > 0:
-        per_worker["GPU"] = res.gpus_per_worker
+    per_worker = res.per_worker()
     loop = {
         "config": cfg,
-        "trial_store": str(store),
+        "trial_store": store,
         "pretrain_cache": spec.pretrain_cache,
         "threads": res.cpus_per_worker,
         "metric": spec.scheduler.metric,
-        "fallback_checkpoint": _drop_torn_snapshot(train_storage(search_dir) / trial_id),
+        "fallback_checkpoint": _drop_torn_snapshot(storage.join(train_storage(search_dir), trial_id)),
     }
     trainer = TorchTrainer(
         train_worker,
@@ -385,7 +327,7 @@ def _fit_ddp(cfg: ExperimentConfig, spec: SearchSpec, search_dir: str, trial_id:
         ),
         run_config=ray.train.RunConfig(
             name=trial_id,  # same name + storage on a restart = resume from its checkpoints
-            storage_path=str(train_storage(search_dir)),
+            **storage_args(train_storage(search_dir)),
             failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
@@ -399,24 +341,35 @@ def _fit_ddp(cfg: ExperimentConfig, spec: SearchSpec, search_dir: str, trial_id:
             raise TrialFailed(_short(exc)) from None
 
 
-def _drop_torn_snapshot(run: Path) -> str | None:
+def _drop_torn_snapshot(run: str) -> str | None:
     """Train writes its checkpoint list (``checkpoint_manager_snapshot.json``) in place: a
     controller killed mid-write leaves it torn, and every restart of that run then fails while
     loading it. Remove a torn list and hand back the newest checkpoint of the run, from which
     the workers resume instead; None when the list is intact or absent."""
-    snapshot = run / "checkpoint_manager_snapshot.json"
-    if not snapshot.is_file():
+    snapshot = storage.join(run, "checkpoint_manager_snapshot.json")
+    if not storage.is_file(snapshot):
         return None
     try:
-        json.loads(snapshot.read_text())
+        json.loads(storage.read_bytes(snapshot))
         return None
     except (OSError, ValueError):
         log.warning(
-            "%s is torn (its controller died while writing it): resuming from the newest checkpoint", snapshot
+            "%s is torn (its controller died while writing it): resuming from the newest checkpoint",
+            storage.redact(snapshot),
         )
-        snapshot.unlink(missing_ok=True)
+        storage.delete(snapshot)
     found = latest_checkpoint(run)
-    return str(found[0]) if found is not None else None
+    return found[0] if found is not None else None
+
+
+def storage_args(where: str) -> dict[str, Any]:
+    """Ray's ``RunConfig`` arguments that put a run's files at ``where``: a local folder as
+    it is; a URI as its path inside the filesystem built from this process's environment
+    (never credentials: the SDK's own chain finds them on every node)."""
+    if not storage.is_remote(where):
+        return {"storage_path": where}
+    fs, path = storage.locate(where)
+    return {"storage_path": path, "storage_filesystem": fs}
 
 
 def _short(exc: BaseException) -> str:

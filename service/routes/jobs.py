@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from service.deps import Authorized, JobsDep, SettingsDep
@@ -140,12 +140,11 @@ def get_results(
     job_id: str,
     jobs: JobsDep,
     table: Annotated[Literal["trials", "epochs"], Query(description="Which table")] = "trials",
-) -> Response:
+) -> StreamingResponse:
     """``trials`` (one row per finished trial) or ``epochs`` (one row per trial epoch).
     Read it with ``pd.read_parquet(io.BytesIO(response.content))``. 409 until a trial ends."""
-    data = jobs.results(job_id, table)
-    return Response(
-        content=data,
+    return StreamingResponse(
+        jobs.results(job_id, table),  # 404 / 409 raised before the first byte
         media_type=PARQUET,
         headers={"Content-Disposition": f'attachment; filename="{job_id}-{table}.parquet"'},
     )

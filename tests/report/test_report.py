@@ -345,3 +345,27 @@ def test_variant_axes_are_never_pooled() -> None:
     rows.append({**base, "s2ap": False, "seed": 0, "projection": None, "augment": True, "config_hash": "x"})
     df = prepare(pd.DataFrame(rows[:1] + rows[3:]), None)
     assert sorted(df["method"]) == ["hydra [augment=False]", "hydra [augment=True]"]
+
+
+def test_a_report_reads_its_tables_straight_from_an_s3_uri(
+    run_table: Path, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same tables on moto's S3 server give the same report as on disk, read through
+    pyarrow.fs; without --out it goes to ./report."""
+    from s2ap import storage
+
+    search = f"{s3_bucket}/searches/s"
+    storage.write_bytes(f"{search}/trials.parquet", run_table.read_bytes())
+    assert main([str(run_table), "--out", str(tmp_path / "local")]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main([search]) == 0
+    assert (tmp_path / "report" / "table1.md").read_text() == (tmp_path / "local" / "table1.md").read_text()
+
+
+def test_a_missing_bucket_or_table_on_s3_is_one_line(
+    s3_bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["s3://no-such-bucket/searches/s"]) == 2
+    _assert_one_error_line(capsys.readouterr().err, "bucket 'no-such-bucket'")
+    assert main([f"{s3_bucket}/nothing/here"]) == 2
+    _assert_one_error_line(capsys.readouterr().err, f"{s3_bucket}/nothing/here: no such file or directory")

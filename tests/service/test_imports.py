@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 SERVICE = Path(__file__).resolve().parents[2] / "service"
-S2AP_ALLOWED = {"s2ap", "s2ap.errors", "s2ap.io", "s2ap.config", "s2ap.cli", "s2ap.tune.spec"}
+S2AP_ALLOWED = {"s2ap", "s2ap.errors", "s2ap.io", "s2ap.config", "s2ap.cli", "s2ap.storage", "s2ap.tune.spec"}
 
 
 def imported_modules() -> dict[str, set[str]]:

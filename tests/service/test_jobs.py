@@ -161,10 +161,62 @@ def test_progress_and_best_trial_follow_trials_parquet(
         "clean_acc": 0.9,
         "config": {"prune.sparsity": 0.9, "s2ap.gamma": 0.004},
     }
-    assert manager.results(job.id, "trials")[:4] == b"PAR1"
+    assert b"".join(manager.results(job.id, "trials"))[:4] == b"PAR1"
     with pytest.raises(ApiError) as info:
         manager.results(job.id, "epochs")
     assert info.value.status == 409
+
+
+def test_with_s2ap_storage_on_s3_results_progress_and_downloads_come_from_the_bucket(
+    body: bytes, settings: Any, runner: FakeRunner, s3_bucket: str
+) -> None:
+    """``S2AP_STORAGE=s3://...``: the job's search writes under it, the pretraining cache is
+    shared there, the poller reads progress and downloads stream from the bucket; the spec
+    (and so restart reconciliation) stays in the data directory."""
+    import pandas as pd
+
+    from s2ap import storage
+    from service.store import JobStore
+
+    settings = settings.with_(storage=f"{s3_bucket}/service")
+    settings.check()
+    manager = JobManager(settings, JobStore(settings.db_path), runner, job_python="python")
+    job = manager.submit(body, "application/yaml", None).job
+    assert job.results_dir == f"{s3_bucket}/service/jobs/{job.id}/search"
+    assert runner.entrypoints[job.id].endswith(f"--out {job.results_dir}")
+    assert (
+        yaml.safe_load(Path(job.spec_path).read_text())["pretrain_cache"]
+        == f"{s3_bucket}/service/pretrain_cache"
+    )
+    with pytest.raises(ApiError) as info:
+        manager.results(job.id, "trials")
+    assert info.value.status == 409
+    rows = [_trial_row("a", "ok", 0.40, 0.002, 0.8), _trial_row("b", "ok", 0.55, 0.004, 0.9)]
+    storage.write_table(to_table(rows, trials_schema()), f"{job.results_dir}/trials.parquet")
+    manager.refresh(manager.get(job.id))
+    assert manager.get(job.id).trials == {"done": 2, "ok": 2, "stopped": 0, "errored": 0}
+    assert manager.get(job.id).best["trial_id"] == "b"
+    import io
+
+    got = pd.read_parquet(io.BytesIO(b"".join(manager.results(job.id, "trials"))))
+    assert list(got["trial_id"]) == ["a", "b"]
+    # A restarted service reconciles the job from its record and the bucket, as before.
+    again = JobManager(settings, JobStore(settings.db_path), runner, job_python="python")
+    again.cleanup_orphans()
+    assert again.reconcile() == 1 and again.get(job.id).trials["done"] == 2
+
+
+def test_s2ap_storage_that_cannot_work_is_one_line_at_startup(s3_endpoint: str, tmp_path: Path) -> None:
+    from service.settings import Settings, SettingsError
+
+    for value, says in (
+        ("s3://no-such-bucket/x", "S2AP_STORAGE: bucket 'no-such-bucket'"),
+        ("ftp://h/x", "S2AP_STORAGE: unknown storage scheme"),
+        ("s3://AK:sup3rsecret@b/x", "S2AP_STORAGE: credentials in the URI are refused"),
+    ):
+        with pytest.raises(SettingsError) as info:
+            Settings.from_env({"S2AP_API_TOKEN": "t", "S2AP_DATA_DIR": str(tmp_path), "S2AP_STORAGE": value})
+        assert str(info.value).startswith(says) and "sup3rsecret" not in str(info.value)
 
 
 def test_best_trial_breaks_ties_on_validation_never_on_test() -> None:

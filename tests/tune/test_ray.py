@@ -105,7 +105,9 @@ def search_killing(spec: Any, rank: int, after_epoch: int) -> tuple[Any, str, in
     box: list[Any] = []
     thread = threading.Thread(target=lambda: box.append(run_search(spec, quiet=True)), daemon=True)
     thread.start()
-    killed, at_epoch = kill_mid_trial(spec.search_dir, rank=rank, after_epoch=after_epoch, thread=thread)
+    killed, at_epoch = kill_mid_trial(
+        Path(spec.search_dir), rank=rank, after_epoch=after_epoch, thread=thread
+    )
     thread.join(timeout=400)
     assert box, "the search did not finish"
     return box[0], killed, at_epoch
@@ -133,9 +135,9 @@ def test_one_worker_trial_resumes_after_its_process_is_killed_and_reused_actors_
     assert dense["trial_id"] == killed and dense["status"] == "ok" and dense["attempts"] == 2
     first, again = dense["pids"]
     assert first != again
-    starts = read_workers(spec.search_dir / "trials" / killed)
+    starts = read_workers(Path(spec.search_dir) / "trials" / killed)
     assert [s["resumed_from"] is not None for s in starts] == [False, True]
-    ran = read_epochs(spec.search_dir / "trials" / killed)
+    ran = read_epochs(Path(spec.search_dir) / "trials" / killed)
     resumed = [e["global_epoch"] for e in ran if e["pid"] == again]
     # Not from the start: from a checkpoint Tune had registered, at most the one of the epoch
     # seen before the kill (Tune registers a reported checkpoint a moment after it is written,
@@ -148,7 +150,7 @@ def test_one_worker_trial_resumes_after_its_process_is_killed_and_reused_actors_
     # ASHA stopped the sparse trial at the rung; its thread ended there, nothing trained on
     # in the actor that the next trial reused (every later trial ran in the same process).
     assert sparse["status"] == "stopped" and sparse["search_epochs_run"] == 2
-    stopped_ran = read_epochs(spec.search_dir / "trials" / sparse["trial_id"])
+    stopped_ran = read_epochs(Path(spec.search_dir) / "trials" / sparse["trial_id"])
     assert [e["global_epoch"] for e in stopped_ran] == [1, 2]
     assert list(sparse["pids"]) == [again] and list(third["pids"]) == [again]
     assert third["status"] in ("ok", "stopped")
@@ -189,7 +191,8 @@ def test_ddp_search_survives_a_killed_worker_writes_tables_and_asha_stops_a_tria
     assert dense["trial_id"] == killed and dense["status"] == "ok" and not dense["stopped_early"]
     assert dense["attempts"] == 2 and len(dense["pids"]) == 4  # 2 workers x 2 starts
     starts = [
-        json.loads(p.read_text()) for p in (spec.search_dir / "trials" / killed / "workers").glob("*.json")
+        json.loads(p.read_text())
+        for p in (Path(spec.search_dir) / "trials" / killed / "workers").glob("*.json")
     ]
     assert sorted(s["resumed_from"] is not None for s in starts) == [False, False, True, True]
     assert dense["search_epochs_run"] == 3 and dense["epochs_run"] == 5  # every epoch, each once
@@ -305,7 +308,7 @@ def test_ddp_trial_resumes_after_its_train_controller_is_killed(tmp_path: Path) 
     killed = None
     deadline = time.time() + 300
     while killed is None and time.time() < deadline and thread.is_alive():
-        for store in (spec.search_dir / "trials").glob("*"):
+        for store in (Path(spec.search_dir) / "trials").glob("*"):
             found = latest_checkpoint(*checkpoint_roots(spec.search_dir, store.name))
             if found is None or found[1].get("final") or found[1]["metrics"]["global_epoch"] < 3:
                 continue
@@ -321,6 +324,6 @@ def test_ddp_trial_resumes_after_its_train_controller_is_killed(tmp_path: Path) 
     row = trials.set_index("trial_id").loc[killed]
     assert row["status"] == "ok" and row["epochs_run"] == 5
     assert row["attempts"] == 2  # a second worker group, started by Tune's retry
-    starts = read_workers(spec.search_dir / "trials" / killed)
+    starts = read_workers(Path(spec.search_dir) / "trials" / killed)
     assert sorted(s["resumed_from"] is not None for s in starts) == [False, False, True, True]
     assert_each_epoch_once(pd.read_parquet(box[0].epochs_path))

@@ -299,6 +299,15 @@ def test_rejects_grace_period_before_warmup_ends() -> None:
     assert load_spec(tiny(scheduler={"type": "asha", "grace_period": 4}), nodes=None).grace_period() == 4
 
 
+def test_object_store_uris_are_storage_and_the_cache_follows_them() -> None:
+    spec = load_spec(tiny(storage="s3://bucket/runs/"), nodes=None)  # checked, not probed, at load
+    assert spec.storage == "s3://bucket/runs" and spec.search_dir == "s3://bucket/runs/tiny"
+    assert spec.pretrain_cache == "s3://bucket/runs/pretrain_cache"
+    own = load_spec(tiny(storage="gs://b/r", pretrain_cache="s3://cache/p"), nodes=None)
+    assert own.pretrain_cache == "s3://cache/p"
+    assert spec_hash(own) == spec_hash(spec)  # where results go is not what a search is
+
+
 def test_rejects_other_bad_values() -> None:
     rejects(tiny(num_samples=0), "num_samples")
     rejects(tiny(num_samples=2.5), "num_samples")
@@ -306,7 +315,9 @@ def test_rejects_other_bad_values() -> None:
     rejects(tiny(base=None), "base")
     rejects(tiny(max_concurrent=0), "max_concurrent")
     rejects(tiny(optuna_storage="optuna.db"), "optuna_storage")
-    rejects(tiny(storage="s3://bucket/runs"), "storage")
+    rejects(tiny(storage="ftp://host/runs"), "storage", contains="unknown storage scheme 'ftp://'")
+    rejects(tiny(storage="s3://KEY:SECRET@bucket/runs"), "storage", contains="credentials in the URI")
+    rejects(tiny(pretrain_cache="nfs://host/cache"), "pretrain_cache", contains="unknown storage scheme")
     rejects(tiny(grid={"prune.sparsity": [0.5, 1.5]}), "grid.prune.sparsity", contains="(0, 1)")
     rejects(tiny(grid={"prune.method": ["hydra", "nope"]}), "grid.prune.method", contains="allowed")
 
