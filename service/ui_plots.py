@@ -1,0 +1,233 @@
+"""The job page's figures, drawn on the server with matplotlib as SVG.
+
+Each function takes a job's tables and returns an :class:`Figure`: the SVG as a
+``data:image/svg+xml;base64,...`` URL for an ``<img>`` (an image cannot run script, whatever
+text a spec puts into a label, and needs no JavaScript, CDN or font), or the reason it is
+absent. Colours follow the grid cell (matplotlib's ``tab10``), the same in every figure.
+
+* learning curves: validation PGD accuracy per search epoch, one line per trial; an ``x``
+  marks where ASHA stopped a trial, a ``v`` where a trial failed;
+* mask stability: Hamming distance to the first mask per pruning epoch, one line per trial;
+* gamma against accuracy: each finished S2AP trial's validation PGD accuracy (what selects)
+  and test robust accuracy (reported, never selects) against its gamma, with 95% intervals;
+  the S2AP-off cells as a line with their interval band.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from service.progress import EPOCHS_FILE, TRIALS_FILE, file_version
+from service.ui_views import cell_label
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+_lock = threading.Lock()  # pyplot's figure registry is not thread-safe
+
+
+@dataclass(frozen=True)
+class Figure:
+    title: str
+    alt: str
+    src: str | None = None  # data URL of the SVG
+    absent: str | None = None  # why there is none
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colour(cell: Any) -> Any:
+    from matplotlib import colormaps
+
+    return colormaps["tab10"](int(cell or 0) % 10)
+
+
+def _svg(draw: Callable[[Any], None], size: tuple[float, float]) -> str:
+    plt = _pyplot()
+    with _lock:
+        fig = plt.figure(figsize=size)
+        try:
+            draw(fig)
+            fig.tight_layout()
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="svg", metadata={"Date": None})
+        finally:
+            plt.close(fig)
+    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _cells(trials: pd.DataFrame | None) -> dict[str, str]:
+    """Trial id -> its grid cell's label, and the cell number per trial for colours."""
+    if trials is None or trials.empty:
+        return {}
+    return {str(r["trial_id"]): cell_label(r) for r in trials.to_dict("records")}
+
+
+def _legend_by_cell(ax: Axes, seen: dict[str, Any], extra: list[Any] | None = None) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, lw=2, label=label) for label, c in seen.items()]
+    ax.legend(handles=handles + (extra or []), fontsize=7, loc="best")
+
+
+def learning_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> Figure:
+    title = "Learning curves: validation PGD accuracy per search epoch"
+    alt = "validation PGD accuracy per search epoch, one line per trial, coloured by grid cell"
+    if epochs is None or epochs.empty or "val_pgd_acc" not in epochs:
+        return Figure(title, alt, absent="no epoch has been recorded yet")
+    rows = epochs[(epochs["search_epoch"] > 0) & epochs["val_pgd_acc"].notna()]
+    if rows.empty:
+        return Figure(title, alt, absent="no epoch after pretraining has a validation PGD accuracy yet")
+    status = (
+        {} if trials is None else dict(zip(trials["trial_id"].astype(str), trials["status"], strict=True))
+    )
+    labels = _cells(trials)
+
+    def draw(fig: Any) -> None:
+        from matplotlib.lines import Line2D
+
+        ax = fig.add_subplot()
+        seen: dict[str, Any] = {}
+        for tid, grp in rows.sort_values("search_epoch").groupby("trial_id", sort=True):
+            cell = grp["grid_cell"].iloc[0]
+            colour = _colour(cell)
+            seen.setdefault(labels.get(str(tid), f"[{int(cell)}]"), colour)
+            x, y = grp["search_epoch"].to_numpy(), 100 * grp["val_pgd_acc"].to_numpy()
+            ax.plot(x, y, color=colour, lw=1.2, alpha=0.85, marker=".", ms=3)
+            if status.get(str(tid)) == "stopped":
+                ax.plot(x[-1], y[-1], marker="x", color="black", ms=8, mew=2)
+            elif status.get(str(tid)) == "error":
+                ax.plot(x[-1], y[-1], marker="v", color="crimson", ms=7)
+        ax.set_xlabel("search epoch (pruning, then finetuning)")
+        ax.set_ylabel("validation PGD accuracy (%)")
+        ax.grid(alpha=0.3)
+        extra = [Line2D([], [], ls="", marker="x", color="black", mew=2, label="stopped by ASHA")]
+        if "error" in status.values():
+            extra.append(Line2D([], [], ls="", marker="v", color="crimson", label="failed"))
+        _legend_by_cell(ax, seen, extra)
+
+    return Figure(title, alt, src=_svg(draw, (7.5, 4.2)))
+
+
+def hamming_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> Figure:
+    title = "Mask stability: Hamming distance to the first mask per pruning epoch"
+    alt = "normalised Hamming distance per pruning epoch, one line per trial, coloured by grid cell"
+    if epochs is None or epochs.empty or "hamming" not in epochs:
+        return Figure(title, alt, absent="no epoch has been recorded yet")
+    rows = epochs[(epochs["phase"] == "prune") & epochs["hamming"].notna()]
+    if rows.empty:
+        return Figure(title, alt, absent="no pruning epoch has a Hamming distance yet")
+    labels = _cells(trials)
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        seen: dict[str, Any] = {}
+        for tid, grp in rows.sort_values("epoch").groupby("trial_id", sort=True):
+            cell = grp["grid_cell"].iloc[0]
+            colour = _colour(cell)
+            seen.setdefault(labels.get(str(tid), f"[{int(cell)}]"), colour)
+            ax.plot(grp["epoch"].to_numpy() + 1, grp["hamming"].to_numpy(), color=colour, lw=1.2,
+                    alpha=0.85, marker=".", ms=3)  # fmt: skip
+        ax.set_xlabel("pruning epoch")
+        ax.set_ylabel("Hamming distance to the first mask")
+        ax.grid(alpha=0.3)
+        _legend_by_cell(ax, seen)
+
+    return Figure(title, alt, src=_svg(draw, (7.5, 4.0)))
+
+
+def _errorbars(ax: Axes, rows: pd.DataFrame, col: str, colour: Any, label: str) -> None:
+    y = 100 * rows[col].astype(float)
+    lo = 100 * rows.get(f"{col}_lo", pd.Series(index=rows.index, dtype=float)).astype(float)
+    hi = 100 * rows.get(f"{col}_hi", pd.Series(index=rows.index, dtype=float)).astype(float)
+    err = [(y - lo).clip(lower=0).fillna(0).to_numpy(), (hi - y).clip(lower=0).fillna(0).to_numpy()]
+    ax.errorbar(rows["gamma"].astype(float), y, yerr=err, ls="", marker="o", ms=4, capsize=3,
+                color=colour, label=label)  # fmt: skip
+
+
+def _baseline(ax: Axes, rows: pd.DataFrame, col: str, colour: Any, label: str) -> None:
+    """An S2AP-off cell's (best) accuracy as a dashed line, its interval as a band."""
+    value = float(rows[col].iloc[0])
+    ax.axhline(100 * value, color=colour, ls="--", lw=1.2, label=label)
+    lo, hi = rows.get(f"{col}_lo"), rows.get(f"{col}_hi")
+    if lo is not None and hi is not None and pd.notna(lo.iloc[0]) and pd.notna(hi.iloc[0]):
+        ax.axhspan(100 * float(lo.iloc[0]), 100 * float(hi.iloc[0]), color=colour, alpha=0.12)
+
+
+def gamma_accuracy(trials: pd.DataFrame | None) -> Figure:
+    title = "γ against accuracy (95% intervals)"
+    alt = "validation PGD and test robust accuracy of each finished trial against its gamma"
+    if trials is None or trials.empty or "gamma" not in trials:
+        return Figure(title, alt, absent="no trial has finished yet")
+    ok = trials[trials["status"] == "ok"]
+    s2ap = ok[ok["s2ap"].fillna(False).astype(bool) & ok["gamma"].notna() & (ok["gamma"] > 0)]
+    if s2ap.empty:
+        return Figure(title, alt, absent="no finished S2AP trial with a positive γ yet")
+    off = ok[~ok["s2ap"].fillna(False).astype(bool)]
+    from s2ap.tune.results import selection_key
+
+    def draw(fig: Any) -> None:
+        panels = (("final_val_pgd_acc", "validation PGD (selects)"), ("robust_acc", "test robust (reported)"))
+        axes = fig.subplots(1, 2, sharey=False)
+        for ax, (col, what) in zip(axes, panels, strict=True):
+            for cell, grp in s2ap.groupby("grid_cell", sort=True):
+                rows = grp[grp[col].notna()]
+                if not rows.empty:
+                    _errorbars(ax, rows, col, _colour(cell), cell_label(grp.iloc[0]))
+            for cell, grp in off.groupby("grid_cell", sort=True):
+                # The cell's best trial by the search's own rule (validation only).
+                best = max(grp.to_dict("records"), key=selection_key)
+                rows = pd.DataFrame([best])
+                if pd.notna(rows[col].iloc[0]):
+                    _baseline(ax, rows, col, _colour(cell), cell_label(best))
+            ax.set_xscale("log")
+            ax.set_xlabel("γ")
+            ax.set_ylabel(f"{what} accuracy (%)")
+            ax.set_title(what, fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+
+    return Figure(title, alt, src=_svg(draw, (9.5, 3.8)))
+
+
+def figures(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> list[Figure]:
+    return [learning_curves(trials, epochs), hamming_curves(trials, epochs), gamma_accuracy(trials)]
+
+
+_CACHE_SIZE = 16
+_cache: OrderedDict[tuple[str, str | None, str | None], list[Figure]] = OrderedDict()
+
+
+def cached_figures(
+    results_dir: str, trials: pd.DataFrame | None, epochs: pd.DataFrame | None
+) -> list[Figure]:
+    """:func:`figures`, drawn once per version of the two tables (a page that refreshes
+    every few seconds redraws only when a trial or an epoch was added)."""
+    folder = Path(results_dir)
+    key = (str(folder), file_version(folder / TRIALS_FILE), file_version(folder / EPOCHS_FILE))
+    with _lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    drawn = figures(trials, epochs)
+    with _lock:
+        _cache[key] = drawn
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return drawn
