@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 _lock = threading.Lock()  # pyplot's figure registry is not thread-safe
+RASTER_TRIALS = 100  # past this many lines, they are drawn as one bitmap inside the SVG
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Figure:
     alt: str
     src: str | None = None  # data URL of the SVG
     absent: str | None = None  # why there is none
+    wide: bool = False  # spans the page's width
 
 
 def _pyplot() -> Any:
@@ -98,9 +100,12 @@ def learning_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) ->
         {} if trials is None else dict(zip(trials["trial_id"].astype(str), trials["status"], strict=True))
     )
     labels = _cells(trials)
+    raster = rows["trial_id"].nunique() > RASTER_TRIALS
+    pruned = rows.loc[rows["phase"] == "prune", "search_epoch"] if "phase" in rows else pd.Series(dtype=int)
 
     def draw(fig: Any) -> None:
         from matplotlib.lines import Line2D
+        from matplotlib.ticker import MaxNLocator
 
         ax = fig.add_subplot()
         seen: dict[str, Any] = {}
@@ -109,11 +114,16 @@ def learning_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) ->
             colour = _colour(cell)
             seen.setdefault(labels.get(str(tid), f"[{int(cell)}]"), colour)
             x, y = grp["search_epoch"].to_numpy(), 100 * grp["val_pgd_acc"].to_numpy()
-            ax.plot(x, y, color=colour, lw=1.2, alpha=0.85, marker=".", ms=3)
+            ax.plot(x, y, color=colour, lw=1.2, alpha=0.85, marker=".", ms=3, rasterized=raster)
             if status.get(str(tid)) == "stopped":
                 ax.plot(x[-1], y[-1], marker="x", color="black", ms=8, mew=2)
             elif status.get(str(tid)) == "error":
                 ax.plot(x[-1], y[-1], marker="v", color="crimson", ms=7)
+        if not pruned.empty and rows["search_epoch"].max() > pruned.max():
+            ax.axvline(pruned.max() + 0.5, color="grey", ls=":", lw=1)
+            ax.annotate("finetuning →", (pruned.max() + 0.5, 1), xycoords=("data", "axes fraction"),
+                        xytext=(3, -12), textcoords="offset points", fontsize=7, color="grey")  # fmt: skip
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("search epoch (pruning, then finetuning)")
         ax.set_ylabel("validation PGD accuracy (%)")
         ax.grid(alpha=0.3)
@@ -134,8 +144,11 @@ def hamming_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> 
     if rows.empty:
         return Figure(title, alt, absent="no pruning epoch has a Hamming distance yet")
     labels = _cells(trials)
+    raster = rows["trial_id"].nunique() > RASTER_TRIALS
 
     def draw(fig: Any) -> None:
+        from matplotlib.ticker import MaxNLocator
+
         ax = fig.add_subplot()
         seen: dict[str, Any] = {}
         for tid, grp in rows.sort_values("epoch").groupby("trial_id", sort=True):
@@ -143,7 +156,8 @@ def hamming_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> 
             colour = _colour(cell)
             seen.setdefault(labels.get(str(tid), f"[{int(cell)}]"), colour)
             ax.plot(grp["epoch"].to_numpy() + 1, grp["hamming"].to_numpy(), color=colour, lw=1.2,
-                    alpha=0.85, marker=".", ms=3)  # fmt: skip
+                    alpha=0.85, marker=".", ms=3, rasterized=raster)  # fmt: skip
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("pruning epoch")
         ax.set_ylabel("Hamming distance to the first mask")
         ax.grid(alpha=0.3)
@@ -183,7 +197,10 @@ def gamma_accuracy(trials: pd.DataFrame | None) -> Figure:
     from s2ap.tune.results import selection_key
 
     def draw(fig: Any) -> None:
-        panels = (("final_val_pgd_acc", "validation PGD (selects)"), ("robust_acc", "test robust (reported)"))
+        panels = (
+            ("final_val_pgd_acc", "validation PGD: what selects"),
+            ("robust_acc", "test robust: reported, never selects"),
+        )
         axes = fig.subplots(1, 2, sharey=False)
         for ax, (col, what) in zip(axes, panels, strict=True):
             for cell, grp in s2ap.groupby("grid_cell", sort=True):
@@ -195,15 +212,15 @@ def gamma_accuracy(trials: pd.DataFrame | None) -> Figure:
                 best = max(grp.to_dict("records"), key=selection_key)
                 rows = pd.DataFrame([best])
                 if pd.notna(rows[col].iloc[0]):
-                    _baseline(ax, rows, col, _colour(cell), cell_label(best))
+                    _baseline(ax, rows, col, _colour(cell), f"{cell_label(best)} (its best; band: 95%)")
             ax.set_xscale("log")
             ax.set_xlabel("γ")
-            ax.set_ylabel(f"{what} accuracy (%)")
+            ax.set_ylabel("accuracy (%)")
             ax.set_title(what, fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
 
-    return Figure(title, alt, src=_svg(draw, (9.5, 3.8)))
+    return Figure(title, alt, src=_svg(draw, (11.0, 4.0)), wide=True)
 
 
 def figures(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> list[Figure]:

@@ -36,6 +36,7 @@ from service.progress import EPOCHS_FILE, TRIALS_FILE, config_keys, file_version
 from service.store import JobRecord
 
 DASH = "–"
+MAX_TRIAL_ROWS = 500  # a page, not the table: trials.parquet holds every trial
 BEST_RULE = (
     "best so far = the finished trial with the highest final validation PGD accuracy "
     "(ties: validation clean); chosen on validation, never on test"
@@ -146,11 +147,9 @@ def best_so_far(job: JobRecord) -> Best | None:
     if not job.best:
         return None
     trial_id = str(job.best.get("trial_id"))
-    row: Mapping[str, Any] = {}
-    for candidate in _rows(read_table(Path(job.results_dir) / TRIALS_FILE)):
-        if str(candidate.get("trial_id")) == trial_id:
-            row = candidate
-            break
+    table = read_table(Path(job.results_dir) / TRIALS_FILE)
+    found = _rows(table[table["trial_id"].astype(str) == trial_id]) if table is not None else []
+    row: Mapping[str, Any] = found[0] if found else {}
     if not row:  # the table went away: what the record kept, without intervals
         row = {"final_val_pgd_acc": job.best.get("value"), "robust_acc": job.best.get("robust_acc")}
     return Best(
@@ -227,11 +226,18 @@ def cell_label(row: Mapping[str, Any]) -> str:
     return f"{prefix} {key}" if key else prefix
 
 
-def trial_rows(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> list[TrialRow]:
+def trial_rows(
+    trials: pd.DataFrame | None, epochs: pd.DataFrame | None, limit: int = MAX_TRIAL_ROWS
+) -> list[TrialRow]:
     """One row per finished trial, in grid-cell then trial order; stopped trials show the
-    last validation accuracies they reached (per epoch, so with the epoch's point count)."""
+    last validation accuracies they reached (per epoch, so with the epoch's point count).
+    Past ``limit`` rows, each cell's best trial and the first others (the tables hold all)."""
     rows = sorted(_rows(trials), key=lambda r: (r.get("grid_cell") or 0, str(r.get("trial_id"))))
     best = {str(r.get("trial_id")) for r in best_per_cell(rows).values()}
+    if len(rows) > limit:
+        others = [str(r.get("trial_id")) for r in rows if str(r.get("trial_id")) not in best]
+        keep = best | set(others[: max(0, limit - len(best))])
+        rows = [r for r in rows if str(r.get("trial_id")) in keep]
     last = _last_epochs(epochs)
     out = []
     for r in rows:
@@ -320,6 +326,7 @@ class JobView:
     trials: list[TrialRow]
     compare: CompareTable
     keys: list[str]
+    trials_total: int  # rows of trials.parquet (the table shows at most MAX_TRIAL_ROWS)
     has_trials: bool
     has_epochs: bool
     selection_rule: str = SELECTION_RULE
@@ -340,6 +347,7 @@ def job_view(job: JobRecord) -> JobView:
         trials=trial_rows(trials, epochs),
         compare=compare_table(trials, epochs),
         keys=config_keys(job.spec),
+        trials_total=0 if trials is None else len(trials),
         has_trials=trials is not None,
         has_epochs=epochs is not None,
     )

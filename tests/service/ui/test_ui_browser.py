@@ -11,6 +11,7 @@ Screenshots of the job page are written to the test's temporary folder and, when
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -199,6 +200,10 @@ def test_submit_shows_the_error_beside_the_field_then_makes_the_job(
     page.fill("#spec", yaml.safe_dump(service.spec(name="from-the-form"), sort_keys=False))
     page.click("#submit-form button[type=submit]")
     expect(page.locator("h1")).to_contain_text("from-the-form")
-    expect(page.locator("#job-status")).to_contain_text("running")
+    expect(page.locator("#job-status")).to_have_text(re.compile(r"\s*(queued|running)\s*"))
+    job_id = page.url.rsplit("/", 1)[1]
+    with service.api() as api:
+        assert api.get(f"/jobs/{job_id}").json()["name"] == "from-the-form"
+    assert job_id in service.fake.jobs  # handed to the cluster
     context.close()
     assert not problems.seen, "\n".join(problems.seen)

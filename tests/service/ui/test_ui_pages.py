@@ -60,6 +60,35 @@ def test_without_a_session_every_page_redirects_to_the_sign_in_form(
         assert service.search_name not in landed.text and service.trial_ids[0] not in landed.text
 
 
+def test_a_local_only_service_signs_in_without_a_token_but_keeps_csrf(tmp_path: Path) -> None:
+    from service import Settings, create_app
+    from service.testing import FakeRunner, ThreadedServer
+
+    fake = FakeRunner()
+    app = create_app(Settings(local_only=True, data_dir=tmp_path, poll_interval_s=0.05), runner=fake)
+    with ThreadedServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        assert c.get("/ui").status_code == 303  # still a session first
+        form = c.get("/ui/login").text
+        assert "local-only" in form and 'name="token"' not in form
+        assert c.post("/ui/login", data={}).status_code == 303
+        page = c.get("/ui/submit")
+        assert page.status_code == 200
+        assert c.post("/ui/submit", data={"spec": "name: x"}).status_code == 403  # no CSRF token
+        assert fake.jobs == {}
+
+
+def test_pages_refresh_themselves_only_while_a_job_runs(service: Service) -> None:
+    job_id = service.submit()
+    with service.sign_in() as c:
+        for path in ("/ui", f"/ui/jobs/{job_id}"):
+            html = c.get(path).text
+            assert 'data-refresh="5"' in html and '<meta http-equiv="refresh" content="5">' in html, path
+        assert "data-refresh" not in c.get("/ui/submit").text  # never while one types a spec
+        service.finish(job_id)
+        for path in ("/ui", f"/ui/jobs/{job_id}"):
+            assert "data-refresh" not in c.get(path).text, path
+
+
 def test_state_changing_forms_without_a_session_change_nothing(service: Service) -> None:
     job_id = service.submit()
     with httpx.Client(base_url=service.url, timeout=30) as c:
