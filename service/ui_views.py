@@ -136,7 +136,7 @@ def _missing(value: Any) -> bool:
 @dataclass(frozen=True)
 class Best:
     trial_id: str
-    config: dict[str, Any]
+    config: dict[str, str]  # its grid and searched values, formatted
     val_pgd: Accuracy  # what it was chosen on
     robust: Accuracy  # its test robust accuracy, reported only
     attack: str | None
@@ -154,7 +154,7 @@ def best_so_far(job: JobRecord) -> Best | None:
         row = {"final_val_pgd_acc": job.best.get("value"), "robust_acc": job.best.get("robust_acc")}
     return Best(
         trial_id,
-        dict(job.best.get("config") or {}),
+        {key: _fmt(value) for key, value in (job.best.get("config") or {}).items()},
         Accuracy.of(row, "final_val_pgd_acc"),
         Accuracy.of(row, "robust_acc"),
         row.get("robust_attack"),

@@ -1,8 +1,12 @@
 // s2ap web page: the project's own few lines. The page works without them (a <noscript>
-// meta refresh takes over); with them, the refresh waits while the reader is typing, has
-// text selected or an open <details>, and while the tab is hidden.
+// meta refresh takes over); with them, a log opens at its newest line, and the refresh waits
+// while the reader is typing, has text selected or an open <details>, and while the tab is
+// hidden.
 (function () {
   "use strict";
+  document.querySelectorAll("pre[data-tail]").forEach(function (pre) {
+    pre.scrollTop = pre.scrollHeight;
+  });
   var body = document.body;
   var seconds = Number(body && body.getAttribute("data-refresh"));
   if (!seconds) return;
