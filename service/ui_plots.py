@@ -88,6 +88,37 @@ def _legend_by_cell(ax: Axes, seen: dict[str, Any], extra: list[Any] | None = No
     ax.legend(handles=handles + (extra or []), fontsize=7, loc="best")
 
 
+def _lines(
+    ax: Axes, rows: pd.DataFrame, x: str, y: str, labels: dict[str, str], scale: float = 1.0
+) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
+    """One line per trial, one collection per grid cell (fast and small with thousands of
+    trials; past RASTER_TRIALS drawn as a bitmap inside the SVG). Returns the legend's
+    cells and each trial's last point."""
+    import numpy as np
+    from matplotlib.collections import LineCollection
+
+    raster = rows["trial_id"].nunique() > RASTER_TRIALS
+    segments: dict[int, list[Any]] = {}
+    seen: dict[str, Any] = {}
+    last: dict[str, tuple[float, float]] = {}
+    ordered = rows.sort_values(["trial_id", x])
+    for tid, grp in ordered.groupby("trial_id", sort=True):
+        cell = int(grp["grid_cell"].iloc[0])
+        points = np.column_stack([grp[x].to_numpy(dtype=float), scale * grp[y].to_numpy(dtype=float)])
+        segments.setdefault(cell, []).append(points)
+        seen.setdefault(labels.get(str(tid), f"[{cell}]"), _colour(cell))
+        last[str(tid)] = (float(points[-1, 0]), float(points[-1, 1]))
+    for cell, segs in sorted(segments.items()):
+        colour = _colour(cell)
+        ax.add_collection(
+            LineCollection(segs, colors=[colour], linewidths=1.2, alpha=0.85, rasterized=raster)
+        )
+        every = np.concatenate(segs)
+        ax.plot(every[:, 0], every[:, 1], ls="", marker=".", ms=3, color=colour, rasterized=raster)
+    ax.autoscale_view()
+    return seen, last
+
+
 def learning_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> Figure:
     title = "Learning curves: validation PGD accuracy per search epoch"
     alt = "validation PGD accuracy per search epoch, one line per trial, coloured by grid cell"
@@ -100,7 +131,6 @@ def learning_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) ->
         {} if trials is None else dict(zip(trials["trial_id"].astype(str), trials["status"], strict=True))
     )
     labels = _cells(trials)
-    raster = rows["trial_id"].nunique() > RASTER_TRIALS
     pruned = rows.loc[rows["phase"] == "prune", "search_epoch"] if "phase" in rows else pd.Series(dtype=int)
 
     def draw(fig: Any) -> None:
@@ -108,17 +138,13 @@ def learning_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) ->
         from matplotlib.ticker import MaxNLocator
 
         ax = fig.add_subplot()
-        seen: dict[str, Any] = {}
-        for tid, grp in rows.sort_values("search_epoch").groupby("trial_id", sort=True):
-            cell = grp["grid_cell"].iloc[0]
-            colour = _colour(cell)
-            seen.setdefault(labels.get(str(tid), f"[{int(cell)}]"), colour)
-            x, y = grp["search_epoch"].to_numpy(), 100 * grp["val_pgd_acc"].to_numpy()
-            ax.plot(x, y, color=colour, lw=1.2, alpha=0.85, marker=".", ms=3, rasterized=raster)
-            if status.get(str(tid)) == "stopped":
-                ax.plot(x[-1], y[-1], marker="x", color="black", ms=8, mew=2)
-            elif status.get(str(tid)) == "error":
-                ax.plot(x[-1], y[-1], marker="v", color="crimson", ms=7)
+        seen, last = _lines(ax, rows, "search_epoch", "val_pgd_acc", labels, scale=100.0)
+        for state, marker, colour, size in (("stopped", "x", "black", 8), ("error", "v", "crimson", 7)):
+            ends = [point for tid, point in last.items() if status.get(tid) == state]
+            if ends:
+                ax.plot(
+                    *zip(*ends, strict=True), ls="", marker=marker, color=colour, ms=size, mew=2, zorder=3
+                )
         if not pruned.empty and rows["search_epoch"].max() > pruned.max():
             ax.axvline(pruned.max() + 0.5, color="grey", ls=":", lw=1)
             ax.annotate("finetuning →", (pruned.max() + 0.5, 1), xycoords=("data", "axes fraction"),
@@ -129,7 +155,7 @@ def learning_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) ->
         ax.grid(alpha=0.3)
         extra = [Line2D([], [], ls="", marker="x", color="black", mew=2, label="stopped by ASHA")]
         if "error" in status.values():
-            extra.append(Line2D([], [], ls="", marker="v", color="crimson", label="failed"))
+            extra.append(Line2D([], [], ls="", marker="v", color="crimson", mew=2, label="failed"))
         _legend_by_cell(ax, seen, extra)
 
     return Figure(title, alt, src=_svg(draw, (7.5, 4.2)))
@@ -143,20 +169,14 @@ def hamming_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> 
     rows = epochs[(epochs["phase"] == "prune") & epochs["hamming"].notna()]
     if rows.empty:
         return Figure(title, alt, absent="no pruning epoch has a Hamming distance yet")
+    rows = rows.assign(pruning_epoch=rows["epoch"] + 1)
     labels = _cells(trials)
-    raster = rows["trial_id"].nunique() > RASTER_TRIALS
 
     def draw(fig: Any) -> None:
         from matplotlib.ticker import MaxNLocator
 
         ax = fig.add_subplot()
-        seen: dict[str, Any] = {}
-        for tid, grp in rows.sort_values("epoch").groupby("trial_id", sort=True):
-            cell = grp["grid_cell"].iloc[0]
-            colour = _colour(cell)
-            seen.setdefault(labels.get(str(tid), f"[{int(cell)}]"), colour)
-            ax.plot(grp["epoch"].to_numpy() + 1, grp["hamming"].to_numpy(), color=colour, lw=1.2,
-                    alpha=0.85, marker=".", ms=3, rasterized=raster)  # fmt: skip
+        seen, _ = _lines(ax, rows, "pruning_epoch", "hamming", labels)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("pruning epoch")
         ax.set_ylabel("Hamming distance to the first mask")
@@ -171,8 +191,12 @@ def _errorbars(ax: Axes, rows: pd.DataFrame, col: str, colour: Any, label: str) 
     lo = 100 * rows.get(f"{col}_lo", pd.Series(index=rows.index, dtype=float)).astype(float)
     hi = 100 * rows.get(f"{col}_hi", pd.Series(index=rows.index, dtype=float)).astype(float)
     err = [(y - lo).clip(lower=0).fillna(0).to_numpy(), (hi - y).clip(lower=0).fillna(0).to_numpy()]
-    ax.errorbar(rows["gamma"].astype(float), y, yerr=err, ls="", marker="o", ms=4, capsize=3,
-                color=colour, label=label)  # fmt: skip
+    many = len(rows) > RASTER_TRIALS
+    drawn = ax.errorbar(rows["gamma"].astype(float), y, yerr=err, ls="", marker="o", ms=2 if many else 4,
+                        capsize=0 if many else 3, elinewidth=0.6 if many else 1.0, color=colour, label=label)  # fmt: skip
+    if many:  # thousands of bars: one bitmap inside the SVG
+        for artist in drawn.get_children():
+            artist.set_rasterized(True)
 
 
 def _baseline(ax: Axes, rows: pd.DataFrame, col: str, colour: Any, label: str) -> None:

@@ -37,6 +37,14 @@ from service.store import JobRecord
 
 DASH = "–"
 MAX_TRIAL_ROWS = 500  # a page, not the table: trials.parquet holds every trial
+_ACCURACIES = ("final_val_clean_acc", "final_val_pgd_acc", "clean_acc", "robust_acc")
+# The columns the trials table reads (a search's table has a few hundred).
+TRIAL_COLUMNS = (
+    "trial_id", "grid_cell", "cell_key", "status", "stopped_early", "error", "search_epochs_run",
+    "s2ap", "gamma", "s2ap.gamma", "warmup_epochs", "s2ap.warmup_epochs", "robust_attack",
+    *(f"{name}{end}" for name in _ACCURACIES for end in ("", "_n", "_lo", "_hi")),
+)  # fmt: skip
+_VAL_EPOCH = ("val_clean_acc", "val_clean_acc_n", "val_pgd_acc", "val_pgd_acc_n")
 BEST_RULE = (
     "best so far = the finished trial with the highest final validation PGD accuracy "
     "(ties: validation clean); chosen on validation, never on test"
@@ -232,7 +240,8 @@ def trial_rows(
     """One row per finished trial, in grid-cell then trial order; stopped trials show the
     last validation accuracies they reached (per epoch, so with the epoch's point count).
     Past ``limit`` rows, each cell's best trial and the first others (the tables hold all)."""
-    rows = sorted(_rows(trials), key=lambda r: (r.get("grid_cell") or 0, str(r.get("trial_id"))))
+    shown = trials[[c for c in TRIAL_COLUMNS if c in trials.columns]] if trials is not None else None
+    rows = sorted(_rows(shown), key=lambda r: (r.get("grid_cell") or 0, str(r.get("trial_id"))))
     best = {str(r.get("trial_id")) for r in best_per_cell(rows).values()}
     if len(rows) > limit:
         others = [str(r.get("trial_id")) for r in rows if str(r.get("trial_id")) not in best]
@@ -273,7 +282,8 @@ def _last_epochs(epochs: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
     """Each trial's last epoch that measured validation PGD accuracy."""
     if epochs is None or epochs.empty or "val_pgd_acc" not in epochs:
         return {}
-    measured = epochs[epochs["val_pgd_acc"].notna()].sort_values(["trial_id", "global_epoch"])
+    wanted = [c for c in ("trial_id", "global_epoch", *_VAL_EPOCH) if c in epochs.columns]
+    measured = epochs.loc[epochs["val_pgd_acc"].notna(), wanted].sort_values(["trial_id", "global_epoch"])
     return {str(k): r for k, r in zip(measured["trial_id"], _rows(measured), strict=True)}
 
 
