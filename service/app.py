@@ -26,7 +26,7 @@ from service import errors
 from service.jobs import JobManager, default_job_python
 from service.ray_cluster import RayJobRunner
 from service.ray_head import EmbeddedRayHead
-from service.routes import docs, health, jobs
+from service.routes import docs, health, jobs, ui
 from service.runner import Runner
 from service.settings import Settings
 from service.store import JobStore
@@ -177,5 +177,6 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
     app.include_router(jobs.router)
     if not public_docs:
         app.include_router(docs.router)
+    ui.install(app)  # the web page, /ui
     docs.describe(app, settings)
     return app

@@ -1,0 +1,374 @@
+"""``/ui``: the web page for people who run searches.
+
+Server-rendered (Jinja2, autoescaped) pages over the same job manager the JSON API uses:
+the jobs list, a submit form, one job with its trials, figures, Orig.-vs-S2AP table and log,
+cancel, downloads. Sign-in trades the service token for a session cookie
+(:mod:`service.ui_session`); every page but the sign-in form redirects there without one,
+and every form that changes state carries the session's CSRF token (403 without it). The
+pages work without JavaScript: a few lines of the project's own script only pause the
+auto-refresh while the reader types; nothing loads from another host (the
+Content-Security-Policy allows this origin and inline ``data:`` images only).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import secrets
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.datastructures import UploadFile
+
+from s2ap import storage
+from s2ap.report.load import ReportError
+from service import ui_forms, ui_plots, ui_session, ui_views
+from service.errors import ApiError
+from service.jobs import JobManager
+from service.progress import TRIALS_FILE
+from service.settings import Settings
+from service.specs import dump_yaml
+from service.store import JobRecord
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent.parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+REFRESH_S = 5
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+PARQUET = "application/vnd.apache.parquet"
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+templates = Jinja2Templates(
+    env=jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+)
+
+
+def install(app: FastAPI) -> None:
+    """Add the page, its static files and its session table to the app."""
+    app.state.ui_sessions = ui_session.Sessions()
+    app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
+    app.include_router(router)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _jobs(request: Request) -> JobManager:
+    return request.app.state.jobs
+
+
+def _sessions(request: Request) -> ui_session.Sessions:
+    return request.app.state.ui_sessions
+
+
+def _session(request: Request) -> ui_session.Session | None:
+    return _sessions(request).get(request.cookies.get(ui_session.COOKIE))
+
+
+def _secure(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _page(
+    request: Request,
+    template: str,
+    session: ui_session.Session | None,
+    status: int = 200,
+    refresh: bool = False,
+    **context: Any,
+) -> Response:
+    context = {
+        "session": session,
+        "csrf_field": ui_session.CSRF_FIELD,
+        "auth_required": _settings(request).auth_required,
+        "refresh": REFRESH_S if refresh else None,
+        **context,
+    }
+    return _secure(templates.TemplateResponse(request, template, context, status_code=status))
+
+
+def _to_login(request: Request) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return _secure(RedirectResponse(ui_session.login_url(target), status_code=303))
+
+
+def _see(url: str) -> Response:
+    return _secure(RedirectResponse(url, status_code=303))
+
+
+def _error(request: Request, session: ui_session.Session | None, status: int, message: str) -> Response:
+    return _page(request, "error.html", session, status=status, message=message)
+
+
+async def _checked_form(request: Request) -> tuple[ui_session.Session | None, Any, Response | None]:
+    """The session and the form of a state-changing POST, or the response that refuses it:
+    no session -> the sign-in page; no or a wrong CSRF token -> 403."""
+    session = _session(request)
+    if session is None:
+        return None, None, _to_login(request)
+    cap = _settings(request).max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > 2 * cap + 65536:
+        return session, None, _error(request, session, 413, f"the form is over the {cap}-byte limit")
+    try:
+        form = await request.form(max_files=1, max_fields=16, max_part_size=cap + 1)
+    except Exception as exc:  # starlette refuses malformed or oversized multipart bodies
+        return session, None, _error(request, session, 400, f"the form could not be read: {exc}")
+    offered = form.get(ui_session.CSRF_FIELD)
+    if not ui_session.csrf_matches(session, offered if isinstance(offered, str) else None):
+        log.warning("refused a %s %s without a valid CSRF token", request.method, request.url.path)
+        return (
+            session,
+            form,
+            _error(
+                request,
+                session,
+                403,
+                "this form is missing its security token; reload the page and try again",
+            ),
+        )
+    return session, form, None
+
+
+def _job(request: Request, job_id: str) -> JobRecord | None:
+    try:
+        return _jobs(request).get(job_id)
+    except ApiError:
+        return None
+
+
+# --------------------------------------------------------------------------- sign in / out
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_form(request: Request, next: str = "/ui") -> Response:
+    if _session(request) is not None:
+        return _see(ui_session.safe_next(next))
+    return _page(request, "login.html", None, next=ui_session.safe_next(next), error=None)
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request) -> Response:
+    form = await request.form(max_files=0, max_fields=8, max_part_size=4096)
+    token, target = form.get("token"), form.get("next")
+    target = ui_session.safe_next(target if isinstance(target, str) else None)
+    if not ui_session.token_matches(_settings(request), token if isinstance(token, str) else None):
+        log.warning(
+            "web sign-in refused: wrong token (from %s)", request.client.host if request.client else "?"
+        )
+        return _page(request, "login.html", None, status=401, next=target, error="wrong token")
+    _sessions(request).drop(request.cookies.get(ui_session.COOKIE))
+    cookie, _ = _sessions(request).create()
+    response = _see(target)
+    ui_session.set_cookie(response, request, cookie)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    session, _, refused = await _checked_form(request)
+    if refused is not None:
+        return refused
+    _sessions(request).drop(request.cookies.get(ui_session.COOKIE))
+    response = _see("/ui/login")
+    ui_session.clear_cookie(response, request)
+    return response
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+@router.get("", response_class=HTMLResponse)
+async def jobs_page(request: Request, cursor: str | None = None) -> Response:
+    session = _session(request)
+    if session is None:
+        return _to_login(request)
+    try:
+        items, next_cursor = _jobs(request).page(None, cursor, None)
+    except ApiError as exc:
+        return _error(request, session, exc.status, exc.message)
+    rows = await run_in_threadpool(lambda: [ui_views.job_row(j) for j in items])
+    running = any(not j.finished for j in items)
+    return _page(
+        request,
+        "jobs.html",
+        session,
+        refresh=running,
+        rows=rows,
+        next_cursor=next_cursor,
+        best_rule=ui_views.BEST_RULE,
+    )
+
+
+@router.get("/submit", response_class=HTMLResponse)
+async def submit_form(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _to_login(request)
+    return _page(request, "submit.html", session, key=secrets.token_urlsafe(16), text="", error=None)
+
+
+@router.post("/submit", response_class=HTMLResponse)
+async def submit(request: Request) -> Response:
+    session, form, refused = await _checked_form(request)
+    if refused is not None:
+        return refused
+    upload = form.get("file")
+    data, name = None, None
+    if isinstance(upload, UploadFile) and upload.filename:
+        data, name = await upload.read(), upload.filename
+    pasted = form.get("spec")
+    spec = ui_forms.spec_from_form(pasted if isinstance(pasted, str) else None, name, data)
+    key = form.get("idempotency_key")
+    key = key if isinstance(key, str) and key else secrets.token_urlsafe(16)
+    if len(spec.body) > _settings(request).max_body_bytes:
+        limit = _settings(request).max_body_bytes
+        error = ui_forms.FormError("body_too_large", f"the spec is over {limit} bytes", "body")
+        return _page(request, "submit.html", session, status=413, key=key, text=spec.text, error=error)
+    try:
+        submitted = await run_in_threadpool(_jobs(request).submit, spec.body, spec.content_type, key)
+    except ApiError as exc:
+        where = ui_forms.excerpt(spec.text, ui_forms.locate(spec.text, exc.field))
+        message = exc.message.removeprefix(f"{exc.field}: ")  # the form names the field itself
+        error = ui_forms.FormError(exc.code, message, exc.field, where)
+        if exc.code == "idempotency_key_reused":  # the form was sent before with another spec
+            key = secrets.token_urlsafe(16)
+        return _page(request, "submit.html", session, status=exc.status, key=key, text=spec.text, error=error)
+    return _see(f"/ui/jobs/{submitted.job.id}")
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+async def job_page(request: Request, job_id: str) -> Response:
+    session = _session(request)
+    if session is None:
+        return _to_login(request)
+    job = _job(request, job_id)
+    if job is None:
+        return _error(request, session, 404, f"no job with id {job_id!r}")
+    view = await run_in_threadpool(ui_views.job_view, job)
+    figures = await run_in_threadpool(_figures, job)
+    log_text, log_error = await run_in_threadpool(_log_tail, _jobs(request), job)
+    return _page(
+        request,
+        "job.html",
+        session,
+        refresh=not job.finished,
+        view=view,
+        figures=figures,
+        log_text=log_text,
+        log_error=log_error,
+        spec_text=dump_yaml(job.spec),
+    )
+
+
+def _figures(job: JobRecord) -> list[ui_plots.Figure]:
+    trials, epochs = ui_views.tables(job)
+    return ui_plots.cached_figures(job.results_dir, trials, epochs)
+
+
+def _log_tail(jobs: JobManager, job: JobRecord) -> tuple[str, str | None]:
+    try:
+        return jobs.logs(job.id, None), None
+    except ApiError as exc:
+        return "", exc.message
+
+
+@router.get("/jobs/{job_id}/cancel", response_class=HTMLResponse)
+async def cancel_confirm(request: Request, job_id: str) -> Response:
+    session = _session(request)
+    if session is None:
+        return _to_login(request)
+    job = _job(request, job_id)
+    if job is None:
+        return _error(request, session, 404, f"no job with id {job_id!r}")
+    return _page(request, "cancel.html", session, job=job, row=ui_views.job_row(job))
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel(request: Request, job_id: str) -> Response:
+    session, _, refused = await _checked_form(request)
+    if refused is not None:
+        return refused
+    try:
+        await run_in_threadpool(_jobs(request).cancel, job_id)
+    except ApiError as exc:
+        return _error(request, session, exc.status, exc.message)
+    return _see(f"/ui/jobs/{job_id}")
+
+
+# --------------------------------------------------------------------------- downloads
+
+
+@router.get("/jobs/{job_id}/{table}.parquet")
+async def download_table(request: Request, job_id: str, table: str) -> Response:
+    session = _session(request)
+    if session is None:
+        return _to_login(request)
+    if table not in ("trials", "epochs"):
+        return _error(request, session, 404, f"no table {table!r}: trials or epochs")
+    try:
+        data = await run_in_threadpool(_jobs(request).results, job_id, table)
+    except ApiError as exc:
+        return _error(request, session, exc.status, exc.message)
+    headers = {"Content-Disposition": f'attachment; filename="{job_id}-{table}.parquet"'}
+    # Streamed in chunks from the job's storage (a folder or an object store; Starlette
+    # iterates the synchronous generator in its thread pool).
+    return _secure(StreamingResponse(data, media_type=PARQUET, headers=headers))
+
+
+@router.get("/jobs/{job_id}/report.zip")
+async def download_report(request: Request, job_id: str) -> Response:
+    session = _session(request)
+    if session is None:
+        return _to_login(request)
+    job = _job(request, job_id)
+    if job is None:
+        return _error(request, session, 404, f"no job with id {job_id!r}")
+    try:
+        data = await run_in_threadpool(_report_zip, job)
+    except ReportError as exc:
+        return _error(request, session, 409, f"no report yet: {exc}")
+    headers = {"Content-Disposition": f'attachment; filename="{job_id}-report.zip"'}
+    return _secure(Response(data, media_type="application/zip", headers=headers))
+
+
+def _report_zip(job: JobRecord) -> bytes:
+    """``python -m s2ap.report`` on the job's tables, zipped: Table 1 (and 5) as markdown,
+    the figures, and a note of what was skipped and why."""
+    from s2ap.report import build_report
+
+    results = job.results_dir  # a local folder or a storage URI: the report reads either
+    if not storage.is_file(storage.join(results, TRIALS_FILE)):
+        raise ReportError("no trial has finished yet")
+    with tempfile.TemporaryDirectory(prefix="s2ap-ui-report-") as tmp:
+        report = build_report([results], Path(tmp) / "report")
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in report.files:
+                archive.write(path, f"{job.id}-report/{path.name}")
+            skipped = "".join(f"- {s}\n" for s in report.skipped) or "- nothing\n"
+            archive.writestr(f"{job.id}-report/SKIPPED.md", "# Skipped\n\n" + skipped)
+    return buffer.getvalue()

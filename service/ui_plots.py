@@ -1,0 +1,277 @@
+"""The job page's figures, drawn on the server with matplotlib as SVG.
+
+Each function takes a job's tables and returns an :class:`Figure`: the SVG as a
+``data:image/svg+xml;base64,...`` URL for an ``<img>`` (an image cannot run script, whatever
+text a spec puts into a label, and needs no JavaScript, CDN or font), or the reason it is
+absent. Colours follow the grid cell (matplotlib's ``tab10``), the same in every figure.
+
+* learning curves: validation PGD accuracy per search epoch, one line per trial; an ``x``
+  marks where ASHA stopped a trial, a ``v`` where a trial failed;
+* mask stability: Hamming distance to the first mask per pruning epoch, one line per trial;
+* gamma against accuracy: each finished S2AP trial's validation PGD accuracy (what selects)
+  and test robust accuracy (reported, never selects) against its gamma, with 95% intervals;
+  the S2AP-off cells as a line with their interval band.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from s2ap import storage
+from service.progress import EPOCHS_FILE, TRIALS_FILE, file_version
+from service.ui_views import cell_label
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+_lock = threading.Lock()  # pyplot's figure registry is not thread-safe
+RASTER_TRIALS = 100  # past this many lines, they are drawn as one bitmap inside the SVG
+
+
+@dataclass(frozen=True)
+class Figure:
+    title: str
+    alt: str
+    src: str | None = None  # data URL of the SVG
+    absent: str | None = None  # why there is none
+    wide: bool = False  # spans the page's width
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colour(cell: Any) -> Any:
+    from matplotlib import colormaps
+
+    return colormaps["tab10"](int(cell or 0) % 10)
+
+
+def _svg(draw: Callable[[Any], None], size: tuple[float, float]) -> str:
+    plt = _pyplot()
+    with _lock:
+        fig = plt.figure(figsize=size)
+        try:
+            draw(fig)
+            fig.tight_layout()
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="svg", metadata={"Date": None})
+        finally:
+            plt.close(fig)
+    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _cells(trials: pd.DataFrame | None) -> dict[str, str]:
+    """Trial id -> its grid cell's label, and the cell number per trial for colours."""
+    if trials is None or trials.empty:
+        return {}
+    return {str(r["trial_id"]): cell_label(r) for r in trials.to_dict("records")}
+
+
+def _legend_by_cell(ax: Axes, seen: dict[str, Any], extra: list[Any] | None = None) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, lw=2, label=label) for label, c in seen.items()]
+    ax.legend(handles=handles + (extra or []), fontsize=7, loc="best")
+
+
+def _lines(
+    ax: Axes, rows: pd.DataFrame, x: str, y: str, labels: dict[str, str], scale: float = 1.0
+) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
+    """One line per trial, one collection per grid cell (fast and small with thousands of
+    trials; past RASTER_TRIALS drawn as a bitmap inside the SVG). Returns the legend's
+    cells and each trial's last point."""
+    import numpy as np
+    from matplotlib.collections import LineCollection
+
+    raster = rows["trial_id"].nunique() > RASTER_TRIALS
+    segments: dict[int, list[Any]] = {}
+    seen: dict[str, Any] = {}
+    last: dict[str, tuple[float, float]] = {}
+    ordered = rows.sort_values(["trial_id", x])
+    for tid, grp in ordered.groupby("trial_id", sort=True):
+        cell = int(grp["grid_cell"].iloc[0])
+        points = np.column_stack([grp[x].to_numpy(dtype=float), scale * grp[y].to_numpy(dtype=float)])
+        segments.setdefault(cell, []).append(points)
+        seen.setdefault(labels.get(str(tid), f"[{cell}]"), _colour(cell))
+        last[str(tid)] = (float(points[-1, 0]), float(points[-1, 1]))
+    for cell, segs in sorted(segments.items()):
+        colour = _colour(cell)
+        ax.add_collection(
+            LineCollection(segs, colors=[colour], linewidths=1.2, alpha=0.85, rasterized=raster)
+        )
+        every = np.concatenate(segs)
+        ax.plot(every[:, 0], every[:, 1], ls="", marker=".", ms=3, color=colour, rasterized=raster)
+    ax.autoscale_view()
+    return seen, last
+
+
+def learning_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> Figure:
+    title = "Learning curves: validation PGD accuracy per search epoch"
+    alt = "validation PGD accuracy per search epoch, one line per trial, coloured by grid cell"
+    if epochs is None or epochs.empty or "val_pgd_acc" not in epochs:
+        return Figure(title, alt, absent="no epoch has been recorded yet")
+    rows = epochs[(epochs["search_epoch"] > 0) & epochs["val_pgd_acc"].notna()]
+    if rows.empty:
+        return Figure(title, alt, absent="no epoch after pretraining has a validation PGD accuracy yet")
+    status = (
+        {} if trials is None else dict(zip(trials["trial_id"].astype(str), trials["status"], strict=True))
+    )
+    labels = _cells(trials)
+    pruned = rows.loc[rows["phase"] == "prune", "search_epoch"] if "phase" in rows else pd.Series(dtype=int)
+
+    def draw(fig: Any) -> None:
+        from matplotlib.lines import Line2D
+        from matplotlib.ticker import MaxNLocator
+
+        ax = fig.add_subplot()
+        seen, last = _lines(ax, rows, "search_epoch", "val_pgd_acc", labels, scale=100.0)
+        for state, marker, colour, size in (("stopped", "x", "black", 8), ("error", "v", "crimson", 7)):
+            ends = [point for tid, point in last.items() if status.get(tid) == state]
+            if ends:
+                ax.plot(
+                    *zip(*ends, strict=True), ls="", marker=marker, color=colour, ms=size, mew=2, zorder=3
+                )
+        if not pruned.empty and rows["search_epoch"].max() > pruned.max():
+            ax.axvline(pruned.max() + 0.5, color="grey", ls=":", lw=1)
+            ax.annotate("finetuning →", (pruned.max() + 0.5, 1), xycoords=("data", "axes fraction"),
+                        xytext=(3, -12), textcoords="offset points", fontsize=7, color="grey")  # fmt: skip
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("search epoch (pruning, then finetuning)")
+        ax.set_ylabel("validation PGD accuracy (%)")
+        ax.grid(alpha=0.3)
+        extra = [Line2D([], [], ls="", marker="x", color="black", mew=2, label="stopped by ASHA")]
+        if "error" in status.values():
+            extra.append(Line2D([], [], ls="", marker="v", color="crimson", mew=2, label="failed"))
+        _legend_by_cell(ax, seen, extra)
+
+    return Figure(title, alt, src=_svg(draw, (7.5, 4.2)))
+
+
+def hamming_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> Figure:
+    title = "Mask stability: Hamming distance to the first mask per pruning epoch"
+    alt = "normalised Hamming distance per pruning epoch, one line per trial, coloured by grid cell"
+    if epochs is None or epochs.empty or "hamming" not in epochs:
+        return Figure(title, alt, absent="no epoch has been recorded yet")
+    rows = epochs[(epochs["phase"] == "prune") & epochs["hamming"].notna()]
+    if rows.empty:
+        return Figure(title, alt, absent="no pruning epoch has a Hamming distance yet")
+    rows = rows.assign(pruning_epoch=rows["epoch"] + 1)
+    labels = _cells(trials)
+
+    def draw(fig: Any) -> None:
+        from matplotlib.ticker import MaxNLocator
+
+        ax = fig.add_subplot()
+        seen, _ = _lines(ax, rows, "pruning_epoch", "hamming", labels)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("pruning epoch")
+        ax.set_ylabel("Hamming distance to the first mask")
+        ax.grid(alpha=0.3)
+        _legend_by_cell(ax, seen)
+
+    return Figure(title, alt, src=_svg(draw, (7.5, 4.0)))
+
+
+def _errorbars(ax: Axes, rows: pd.DataFrame, col: str, colour: Any, label: str) -> None:
+    y = 100 * rows[col].astype(float)
+    lo = 100 * rows.get(f"{col}_lo", pd.Series(index=rows.index, dtype=float)).astype(float)
+    hi = 100 * rows.get(f"{col}_hi", pd.Series(index=rows.index, dtype=float)).astype(float)
+    err = [(y - lo).clip(lower=0).fillna(0).to_numpy(), (hi - y).clip(lower=0).fillna(0).to_numpy()]
+    many = len(rows) > RASTER_TRIALS
+    drawn = ax.errorbar(rows["gamma"].astype(float), y, yerr=err, ls="", marker="o", ms=2 if many else 4,
+                        capsize=0 if many else 3, elinewidth=0.6 if many else 1.0, color=colour, label=label)  # fmt: skip
+    if many:  # thousands of bars: one bitmap inside the SVG
+        for artist in drawn.get_children():
+            artist.set_rasterized(True)
+
+
+def _baseline(ax: Axes, rows: pd.DataFrame, col: str, colour: Any, label: str) -> None:
+    """An S2AP-off cell's (best) accuracy as a dashed line, its interval as a band."""
+    value = float(rows[col].iloc[0])
+    ax.axhline(100 * value, color=colour, ls="--", lw=1.2, label=label)
+    lo, hi = rows.get(f"{col}_lo"), rows.get(f"{col}_hi")
+    if lo is not None and hi is not None and pd.notna(lo.iloc[0]) and pd.notna(hi.iloc[0]):
+        ax.axhspan(100 * float(lo.iloc[0]), 100 * float(hi.iloc[0]), color=colour, alpha=0.12)
+
+
+def gamma_accuracy(trials: pd.DataFrame | None) -> Figure:
+    title = "γ against accuracy (95% intervals)"
+    alt = "validation PGD and test robust accuracy of each finished trial against its gamma"
+    if trials is None or trials.empty or "gamma" not in trials:
+        return Figure(title, alt, absent="no trial has finished yet")
+    ok = trials[trials["status"] == "ok"]
+    s2ap = ok[ok["s2ap"].fillna(False).astype(bool) & ok["gamma"].notna() & (ok["gamma"] > 0)]
+    if s2ap.empty:
+        return Figure(title, alt, absent="no finished S2AP trial with a positive γ yet")
+    off = ok[~ok["s2ap"].fillna(False).astype(bool)]
+    from s2ap.tune.results import selection_key
+
+    def draw(fig: Any) -> None:
+        panels = (
+            ("final_val_pgd_acc", "validation PGD: what selects"),
+            ("robust_acc", "test robust: reported, never selects"),
+        )
+        axes = fig.subplots(1, 2, sharey=False)
+        for ax, (col, what) in zip(axes, panels, strict=True):
+            for cell, grp in s2ap.groupby("grid_cell", sort=True):
+                rows = grp[grp[col].notna()]
+                if not rows.empty:
+                    _errorbars(ax, rows, col, _colour(cell), cell_label(grp.iloc[0]))
+            for cell, grp in off.groupby("grid_cell", sort=True):
+                # The cell's best trial by the search's own rule (validation only).
+                best = max(grp.to_dict("records"), key=selection_key)
+                rows = pd.DataFrame([best])
+                if pd.notna(rows[col].iloc[0]):
+                    _baseline(ax, rows, col, _colour(cell), f"{cell_label(best)} (its best; band: 95%)")
+            ax.set_xscale("log")
+            ax.set_xlabel("γ")
+            ax.set_ylabel("accuracy (%)")
+            ax.set_title(what, fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+
+    return Figure(title, alt, src=_svg(draw, (11.0, 4.0)), wide=True)
+
+
+def figures(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> list[Figure]:
+    return [learning_curves(trials, epochs), hamming_curves(trials, epochs), gamma_accuracy(trials)]
+
+
+_CACHE_SIZE = 16
+_cache: OrderedDict[tuple[str, str | None, str | None], list[Figure]] = OrderedDict()
+
+
+def cached_figures(
+    results_dir: str, trials: pd.DataFrame | None, epochs: pd.DataFrame | None
+) -> list[Figure]:
+    """:func:`figures`, drawn once per version of the two tables (a page that refreshes
+    every few seconds redraws only when a trial or an epoch was added)."""
+    key = (
+        results_dir,
+        file_version(storage.join(results_dir, TRIALS_FILE)),
+        file_version(storage.join(results_dir, EPOCHS_FILE)),
+    )
+    with _lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    drawn = figures(trials, epochs)
+    with _lock:
+        _cache[key] = drawn
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return drawn
