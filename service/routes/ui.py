@@ -111,7 +111,10 @@ def _page(
 
 
 def _to_login(request: Request) -> Response:
+    """The sign-in form, and back to this page afterwards (a refused form: the jobs)."""
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    if request.method != "GET":
+        target = "/ui"
     return _secure(RedirectResponse(ui_session.login_url(target), status_code=303))
 
 

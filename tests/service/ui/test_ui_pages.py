@@ -98,7 +98,7 @@ def test_state_changing_forms_without_a_session_change_nothing(service: Service)
             ("/ui/logout", {"csrf": "x"}),
         ]:
             r = c.post(path, data=data)
-            assert r.status_code == 303 and r.headers["location"].startswith("/ui/login"), path
+            assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=/ui", path
     assert service.fake.jobs[job_id].status == "RUNNING"
     with service.api() as api:
         assert [j["id"] for j in api.get("/jobs").json()["items"]] == [job_id]
