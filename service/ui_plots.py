@@ -25,9 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from s2ap import storage
-from service.progress import EPOCHS_FILE, TRIALS_FILE, file_version
-from service.ui_views import cell_label
+from service.ui_views import Tables, cell_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -255,16 +253,12 @@ _CACHE_SIZE = 16
 _cache: OrderedDict[tuple[str, str | None, str | None], list[Figure]] = OrderedDict()
 
 
-def cached_figures(
-    results_dir: str, trials: pd.DataFrame | None, epochs: pd.DataFrame | None
-) -> list[Figure]:
+def cached_figures(read: Tables) -> list[Figure]:
     """:func:`figures`, drawn once per version of the two tables (a page that refreshes
-    every few seconds redraws only when a trial or an epoch was added)."""
-    key = (
-        results_dir,
-        file_version(storage.join(results_dir, TRIALS_FILE)),
-        file_version(storage.join(results_dir, EPOCHS_FILE)),
-    )
+    every few seconds redraws only when a trial or an epoch was added). Keyed on the
+    versions the tables were read at, so a table replaced meanwhile is never cached under
+    the newer version."""
+    key, trials, epochs = read.key, read.trials, read.epochs
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)

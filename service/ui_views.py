@@ -110,23 +110,29 @@ class Accuracy:
 def read_table(path: str) -> pd.DataFrame | None:
     """A result table (a local file or an object in the job's storage) as a DataFrame,
     None when it does not exist (yet)."""
+    return read_versioned(path)[0]
+
+
+def read_versioned(path: str) -> tuple[pd.DataFrame | None, str | None]:
+    """:func:`read_table` and the version it read (one probe of the file: a round trip on an
+    object store), so callers key their own caches on the data they were given."""
     version = file_version(path)
     if version is None:
-        return None
+        return None, None
     key = (str(path), version)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
-            return _cache[key]
+            return _cache[key], version
     try:
         df = storage.read_table(path).to_pandas()
     except FileNotFoundError:
-        return None
+        return None, None
     with _cache_lock:
         _cache[key] = df
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
-    return df
+    return df, version
 
 
 def _rows(df: pd.DataFrame | None) -> list[dict[str, Any]]:
@@ -345,13 +351,24 @@ class JobView:
     best_rule: str = BEST_RULE
 
 
-def tables(job: JobRecord) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+@dataclass(frozen=True)
+class Tables:
+    """A job's two result tables as read once for a page, and the versions read."""
+
+    trials: pd.DataFrame | None
+    epochs: pd.DataFrame | None
+    key: tuple[str, str | None, str | None]  # (results location, trials version, epochs version)
+
+
+def tables(job: JobRecord) -> Tables:
     folder = job.results_dir  # a local folder or a storage URI (S2AP_STORAGE)
-    return read_table(storage.join(folder, TRIALS_FILE)), read_table(storage.join(folder, EPOCHS_FILE))
+    trials, trials_version = read_versioned(storage.join(folder, TRIALS_FILE))
+    epochs, epochs_version = read_versioned(storage.join(folder, EPOCHS_FILE))
+    return Tables(trials, epochs, (folder, trials_version, epochs_version))
 
 
-def job_view(job: JobRecord) -> JobView:
-    trials, epochs = tables(job)
+def job_view(job: JobRecord, read: Tables) -> JobView:
+    trials, epochs = read.trials, read.epochs
     return JobView(
         job=job,
         row=job_row(job),

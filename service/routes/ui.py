@@ -271,8 +271,9 @@ async def job_page(request: Request, job_id: str) -> Response:
     job = _job(request, job_id)
     if job is None:
         return _error(request, session, 404, f"no job with id {job_id!r}")
-    view = await run_in_threadpool(ui_views.job_view, job)
-    figures = await run_in_threadpool(_figures, job)
+    read = await run_in_threadpool(ui_views.tables, job)  # once: the view and the figures share it
+    view = await run_in_threadpool(ui_views.job_view, job, read)
+    figures = await run_in_threadpool(ui_plots.cached_figures, read)
     log_text, log_error = await run_in_threadpool(_log_tail, _jobs(request), job)
     return _page(
         request,
@@ -285,11 +286,6 @@ async def job_page(request: Request, job_id: str) -> Response:
         log_error=log_error,
         spec_text=dump_yaml(job.spec),
     )
-
-
-def _figures(job: JobRecord) -> list[ui_plots.Figure]:
-    trials, epochs = ui_views.tables(job)
-    return ui_plots.cached_figures(job.results_dir, trials, epochs)
 
 
 def _log_tail(jobs: JobManager, job: JobRecord) -> tuple[str, str | None]:
