@@ -22,6 +22,9 @@ class Failure(Exception):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self) -> tuple[type[Failure], tuple[str, int]]:
+        return Failure, (str(self), self.status)
+
 
 class Parser(argparse.ArgumentParser):
     """Bad arguments: one ``error: arguments: ...`` line and status 2."""

@@ -19,6 +19,11 @@ class ConfigError(ValueError):
         self.message = message
         super().__init__(f"{field_path}: {message}" if field_path else message)
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str]]:
+        # Ray copies and pickles a trial's exception on its way to the driver; without this
+        # the copy calls ``ConfigError(str(self))`` and the trial's message becomes a TypeError.
+        return ConfigError, (self.field, self.message)
+
     def within(self, prefix: str) -> ConfigError:
         """The same error seen from one level up: ``prune.sparsity`` inside ``base``."""
         if not prefix:

@@ -48,6 +48,9 @@ class ApiError(Exception):
         self.field = field
         self.headers = headers
 
+    def __reduce__(self) -> tuple[type[ApiError], tuple[Any, ...]]:
+        return ApiError, (self.status, self.code, self.message, self.field, self.headers)
+
 
 def error_response(
     status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None

@@ -58,6 +58,9 @@ class SpecProblem(Exception):
         self.message = message
         self.field = field
 
+    def __reduce__(self) -> tuple[type[SpecProblem], tuple[str, str, str | None]]:
+        return SpecProblem, (self.code, self.message, self.field)
+
 
 @dataclass(frozen=True)
 class ValidSpec:
