@@ -14,15 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from s2ap import storage
+from s2ap import selection, storage
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 TABLES = {"trials": TRIALS_FILE, "epochs": EPOCHS_FILE}
-# What "best so far" ranks by: the validation PGD accuracy the search itself selects on
+# What "best so far" ranks by: the search's own rule (s2ap.selection), on validation data
 # (test accuracies are reported, never used to choose).
-BEST_METRIC = "final_val_pgd_acc"
-TIE_METRIC = "final_val_clean_acc"  # the search's own rule (s2ap.tune.results.selection_key)
+BEST_METRIC = selection.METRIC
+TIE_METRIC = selection.TIE_METRIC
 _REPORTED = ("robust_acc", "clean_acc")
 
 
@@ -41,11 +41,6 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return None if math.isnan(value) or math.isinf(value) else float(value)
-
-
-def _rank(value: Any) -> float:
-    number = _number(value)
-    return -math.inf if number is None else number
 
 
 def _plain(value: Any) -> Any:
@@ -81,16 +76,9 @@ def read_progress(
 
 
 def best_trial(rows: Iterable[Mapping[str, Any]], keys: Iterable[str]) -> dict[str, Any] | None:
-    """The finished trial with the highest validation PGD accuracy (ties: validation clean
-    accuracy). A test accuracy never decides, not even a tie."""
-    best: Mapping[str, Any] | None = None
-    best_key = (-math.inf, -math.inf)
-    for row in rows:
-        if row.get("status") != "ok":
-            continue
-        key = (_rank(row.get(BEST_METRIC)), _rank(row.get(TIE_METRIC)))
-        if best is None or key > best_key:
-            best, best_key = row, key
+    """The finished trial :mod:`s2ap.selection` ranks first (highest validation PGD accuracy,
+    ties: validation clean, NaN last). A test accuracy never decides, not even a tie."""
+    best = selection.best_row(row for row in rows if row.get("status") == "ok")
     if best is None:
         return None
     return {

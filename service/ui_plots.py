@@ -216,7 +216,7 @@ def gamma_accuracy(trials: pd.DataFrame | None) -> Figure:
     if s2ap.empty:
         return Figure(title, alt, absent="no finished S2AP trial with a positive γ yet")
     off = ok[~ok["s2ap"].fillna(False).astype(bool)]
-    from s2ap.tune.results import selection_key
+    from s2ap.selection import best_row
 
     def draw(fig: Any) -> None:
         panels = (
@@ -231,7 +231,7 @@ def gamma_accuracy(trials: pd.DataFrame | None) -> Figure:
                     _errorbars(ax, rows, col, _colour(cell), cell_label(grp.iloc[0]))
             for cell, grp in off.groupby("grid_cell", sort=True):
                 # The cell's best trial by the search's own rule (validation only).
-                best = max(grp.to_dict("records"), key=selection_key)
+                best = best_row(grp.to_dict("records"))
                 rows = pd.DataFrame([best])
                 if pd.notna(rows[col].iloc[0]):
                     _baseline(ax, rows, col, _colour(cell), f"{cell_label(best)} (its best; band: 95%)")

@@ -30,8 +30,9 @@ from s2ap.report.load import ReportError, prepare
 from s2ap.report.selection import RULE as GAMMA_RULE
 from s2ap.report.tables import comparisons, sparsity_label
 from s2ap.results import RUN
+from s2ap.selection import RULE as SELECTION_RULE
+from s2ap.selection import best_per_cell
 from s2ap.stats import accuracy_interval
-from s2ap.tune.results import SELECTION_RULE, best_per_cell
 from service.progress import EPOCHS_FILE, TRIALS_FILE, config_keys, file_version
 from service.store import JobRecord
 

@@ -4,7 +4,7 @@ one cluster module) touches Ray.
 
 The floors, lowest first (the README's Architecture section draws the same plan):
 
-1. config, coerce, errors, registry, seeding, results, stats, io, cli, storage: values, rules, files, statistics
+1. config, coerce, errors, registry, seeding, results, stats, selection, io, cli, storage: values, rules, files, statistics
 2. layers, models, data, tensor_data, data_files, objectives, attacks, autoattack, distributed
 3. pruning, sharpness, evaluate, metrics
 4. experiment (the registries' checks), train (the one loop), probes, pretrain_cache
@@ -24,7 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 450
 FLOORS = {
-    1: ["s2ap", "s2ap.config", "s2ap.coerce", "s2ap.errors", "s2ap.registry", "s2ap.seeding", "s2ap.results", "s2ap.stats",
+    1: ["s2ap", "s2ap.config", "s2ap.coerce", "s2ap.errors", "s2ap.registry", "s2ap.seeding", "s2ap.results", "s2ap.stats", "s2ap.selection",
         "s2ap.io", "s2ap.cli", "s2ap.storage"],
     2: ["s2ap.layers", "s2ap.models", "s2ap.data", "s2ap.tensor_data", "s2ap.data_files", "s2ap.objectives",
         "s2ap.attacks", "s2ap.autoattack", "s2ap.distributed"],

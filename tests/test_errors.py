@@ -52,7 +52,9 @@ def _state(exc: BaseException) -> tuple[object, ...]:
     [copy.copy, copy.deepcopy, lambda e: pickle.loads(pickle.dumps(e))],
     ids=["copy", "deepcopy", "pickle"],
 )
-def test_error_survives_copy_and_pickle(name: str, transport: Callable[[BaseException], BaseException]) -> None:
+def test_error_survives_copy_and_pickle(
+    name: str, transport: Callable[[BaseException], BaseException]
+) -> None:
     original = _examples()[name]()
     again = transport(original)
     assert _state(again) == _state(original)

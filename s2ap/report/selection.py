@@ -14,10 +14,11 @@ import pandas as pd
 
 from s2ap.report.load import PANEL_KEY
 from s2ap.results import RUN
+from s2ap.selection import best_label
 
 logger = logging.getLogger(__name__)
 
-SELECTION_COLUMN = RUN.final_val_pgd_acc
+SELECTION_COLUMN = RUN.final_val_pgd_acc  # == s2ap.selection.METRIC
 RULE = (
     "S2AP's γ per setting = the highest mean final validation PGD accuracy over seeds; "
     "test accuracies never select"
@@ -30,7 +31,8 @@ def select_gamma(rows: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
     if RUN.gamma not in rows.columns or rows[RUN.gamma].nunique(dropna=True) <= 1:
         return rows, None
     if SELECTION_COLUMN in rows.columns and rows[SELECTION_COLUMN].notna().any():
-        best = float(rows.groupby(RUN.gamma)[SELECTION_COLUMN].mean().idxmax())
+        means = rows.groupby(RUN.gamma)[SELECTION_COLUMN].mean()  # a gamma's NaN seeds are skipped
+        best = float(best_label(means.items()))  # s2ap.selection's rule: NaN last, first on a tie
     else:
         best = float(rows[RUN.gamma].min())
         logger.warning(

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from s2ap import results, storage
+from s2ap import results, selection, storage
 from s2ap.config import ExperimentConfig
 from s2ap.experiment import identity
 from s2ap.tune.cells import cell_of
@@ -281,27 +281,7 @@ def write_tables(
     return t_path, e_path, trials
 
 
-def selection_key(row: Mapping[str, Any]) -> tuple[float, float]:
-    """What "best" means for a trial: final validation PGD accuracy, then validation clean
-    accuracy. Validation only: a test accuracy never decides, not even a tie."""
-    return (row.get("final_val_pgd_acc") or 0.0, row.get("final_val_clean_acc") or 0.0)
-
-
-SELECTION_RULE = (
-    "best trial per cell = highest final validation PGD accuracy (ties: validation clean); "
-    "test accuracies are never used to select"
-)
-
-
-def best_per_cell(trials: Sequence[Mapping[str, Any]]) -> dict[int, Mapping[str, Any]]:
-    """Each cell's best finished trial by :func:`selection_key` (the first such trial in
-    trial-id order on a full tie): chosen on validation data, so the test numbers stay unbiased."""
-    best: dict[int, Mapping[str, Any]] = {}
-    for row in sorted(trials, key=lambda r: str(r.get("trial_id"))):
-        if row.get("status") != "ok":
-            continue
-        cell = int(row["grid_cell"])
-        cur = best.get(cell)
-        if cur is None or selection_key(row) > selection_key(cur):
-            best[cell] = row
-    return best
+# The one selection rule (s2ap.selection), re-exported where the search's tables are read.
+selection_key = selection.selection_key
+best_per_cell = selection.best_per_cell
+SELECTION_RULE = selection.RULE
