@@ -46,6 +46,10 @@ class DataConfig(Checked):
     # epoch from the seed (HYDRA's and HARP's CIFAR-10 / SVHN setting). null: on for cifar10
     # and svhn, off for every other set. Validation and test data are never augmented.
     augment: bool | None = None
+    # Gray images as RGB: a one-channel set's channel is repeated into three identical ones
+    # (and its normalisation with it), for models that take three input channels, such as
+    # torchvision's. No effect on a set that already has three channels.
+    gray_to_rgb: bool = False
 
 
 @dataclass(frozen=True)

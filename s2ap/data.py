@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, Subset
 from s2ap import data_files as files
 from s2ap.config import ConfigError, DataConfig
 from s2ap.registry import Registry
-from s2ap.tensor_data import CropFlip, Resized, TensorImageDataset
+from s2ap.tensor_data import CropFlip, Resized, TensorImageDataset, gray_as_rgb
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +259,8 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     if cfg.name not in DATASETS:
         raise ConfigError("data.name", f"unknown {cfg.name!r}; allowed: {', '.join(DATASETS.names())}")
     full_train, test = DATASETS.get(cfg.name)(cfg)
+    if cfg.gray_to_rgb and int(full_train[0][0].shape[0]) == 1:
+        full_train, test = gray_as_rgb(full_train), gray_as_rgb(test)
     n = len(full_train)  # type: ignore[arg-type]
     n_val = _val_size(n, cfg.val_fraction)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()

@@ -42,3 +42,24 @@ def error_line(text: object, limit: int = ERROR_LINE_LIMIT) -> str | None:
     if not lines:
         return None
     return lines[-1][:limit]
+
+
+def raised_line(error: BaseException | None, limit: int = ERROR_LINE_LIMIT) -> str | None:
+    """The one line an error stands for after it crossed processes: the exception a trial
+    raised, not the wrappers Ray put around it (a task error keeps it in ``.cause``, a Train
+    failure per worker in ``.worker_failures``). A :class:`ConfigError` reads as the CLI
+    prints it (``data.root: no data set found at ...``), anything else as ``Type: message``."""
+    exc, seen = error, 0
+    while exc is not None and seen < 10:
+        failures = getattr(exc, "worker_failures", None)
+        inner = next(iter(failures.values()), None) if isinstance(failures, dict) else None
+        inner = inner if isinstance(inner, BaseException) else getattr(exc, "cause", None)
+        if not isinstance(inner, BaseException) or inner is exc:
+            break
+        exc, seen = inner, seen + 1
+    if exc is None:
+        return None
+    if isinstance(exc, ConfigError) or type(exc).__name__ == "TrialFailed":
+        return error_line(exc, limit) or type(exc).__name__
+    message = error_line(exc, limit)
+    return f"{type(exc).__name__}: {message}"[:limit] if message else type(exc).__name__

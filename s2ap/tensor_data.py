@@ -56,6 +56,34 @@ class TensorImageDataset(Dataset):
         return list(zip(batch.unbind(0), self.targets[idx].tolist(), strict=True))
 
 
+class GrayAsRGB(Dataset):
+    """A one-channel data set whose images come with their channel repeated three times, for
+    models that take RGB input (``data.gray_to_rgb``); an in-memory set is converted once by
+    :func:`gray_as_rgb` instead."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Item:
+        x, y = self.base[index]
+        return x.expand(3, -1, -1).contiguous(), y
+
+    @property
+    def classes(self) -> list[str]:
+        return list(getattr(self.base, "classes", []))
+
+
+def gray_as_rgb(dataset: Dataset) -> Dataset:
+    """``dataset`` with each one-channel image repeated into three identical channels."""
+    if isinstance(dataset, TensorImageDataset):  # stays a tensor set: batched access, device loader
+        rgb = dataset.images.expand(-1, 3, -1, -1).contiguous()
+        return TensorImageDataset(rgb, dataset.targets, dataset.classes, dataset.scale)
+    return GrayAsRGB(dataset)
+
+
 class Resized(Dataset):
     """Bilinear, antialiased resize of another data set's images to ``size x size``.
 

@@ -171,8 +171,11 @@ class JobManager:
         return str(self.settings.jobs_dir / job_id / RESULTS_DIR)
 
     def entrypoint(self, job: JobRecord) -> str:
-        """Exactly the CLI a user would run: ``python -m s2ap.tune SPEC --out DIR``."""
-        return shlex.join([self.job_python, "-m", "s2ap.tune", job.spec_path, "--out", job.results_dir])
+        """Exactly the CLI a user would run: ``python -m s2ap.tune SPEC --out DIR``; with the
+        embedded Ray head the data is on this machine, so the search checks its data sets and
+        models before any trial (``--preflight``) though the job joins a cluster."""
+        command = [self.job_python, "-m", "s2ap.tune", job.spec_path, "--out", job.results_dir]
+        return shlex.join(command + (["--preflight"] if self.settings.ray_address is None else []))
 
     def _nodes(self) -> list[dict[str, float]] | None:
         try:

@@ -148,7 +148,11 @@ def build_external(
     """Call the builder of ``name`` and check what comes back on one input of the data's shape."""
     model = resolve(name)
     if model.rgb_only and in_channels != 3:
-        raise ConfigError("model.name", f"{name} takes 3 input channels but the data has {in_channels}")
+        raise ConfigError(
+            "model.name",
+            f"{name} takes 3 input channels but the data has {in_channels}; set data.gray_to_rgb: true "
+            "to repeat a gray channel into three",
+        )
     facts = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     args = {keyword: facts[fact] for fact, keyword in model.arguments.items()}
     for key in kwargs or {}:

@@ -28,7 +28,7 @@ from s2ap.results import describe_accuracy
 from s2ap.tune.cells import CELL_KEY, Cell, cell_of
 from s2ap.tune.layout import record_times, trial_store
 from s2ap.tune.spec import SearchSpec
-from s2ap.tune.trainable import own_reason
+from s2ap.tune.trainable import failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +57,17 @@ def live_view_to(stream: TextIO | None) -> Iterator[None]:
 
 
 def trial_error(trial: Trial) -> str | None:
-    """One line for an errored trial: its own reason (a Train failure) when Tune kept the
-    exception, else the last line of the error Tune wrote.
+    """One line for an errored trial: the exception it raised when Tune kept it (pickled),
+    else the last line of the error text Tune wrote.
 
     When ``on_trial_error`` fires, Tune has written the error to the trial's local staging
     folder but not necessarily to its storage yet, so the local files are read first."""
     exc = _read(trial, "pickled_error_file", lambda f: cloudpickle.load(f), "rb")
     if exc is None:
         exc = _quietly(trial.get_pickled_error)
-    reason = own_reason(exc if isinstance(exc, BaseException) else None)
-    if reason is not None:
-        return reason
+    if isinstance(exc, BaseException):
+        return failure_reason(exc)  # what the trial raised, out of Ray's wrappers
     text = _read(trial, "error_file", lambda f: f.read(), "r") or _quietly(trial.get_error)
-    if text is None and isinstance(exc, BaseException):
-        text = str(exc)
     return None if text is None else error_line(text)
 
 

@@ -34,6 +34,7 @@ from s2ap.results import describe_accuracy
 from s2ap.stats import Interval
 from s2ap.tune.callbacks import LiveView, ResultsWriter, fmt, live_view_to
 from s2ap.tune.cluster import WORKER_ENV, connect
+from s2ap.tune.preflight import check_search
 from s2ap.tune.resources import TRAINABLE_CPUS
 from s2ap.tune.scheduler import CellScheduler
 from s2ap.tune.searcher import CellSearcher
@@ -147,10 +148,13 @@ def run_search(
     out: str | Path | None = None,
     quiet: bool = False,
     verbose: bool = False,
+    preflight: bool | None = None,
 ) -> SearchOutcome:
     """Run (or resume) a whole search and write its tables. Uses a Ray that is already
     initialised, else joins ``address`` / ``RAY_ADDRESS``, else starts an embedded one.
-    The live view goes to stdout unless ``quiet``."""
+    The live view goes to stdout unless ``quiet``. ``preflight`` (default: when no cluster
+    address is given, so the data sets are on this machine) opens every data set and builds
+    every model of the spec before Ray starts (:mod:`s2ap.tune.preflight`)."""
     start = time.time()
     search_dir = storage.check(out, "--out") if out is not None else spec.search_dir
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -161,6 +165,8 @@ def run_search(
         storage.probe(spec.storage, "storage")
     if spec.pretrain_cache is not None:
         storage.probe(spec.pretrain_cache, "pretrain_cache")
+    if preflight if preflight is not None else address is None:
+        check_search(spec)  # a missing data set or an unbuildable model: one line, no trial
     prepare_dir(spec, search_dir, resume)
     os.environ.update(WORKER_ENV)
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's own tables off: the live view replaces them
@@ -237,6 +243,29 @@ def summary_lines(spec: SearchSpec, outcome: SearchOutcome) -> list[str]:
             )
     lines += overlap_lines(shown)
     return lines
+
+
+def failure_lines(spec: SearchSpec, outcome: SearchOutcome) -> tuple[int, list[str]]:
+    """The search's exit status and its last lines: 0 when every grid cell has a finished
+    trial (a warning line still counts the failed ones), else 1 with an ``error:`` line; both
+    name the first failed trial's own error."""
+    rows = outcome.trials
+    failed = sorted((r for r in rows if r["status"] == "error"), key=lambda r: str(r["trial_id"]))
+    first = f"; first error (trial {failed[0]['trial_id']}): {failed[0]['error']}" if failed else ""
+    finished = {int(r["grid_cell"]) for r in rows if r["status"] == "ok"}
+    empty = [c.id for c in spec.cells() if c.id not in finished]
+    total = spec.num_trials()
+    if not finished:
+        return 1, [f"error: no trial finished: {len(failed)} of {total} trials failed{first}"]
+    if empty:
+        cells = ", ".join(str(c) for c in empty)
+        return 1, [
+            f"error: {len(empty)} of {len(spec.cells())} grid cells have no finished trial (cells {cells}): "
+            f"{len(failed)} of {total} trials failed{first}"
+        ]
+    if failed:
+        return 0, [f"warning: {len(failed)} of {total} trials failed{first}"]
+    return 0, []
 
 
 def overlap_lines(best: list[tuple[str, Interval]], shown: int = 6) -> list[str]:

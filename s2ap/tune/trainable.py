@@ -47,7 +47,7 @@ import torch
 from s2ap import storage
 from s2ap.config import ExperimentConfig
 from s2ap.distributed import DistInfo, resolve_device
-from s2ap.errors import TrainingDiverged, error_line
+from s2ap.errors import TrainingDiverged, raised_line
 from s2ap.pipeline import run_experiment
 from s2ap.pretrain_cache import PretrainLock
 from s2ap.tune.clock import search_epoch
@@ -78,23 +78,10 @@ class TrialFailed(RuntimeError):
     """The trial's Train run failed for good (retries used up); the message is the cause."""
 
 
-def own_reason(error: BaseException | None) -> str | None:
-    """The reason of a :class:`TrialFailed` that Tune wrapped (it may sit a few causes
-    deep), else None."""
-    exc, seen = error, 0
-    while exc is not None and seen < 5:
-        if isinstance(exc, TrialFailed):
-            return str(exc)
-        exc = getattr(exc, "cause", None) or exc.__cause__
-        seen += 1
-    return None
-
-
 def failure_reason(error: BaseException | None) -> str | None:
-    """A trial's error as one line: its own reason when it has one, else the last line."""
-    if error is None:
-        return None
-    return own_reason(error) or error_line(error) or type(error).__name__
+    """A trial's error as one line: the exception the trial raised (a :class:`TrialFailed`'s
+    own reason, a ``ConfigError`` as the CLI prints it), never Ray's wrapper around it."""
+    return raised_line(error)
 
 
 def _plain(value: Any) -> Any:
@@ -373,8 +360,5 @@ def storage_args(where: str) -> dict[str, Any]:
 
 
 def _short(exc: BaseException) -> str:
-    """The last meaningful line of a (possibly huge, multi-worker) error."""
-    failures = getattr(exc, "worker_failures", None)
-    if failures:
-        exc = next(iter(failures.values()))
-    return error_line(exc) or type(exc).__name__
+    """The one line of a (possibly huge, multi-worker) Train failure: what a worker raised."""
+    return raised_line(exc) or type(exc).__name__

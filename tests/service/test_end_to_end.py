@@ -523,6 +523,19 @@ def test_job_succeeds_and_both_tables_load_in_pandas(
     assert client.post(f"/jobs/{job_id}/cancel").status_code == 409
 
 
+def test_a_job_whose_only_trial_fails_ends_failed_with_the_trials_error(client: httpx.Client) -> None:
+    spec = smallest_quickstart("all-fail")
+    spec["grid"] = {"s2ap.enabled": [False]}  # one cell, one trial
+    _set(spec["base"], "finetune.lr", 1.0e30)  # its loss turns NaN in finetuning
+    r = client.post("/jobs", content=spec_yaml(spec), headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 201, r.text
+    job = wait_for(client, r.json()["id"], {"succeeded", "failed", "cancelled"})
+    assert job["status"] == "failed", job
+    assert job["trials"]["errored"] == 1 and job["trials"]["ok"] == 0
+    assert job["error"].startswith("error: no trial finished: 1 of 1 trials failed; first error (trial ")
+    assert "diverged" in job["error"]
+
+
 def test_a_fresh_machine_gets_its_own_ray_token(
     service: ServiceProcess, data_dir: Path, fresh_home: Path, quick_job: dict[str, Any]
 ) -> None:

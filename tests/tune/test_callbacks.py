@@ -87,6 +87,16 @@ def test_error_line_is_read_from_the_local_error_file_before_storage_has_it(tmp_
 
     failed = errored(TrialFailed("worker group died: OOM"), None)
     assert trial_error(failed) == "worker group died: OOM"
+    # What Ray hands back when a trial raises a ConfigError: its task error, an instance of
+    # both RayTaskError and ConfigError, whose text is the worker's traceback.
+    from ray.exceptions import RayTaskError
+
+    from s2ap.errors import ConfigError
+
+    raised = ConfigError("data.root", "no data set found at /nowhere")
+    wrapped = RayTaskError("tune_trial", "Traceback ...\n  File x\nConfigError: ...", raised)
+    config_error = errored(wrapped.as_instanceof_cause(), "Traceback ...\nTypeError: nonsense\n")
+    assert trial_error(config_error) == "data.root: no data set found at /nowhere"
     crashed = errored(None, "Failure # 1 (occurred at 2026-12-02)\nTraceback ...\nValueError: bad shape\n")
     assert trial_error(crashed) == "ValueError: bad shape"
     view = LiveView(load_spec(SPEC, nodes=None))

@@ -353,3 +353,27 @@ def test_with_results_on_an_object_store_the_page_and_downloads_read_the_bucket(
     assert report.status_code == 200
     with zipfile.ZipFile(io.BytesIO(report.content)) as archive:
         assert "one seed: no spread" in archive.read(f"{job_id}-report/table1.md").decode()
+
+
+def test_failed_trials_are_counted_beside_the_job_status(service: Service) -> None:
+    from s2ap import storage
+
+    finished = service.submit()
+    service.finish(finished)
+    table = storage.read_table(storage.join(service.results_dir(finished), "trials.parquet"))
+    # A second job whose tables hold one more trial, failed, before its Ray job ends.
+    job_id = service.submit(service.spec(name="with-a-failure"))
+    failed = {**table.to_pylist()[-1], "trial_id": "t5-s2ap", "status": "error", "error": "data.root: gone"}
+    rows = table.from_pylist([*table.to_pylist(), failed], schema=table.schema)
+    storage.write_table(rows, storage.join(service.results_dir(job_id), "trials.parquet"))
+    service.fake.finish(job_id)
+    job = service.wait(job_id, lambda j: j["status"] == "succeeded" and j["trials"]["errored"] == 1)
+    assert job["trials"]["errored"] == 1 and job["status"] == "succeeded"
+    with service.sign_in() as c:
+        listing = c.get("/ui").text
+        page = c.get(f"/ui/jobs/{job_id}").text
+    assert re.search(
+        r'status-succeeded">succeeded</span> <span class="failed-count small">1 trial failed', listing
+    )
+    assert listing.count("trial failed") == 1  # the first job has none
+    assert "1 trial failed" in page and "data.root: gone" in page
