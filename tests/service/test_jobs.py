@@ -26,7 +26,14 @@ def test_submit_stores_the_resolved_spec_and_runs_the_cli(
     assert job.status == "queued" and job.trials_total == 4
     spec_file = Path(job.spec_path)
     assert yaml.safe_load(spec_file.read_text())["storage"] == str(manager.root / "runs" / "tune")
-    assert runner.entrypoints[job.id] == f"python -m s2ap.tune {spec_file} --out {job.results_dir}"
+    # The embedded Ray head runs on this machine: the search checks its data before any trial.
+    assert (
+        runner.entrypoints[job.id] == f"python -m s2ap.tune {spec_file} --out {job.results_dir} --preflight"
+    )
+    joined = JobManager(
+        manager.settings.with_(ray_address="http://head:8265"), manager.store, runner, job_python="python"
+    )
+    assert not joined.entrypoint(job).endswith("--preflight")  # a cluster's data may be on its workers only
     manager.refresh(manager.get(job.id))
     assert manager.get(job.id).status == "running"
 
@@ -183,7 +190,7 @@ def test_with_s2ap_storage_on_s3_results_progress_and_downloads_come_from_the_bu
     manager = JobManager(settings, JobStore(settings.db_path), runner, job_python="python")
     job = manager.submit(body, "application/yaml", None).job
     assert job.results_dir == f"{s3_bucket}/service/jobs/{job.id}/search"
-    assert runner.entrypoints[job.id].endswith(f"--out {job.results_dir}")
+    assert runner.entrypoints[job.id].endswith(f"--out {job.results_dir} --preflight")
     assert (
         yaml.safe_load(Path(job.spec_path).read_text())["pretrain_cache"]
         == f"{s3_bucket}/service/pretrain_cache"
