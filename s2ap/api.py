@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from s2ap.coerce import build
+from s2ap.coerce import build_with
 from s2ap.config import ExperimentConfig
 from s2ap.data import Splits, split
 from s2ap.errors import ConfigError
@@ -124,7 +124,8 @@ def _config(config: Mapping[str, Any] | str | Path | None, model: nn.Module, tra
     for section, key in (("model", "name"), ("data", "name"), ("model", "kwargs")):
         if _sets(raw, section, key):
             raise ConfigError(f"{section}.{key}", "comes from the objects given to s2ap.prune; leave it out")
-    cfg = build(ExperimentConfig, raw)
+    nested = {k: v for k, v in raw.items() if "." not in str(k)}
+    cfg = build_with(ExperimentConfig, nested, {k: v for k, v in raw.items() if "." in str(k)})
     cls = type(model)
     data = replace(cfg.data, name=type(_dataset(train, "train")).__name__)
     if isinstance(train, DataLoader) and train.batch_size and not _sets(raw, "data", "batch_size"):

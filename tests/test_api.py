@@ -55,8 +55,9 @@ def test_prune_returns_the_callers_module_pruned_with_the_runs_metrics(tmp_path:
     model = HandWritten()
     keys = list(model.state_dict())
     train, test = tensor_data(96, 0), tensor_data(40, 1)
+    config = {k: v for k, v in CONFIG.items() if k != "data"}  # no data.batch_size: the loader's
     result = s2ap.prune(
-        model, DataLoader(train, batch_size=16), test=test, config=CONFIG, run_dir=tmp_path, progress=False
+        model, DataLoader(train, batch_size=16), test=test, config=config, run_dir=tmp_path, progress=False
     )
     # the same object, its own class and plain layers, the asked density in the pruned layers
     assert result.model is model and type(model) is HandWritten
@@ -91,6 +92,7 @@ def test_prune_returns_the_callers_module_pruned_with_the_runs_metrics(tmp_path:
     ("config", "field"),
     [
         ({"prune.sparsity": 1.5}, "prune.sparsity"),
+        ({"prune": {"epochs": 1}, "eval.autoattack_x": 1}, "eval.autoattack_x"),
         ({"prune": {"method": "nope"}}, "prune.method"),
         ({"model": {"name": "cnn"}}, "model.name"),
         ({"data.name": "digits"}, "data.name"),
@@ -185,3 +187,20 @@ def test_the_example_script_runs(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert "clean_acc:" in out.stdout and "on 360 points" in out.stdout
     assert (tmp_path / "final.parquet").is_file() and (tmp_path / "masks.pt").is_file()
+
+
+def test_a_channel_pruned_run_loads_its_compact_network_with_load_compact(tmp_path: Path) -> None:
+    config = {**CONFIG, "prune": {**CONFIG["prune"], "granularity": "channel", "sparsity": 0.5}}
+    model = HandWritten()
+    result = s2ap.prune(model, tensor_data(96, 0), test=tensor_data(40, 1), config=config, run_dir=tmp_path)
+    compact = s2ap.load_compact(tmp_path / "pruned_compact.pt")
+    assert not compact.training and compact.net.conv.out_channels < model.conv.out_channels
+    # the compact network computes what the pruned model does behind the recorded normalisation
+    recorded = yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]
+    mean = torch.tensor(recorded["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(recorded["std"]).view(1, -1, 1, 1)
+    x = tensor_data(8, 2).tensors[0]
+    with torch.no_grad():
+        torch.testing.assert_close(compact(x), result.model((x - mean) / std), rtol=1e-4, atol=1e-5)
+    with pytest.raises(FileNotFoundError):
+        s2ap.load_compact(tmp_path / "nope.pt")

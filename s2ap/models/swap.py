@@ -119,10 +119,14 @@ _SCORING_ATTRIBUTES = ("granularity", "keep", "mode", "mask_fn", "_cache", "chan
 
 def unscore_modules(net: nn.Module) -> list[str]:
     """Undo :func:`score_modules` in place: every scored layer gets its own class back and
-    loses its scores and mask (load the pruned weights afterwards, e.g. from
+    loses its scores and mask, and the forward hooks a method added on them (marked
+    ``scoring_hook``) go (load the pruned weights afterwards, e.g. from
     :func:`s2ap.models.export_state_dict`); returns the names of the layers restored."""
     restored = []
     for name, module in net.named_modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "scoring_hook", False):  # a method's hook on the scores (channel gates)
+                del module._forward_hooks[key]
         if not isinstance(module, ScoredLayer):
             continue
         plain = module.__dict__.pop("_plain_class", None)
