@@ -10,9 +10,8 @@ epoch), so no random stream depends on how many epochs ran in this process.
 Which sharpness-aware perturbation wraps an epoch is the :class:`SharpnessSchedule`'s answer,
 built once from the config; what is measured besides training lives in :class:`~s2ap.probes.Probes`.
 
-Under ``torch.distributed`` every rank runs this same code; gradients are all-reduced by
-DDP (so masks are identical on every rank), metrics are all-reduced before reporting, and
-only rank 0 writes files.
+Under ``torch.distributed`` every rank runs this same code; gradients are all-reduced by DDP (so
+masks are identical on every rank), metrics are all-reduced before reporting; only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -110,13 +109,13 @@ class Pipeline:
         self.probes = Probes(
             cfg, self.model, self.layers, self.objective, self.splits, self.dist, self.device
         )
-        self.state = RunState(config_hash=self.identity["config_hash"])
+        full = resolved(cfg, info)  # with what the data decided: config.yaml
+        self.state = RunState(config_hash=self.identity["config_hash"], resolved_hash=full.hash())
         self._opt_state: dict[str, Any] | None = None
         if resume_from is not None:
             self._resume(Path(resume_from))
         if self.run_dir is not None and self.is_main:
-            text = yaml.safe_dump(resolved(cfg, info).to_dict(), sort_keys=False)  # what the data decided
-            atomic_write_text(self.run_dir / "config.yaml", text)
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(full.to_dict(), sort_keys=False))
 
     # ------------------------------------------------------------------ the run, top to bottom
 
@@ -393,10 +392,11 @@ class Pipeline:
 
     def _resume(self, path: Path) -> None:
         state = RunState.load(path)
-        if state.config_hash != self.state.config_hash:
+        if state.config_hash != self.state.config_hash and state.resolved_hash != self.state.resolved_hash:
             raise ValueError(
                 f"{path} was written by a different config ({state.config_hash} != {self.state.config_hash})"
             )
+        self.identity["config_hash"] = state.config_hash  # also when resumed from the folder's config.yaml
         assert state.model is not None
         self.model.load_state_dict(state.model)
         self.method.load_state_dict(state.method or {})

@@ -128,6 +128,16 @@ def test_an_unknown_callable_is_refused_when_the_config_is_checked(name: str, ne
     assert exc.value.field == "data.name" and needle in str(exc.value)
 
 
+def test_the_cli_refuses_a_failing_callable_in_one_line(
+    data_module: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"data": {"name": f"{data_module}:boom"}}))
+    assert main([str(path), "--out", str(tmp_path / "run"), "-q"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: data.name: {data_module}:boom(download=False) raised OSError: no such disk"]
+
+
 TINY = {
     "seed": 0,
     "data": {"batch_size": 16},
@@ -220,3 +230,8 @@ def test_a_run_folder_reproduces_its_clean_accuracy_from_its_files_alone(
     with torch.no_grad():
         accuracy = float((model.eval()(x).argmax(1) == y).float().mean())
     assert accuracy == reported.clean_acc
+
+    # the README's resume command names the folder's config.yaml: the same run, the same hash
+    assert main([str(run / "config.yaml"), "--out", str(run), "--resume", "--threads", "1", "-q"]) == 0
+    again = pd.read_parquet(run / "final.parquet").iloc[0]
+    assert again.config_hash == reported.config_hash and again.clean_acc == reported.clean_acc
