@@ -192,7 +192,11 @@ def test_the_example_script_runs(tmp_path: Path) -> None:
 def test_a_channel_pruned_run_loads_its_compact_network_with_load_compact(tmp_path: Path) -> None:
     config = {**CONFIG, "prune": {**CONFIG["prune"], "granularity": "channel", "sparsity": 0.5}}
     model = HandWritten()
-    result = s2ap.prune(model, tensor_data(96, 0), test=tensor_data(40, 1), config=config, run_dir=tmp_path)
+    val = DataLoader(tensor_data(12, 5), batch_size=4)
+    result = s2ap.prune(
+        model, tensor_data(96, 0), val=val, test=tensor_data(40, 1), config=config, run_dir=tmp_path
+    )
+    assert set(result.epochs.val_clean_acc_n) == {12}  # the given validation set, not a split of train
     compact = s2ap.load_compact(tmp_path / "pruned_compact.pt")
     assert not compact.training and compact.net.conv.out_channels < model.conv.out_channels
     # the compact network computes what the pruned model does behind the recorded normalisation
