@@ -32,6 +32,9 @@ Phase = Literal["pretrain", "prune", "finetune"]
 
 @dataclass(frozen=True)
 class DataConfig(Checked):
+    # A registered set, or package.module:callable (your own code, called with those of seed /
+    # image_size / root / download its signature names, returning (train, val, test) or
+    # (train, test) datasets of (image, label); val is then split off train).
     name: str = "digits"
     root: str = "data"
     download: bool = False
@@ -50,6 +53,18 @@ class DataConfig(Checked):
     # (and its normalisation with it), for models that take three input channels, such as
     # torchvision's. No effect on a set that already has three channels.
     gray_to_rgb: bool = False
+    # The data's facts where the data cannot tell them (an import-path set, s2ap.prune's
+    # datasets): the class count, and the per-channel normalisation (null: measured on the
+    # training set; model.mean/std still override it for the model).
+    num_classes: int | None = bounded(None, ge=2)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = bounded(None, gt=0)
+
+    def check(self) -> None:
+        if (self.mean is None) != (self.std is None) or (
+            self.mean is not None and self.std is not None and not 0 < len(self.mean) == len(self.std)
+        ):
+            raise ConfigError("mean", "data.mean and data.std go together, with one entry per channel each")
 
 
 @dataclass(frozen=True)

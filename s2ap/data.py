@@ -18,13 +18,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from s2ap import data_files as files
 from s2ap.config import ConfigError, DataConfig
+from s2ap.imports import import_callable, named_arguments, one_line
 from s2ap.registry import Registry
 from s2ap.tensor_data import CropFlip, Resized, TensorImageDataset, gray_as_rgb
 
@@ -217,17 +219,70 @@ def load_imagenet(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     return train, test
 
 
+# --------------------------------------------------------------------------- import paths
+
+# What an import-path data callable may ask for by naming it in its signature.
+DATA_ARGUMENTS = ("seed", "image_size", "root", "download")
+Sets = tuple[Dataset, Dataset | None, Dataset]  # full train, a given validation set or None, test
+
+
+def is_import_path(name: str) -> bool:
+    return ":" in name
+
+
+def resolve_data(name: str) -> Callable[..., Any]:
+    """The callable behind an import-path ``data.name`` (ConfigError naming it otherwise)."""
+    return import_callable(name, "data.name", "a registered data set or package.module:callable")
+
+
+def _imported_sets(cfg: DataConfig, seed: int) -> Sets:
+    fn = resolve_data(cfg.name)
+    facts = {"seed": seed, "image_size": cfg.image_size, "root": cfg.root, "download": cfg.download}
+    args = {arg: facts[arg] for arg in named_arguments(fn, DATA_ARGUMENTS)}
+    shown = f"{cfg.name}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
+    try:
+        out = fn(**args)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError("data.name", f"{shown} raised {one_line(exc)}") from None
+    if not isinstance(out, tuple | list) or len(out) not in (2, 3) or not all(_is_dataset(d) for d in out):
+        got = f"{len(out)} items" if isinstance(out, tuple | list) else f"a {type(out).__name__}"
+        raise ConfigError(
+            "data.name", f"{shown} must return (train, val, test) or (train, test) datasets, got {got}"
+        )
+    return (out[0], None, out[1]) if len(out) == 2 else (out[0], out[1], out[2])
+
+
+def _is_dataset(data: Any) -> bool:
+    return hasattr(data, "__getitem__") and hasattr(data, "__len__")
+
+
+def load_sets(cfg: DataConfig, seed: int) -> Sets:
+    """``cfg.name``'s training and test sets (and validation set, when an import path gives one)."""
+    if is_import_path(cfg.name):
+        return _imported_sets(cfg, seed)
+    if cfg.name not in DATASETS:
+        raise ConfigError("data.name", f"unknown {cfg.name!r}; allowed: {', '.join(DATASETS.names())}")
+    train, test = DATASETS.get(cfg.name)(cfg)
+    return train, None, test
+
+
 # --------------------------------------------------------------------------- splits
 
 
-def _classes(dataset: Dataset) -> int:
+def _classes(dataset: Dataset) -> int | None:
     classes = getattr(dataset, "classes", None)
     if classes:
         return len(classes)
     targets = getattr(dataset, "targets", None)
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        targets = dataset.tensors[1]
     if targets is not None and len(targets):
         return int(max(int(t) for t in targets)) + 1
-    raise ValueError(f"cannot tell the number of classes of {type(dataset).__name__}")
+    if isinstance(dataset, Subset):
+        return _classes(dataset.dataset)
+    return None
 
 
 def _channel_stats(dataset: Dataset, limit: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -248,50 +303,77 @@ def _val_size(n: int, val_fraction: float) -> int:
     return min(max(1, round(val_fraction * n)), n - 1)
 
 
-def load_splits(cfg: DataConfig, seed: int) -> Splits:
-    """Load ``cfg.name`` and split it into train / validation / test, reproducibly.
+def _image_shape(dataset: Dataset, field: str) -> tuple[int, int, int]:
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ConfigError(field, "the training set is empty")
+    item = dataset[0]
+    x = item[0] if isinstance(item, tuple | list) and len(item) == 2 else None
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or not x.is_floating_point():
+        raise ConfigError(field, "items must be (image, label), the image a float C x H x W tensor in [0, 1]")
+    return int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
 
-    The validation set is the first ``round(val_fraction * N)`` points of a permutation of the
-    full training set drawn from ``seed`` (same seed, same split); ``train_limit`` keeps the
-    first points of the rest, so limiting training never changes the validation set.
-    ``test_limit`` keeps the first test points, which keeps the test set nested across limits.
+
+def load_splits(cfg: DataConfig, seed: int) -> Splits:
+    """Load ``cfg.name`` and split it into train / validation / test, reproducibly (see
+    :func:`split`)."""
+    return split(*load_sets(cfg, seed), cfg, seed)
+
+
+def split(
+    full_train: Dataset,
+    given_val: Dataset | None,
+    test: Dataset,
+    cfg: DataConfig,
+    seed: int,
+    num_classes: int | None = None,
+    field: str = "data.name",
+) -> Splits:
+    """Train / validation / test from the sets, reproducibly.
+
+    Without a given validation set it is the first ``round(val_fraction * N)`` points of a
+    permutation of the full training set drawn from ``seed`` (same seed, same split);
+    ``train_limit`` keeps the first points of the rest (of that permutation), so limiting
+    training never changes the validation set. ``test_limit`` keeps the first test points,
+    which keeps the test set nested across limits. Classes: ``data.num_classes``, else the
+    data's ``classes`` / ``targets`` / labels, else ``num_classes``.
     """
-    if cfg.name not in DATASETS:
-        raise ConfigError("data.name", f"unknown {cfg.name!r}; allowed: {', '.join(DATASETS.names())}")
-    full_train, test = DATASETS.get(cfg.name)(cfg)
-    if cfg.gray_to_rgb and int(full_train[0][0].shape[0]) == 1:
+    if cfg.gray_to_rgb and _image_shape(full_train, field)[0] == 1:
         full_train, test = gray_as_rgb(full_train), gray_as_rgb(test)
+        given_val = None if given_val is None else gray_as_rgb(given_val)
+    channels, height, width = _image_shape(full_train, field)
     n = len(full_train)  # type: ignore[arg-type]
-    n_val = _val_size(n, cfg.val_fraction)
+    n_val = _val_size(n, cfg.val_fraction) if given_val is None else 0
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     if cfg.train_limit is not None:
         train_idx = train_idx[: cfg.train_limit]
     test_idx = list(range(min(len(test), cfg.test_limit or len(test))))  # type: ignore[arg-type]
 
-    x0, _ = full_train[0]
-    channels, height, width = (int(s) for s in x0.shape)
-    mean, std = _PUBLISHED_STATS.get(cfg.name) or _channel_stats(full_train)
+    if cfg.mean is not None and cfg.std is not None:
+        mean, std = cfg.mean, cfg.std
+    else:
+        mean, std = _PUBLISHED_STATS.get(cfg.name) or _channel_stats(full_train)
+    if len(mean) != channels:
+        raise ConfigError("data.mean", f"has {len(mean)} entries but the images have {channels} channels")
+    classes = cfg.num_classes or _classes(full_train) or num_classes
+    if classes is None:
+        raise ConfigError("data.num_classes", "the data does not tell its class count; set it")
     size = cfg.image_size or height
     info = DataInfo(
-        num_classes=_classes(full_train),
-        in_channels=channels,
-        image_size=size,
-        mean=tuple(mean),
-        std=tuple(std),
+        num_classes=classes, in_channels=channels, image_size=size, mean=tuple(mean), std=tuple(std)
     )
+    val = given_val if given_val is not None else Subset(full_train, val_idx)
     if (height, width) != (size, size):
-        full_train, test = Resized(full_train, size), Resized(test, size)
+        full_train, val, test = Resized(full_train, size), Resized(val, size), Resized(test, size)
+        if given_val is None:
+            val = Subset(full_train, val_idx)
     train: Dataset = Subset(full_train, train_idx)
     splits = Splits(
-        train=CropFlip(train) if augments(cfg) else train,
-        val=Subset(full_train, val_idx),
-        test=Subset(test, test_idx),
-        info=info,
+        train=CropFlip(train) if augments(cfg) else train, val=val, test=Subset(test, test_idx), info=info
     )
     log.info(
         "data %s: %d train%s, %d val, %d test, %s", cfg.name, len(train_idx),
-        " (crop + flip)" if augments(cfg) else "", len(val_idx), len(test_idx), info,
+        " (crop + flip)" if augments(cfg) else "", len(val), len(test_idx), info,  # type: ignore[arg-type]
     )  # fmt: skip
     return splits
 
@@ -306,6 +388,10 @@ __all__ = [
     "Splits",
     "TensorImageDataset",
     "augments",
+    "is_import_path",
+    "load_sets",
     "load_splits",
+    "resolve_data",
+    "split",
     "make_synthetic",
 ]

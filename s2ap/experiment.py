@@ -15,13 +15,13 @@ written once and shared by the pipeline, the search and its tables.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from s2ap.coerce import build, stable_hash, to_dict
 from s2ap.config import ExperimentConfig, changed, read
-from s2ap.data import DATASETS, augments
+from s2ap.data import DATASETS, DataInfo, augments, is_import_path, resolve_data
 from s2ap.errors import ConfigError
 from s2ap.models import MODELS
 from s2ap.models.external import is_external, resolve
@@ -30,13 +30,22 @@ from s2ap.pruning import METHODS, PruningMethod
 
 def check(cfg: ExperimentConfig) -> ExperimentConfig:
     """Names that must exist in the registries, then the method's own rules."""
-    for path, value, registry in (
-        ("data.name", cfg.data.name, DATASETS),
-        ("prune.method", cfg.prune.method, METHODS),
-    ):
-        if value not in registry:
-            raise ConfigError(path, f"unknown {value!r}; allowed: {', '.join(registry.names())}")
+    if is_import_path(cfg.data.name):
+        resolve_data(cfg.data.name)  # imported, not called: loading happens when the run starts
+    elif cfg.data.name not in DATASETS:
+        allowed = ", ".join(DATASETS.names())
+        raise ConfigError(
+            "data.name", f"unknown {cfg.data.name!r}; allowed: {allowed} or package.module:callable"
+        )
     check_model(cfg)
+    return check_method(cfg)
+
+
+def check_method(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The pruning method exists and accepts the settings (its own rules)."""
+    if cfg.prune.method not in METHODS:
+        allowed = ", ".join(METHODS.names())
+        raise ConfigError("prune.method", f"unknown {cfg.prune.method!r}; allowed: {allowed}")
     METHODS.get(cfg.prune.method).check_config(cfg)
     return cfg
 
@@ -57,6 +66,12 @@ def check_model(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             "model.kwargs", f"only for torchvision:, timm: or import-path models, not {model.name!r}"
         )
+    check_checkpoint(cfg)
+
+
+def check_checkpoint(cfg: ExperimentConfig) -> None:
+    """A checkpoint to start from is a file, given once."""
+    model = cfg.model
     if model.checkpoint is not None:
         if not Path(model.checkpoint).is_file():
             raise ConfigError("model.checkpoint", f"file not found: {model.checkpoint}")
@@ -80,6 +95,15 @@ def with_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any] | Iterabl
 
 def method_class(cfg: ExperimentConfig) -> type[PruningMethod]:
     return METHODS.get(cfg.prune.method)
+
+
+def resolved(cfg: ExperimentConfig, info: DataInfo) -> ExperimentConfig:
+    """``cfg`` with what the data decided written in: the normalisation the model uses
+    (``model.mean``/``std``), the image size and the class count. A run folder's
+    ``config.yaml`` holds it, so the folder alone rebuilds the model that made its numbers."""
+    model = cfg.model if cfg.model.mean is not None else replace(cfg.model, mean=info.mean, std=info.std)
+    data = replace(cfg.data, image_size=info.image_size, num_classes=info.num_classes)
+    return replace(cfg, model=model, data=data)
 
 
 # --------------------------------------------------------------------------- which phases run

@@ -7,13 +7,11 @@ is called with that epoch's metrics and the state file. Resuming from such a sta
 reproduces the uninterrupted run: every epoch reseeds its randomness from (seed, phase,
 epoch), so no random stream depends on how many epochs ran in this process.
 
-Which sharpness-aware perturbation wraps an epoch is the :class:`SharpnessSchedule`'s
-answer, built once from the config; what is measured besides training lives in
-:class:`~s2ap.probes.Probes`.
+Which sharpness-aware perturbation wraps an epoch is the :class:`SharpnessSchedule`'s answer,
+built once from the config; what is measured besides training lives in :class:`~s2ap.probes.Probes`.
 
-Under ``torch.distributed`` every rank runs this same code; gradients are all-reduced by
-DDP (so masks are identical on every rank), metrics are all-reduced before reporting, and
-only rank 0 writes files.
+Under ``torch.distributed`` every rank runs this same code; gradients are all-reduced by DDP (so
+masks are identical on every rank), metrics are all-reduced before reporting; only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -36,10 +34,10 @@ from s2ap.config import ExperimentConfig, PhaseConfig
 from s2ap.data import Splits, load_splits
 from s2ap.distributed import DistInfo, ShardedBatches, resolve_device
 from s2ap.errors import ConfigError
-from s2ap.experiment import fast_settings, identity, phases
+from s2ap.experiment import fast_settings, identity, phases, resolved
 from s2ap.io import atomic_write, atomic_write_text
 from s2ap.metrics import hamming
-from s2ap.models import export_state_dict, from_config
+from s2ap.models import export_masks, export_state_dict, from_config, mask_layers
 from s2ap.objectives import build_objective
 from s2ap.probes import Probes
 from s2ap.pruning import PruningMethod, build_method
@@ -70,6 +68,7 @@ class Pipeline:
         progress: bool = False,
         pretrain_cache: str | Path | None = None,
         splits: Splits | None = None,
+        net: nn.Module | None = None,  # a network object to prune instead of building model.name
     ) -> None:
         self.cfg = cfg
         self.dist = DistInfo.current()
@@ -94,7 +93,7 @@ class Pipeline:
         self.model = on_device(
             from_config(
                 cfg.model, num_classes=info.num_classes, in_channels=info.in_channels, image_size=size,
-                mean=info.mean, std=info.std, granularity=self.method.granularity,
+                mean=info.mean, std=info.std, granularity=self.method.granularity, net=net,
             ), self.fast, self.device,
         )  # fmt: skip
         self.method.bind(self.model, (1, info.in_channels, size, size))  # checks + hooks, also on resume
@@ -110,12 +109,13 @@ class Pipeline:
         self.probes = Probes(
             cfg, self.model, self.layers, self.objective, self.splits, self.dist, self.device
         )
-        self.state = RunState(config_hash=self.identity["config_hash"])
+        full = resolved(cfg, info)  # with what the data decided: config.yaml
+        self.state = RunState(config_hash=self.identity["config_hash"], resolved_hash=full.hash())
         self._opt_state: dict[str, Any] | None = None
         if resume_from is not None:
             self._resume(Path(resume_from))
         if self.run_dir is not None and self.is_main:
-            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(full.to_dict(), sort_keys=False))
 
     # ------------------------------------------------------------------ the run, top to bottom
 
@@ -166,7 +166,7 @@ class Pipeline:
             self.method.prepare(self.model)
             self.state.first_mask = {k: v.bool() for k, v in L.masks(self.model).items()}
         if cfg.mask is not None:
-            L.load_masks(self.model, torch.load(cfg.mask, map_location="cpu", weights_only=True))
+            L.load_masks(self.model, mask_layers(self.model, torch.load(cfg.mask, map_location="cpu")))
         elif self.phases.prune > 0:
             L.set_mode(self.model, "scores")
             self._train("prune", cfg, self.method.parameters(self.model))
@@ -195,7 +195,7 @@ class Pipeline:
         self.method.finish_search(self.model)  # e.g. HARP meets its budget exactly
         L.freeze_masks(self.model)
         if self.is_main and self.run_dir is not None:
-            _save_tensors(L.masks(self.model), self.run_dir / "masks.pt")
+            _save_tensors(export_masks(self.model), self.run_dir / "masks.pt")  # keyed as pruned_dense.pt
         # Table 5: the pruned pretrained model before any finetuning.
         metrics = self.probes.test_metrics(autoattack=False)
         for name, measured in (("mask_clean_acc", "clean_acc"), ("mask_robust_acc", "pgd_acc")):
@@ -392,10 +392,11 @@ class Pipeline:
 
     def _resume(self, path: Path) -> None:
         state = RunState.load(path)
-        if state.config_hash != self.state.config_hash:
+        if state.config_hash != self.state.config_hash and state.resolved_hash != self.state.resolved_hash:
             raise ValueError(
                 f"{path} was written by a different config ({state.config_hash} != {self.state.config_hash})"
             )
+        self.identity["config_hash"] = state.config_hash  # also when resumed from the folder's config.yaml
         assert state.model is not None
         self.model.load_state_dict(state.model)
         self.method.load_state_dict(state.method or {})

@@ -36,6 +36,9 @@ class BestMask:
 @dataclass
 class RunState:
     config_hash: str
+    # the hash of the config with what the data decided filled in (config.yaml's): a run
+    # resumed from its folder's config.yaml is the same run
+    resolved_hash: str | None = None
     phase: str = "pretrain"
     epoch: int = 0  # epochs of ``phase`` done
     done: list[str] = field(default_factory=list)

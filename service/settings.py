@@ -34,6 +34,8 @@ variable                   meaning                                              
 ``S2AP_ALLOWED_MODEL_      module prefixes (comma-separated) whose              none: import
 MODULES``                  ``package.module:callable`` models specs may name    paths refused
                            (an import path runs code; read by model_policy)
+``S2AP_ALLOWED_DATA_       module prefixes (comma-separated) whose              none: import
+MODULES``                  ``package.module:callable`` data sets specs may name paths refused
 =========================  ===================================================  ==========
 """
 

@@ -366,7 +366,8 @@ def validate(
         )
     confined = confine_paths(data, root, storage)
     for field, message in model_policy.refused(confined):  # before validation imports anything
-        raise SpecProblem("model_not_allowed", message, field)
+        section = "data" if "data.name" in f".{field}" else "model"
+        raise SpecProblem(f"{section}_not_allowed", message, field)
     try:
         spec = load_spec(confined, nodes=list(nodes) if nodes is not None else None, base_dir=root)
     except ConfigError as exc:

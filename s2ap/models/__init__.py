@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from s2ap.config import ModelConfig
 from s2ap.errors import ConfigError
-from s2ap.layers import PLAIN, LayerFactory, dense_state_dict
-from s2ap.models.external import build_external, is_external, load_checkpoint
+from s2ap.layers import PLAIN, LayerFactory, dense_state_dict, scored_layers
+from s2ap.models.external import build_external, check_output, is_external, load_checkpoint
 from s2ap.models.swap import score_modules
 from s2ap.registry import Registry
 
@@ -90,6 +90,7 @@ def build_model(
     dense_layers: Sequence[str] | None = None,
     kwargs: Mapping[str, Any] | None = None,
     checkpoint: str | Path | None = None,
+    net: nn.Module | None = None,
 ) -> Classifier:
     """The network ``name`` (registered, ``torchvision:``, ``timm:`` or an import path) inside
     the input normalisation, its conv/linear layers scored by module swap when ``masked``.
@@ -105,8 +106,11 @@ def build_model(
             "model.mean",
             f"mean and std need one entry per input channel ({in_channels}), got {len(mean)} and {len(std)}",
         )
-    external = is_external(name)
-    if external:
+    external = net is not None or is_external(name)
+    if net is not None:  # the caller's own network object (s2ap.prune), scored in place
+        check_output(net, name, num_classes, (1, in_channels, image_size, image_size))
+        head_dense = True
+    elif external:
         net = build_external(name, num_classes, in_channels, image_size, kwargs)
         head_dense = True
     else:
@@ -132,9 +136,10 @@ def from_config(
     std: Sequence[float],
     granularity: str = "weight",
     masked: bool = True,
+    net: nn.Module | None = None,
 ) -> Classifier:
     """:func:`build_model` as a run's ``model`` section asks (``mean``/``std``: the data's,
-    unless the section sets its own)."""
+    unless the section sets its own; ``net``: a network object to score instead of building)."""
     return build_model(
         cfg.name,
         num_classes,
@@ -148,6 +153,7 @@ def from_config(
         dense_layers=cfg.dense_layers,
         kwargs=cfg.kwargs,
         checkpoint=cfg.checkpoint,
+        net=net,
     )
 
 
@@ -165,6 +171,29 @@ def export_state_dict(model: nn.Module) -> dict[str, Tensor]:
         return state
     prefix = "net."
     return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _export_prefix(model: nn.Module) -> str:
+    return "net." if getattr(getattr(model, "module", model), "own_export", False) else ""
+
+
+def export_masks(model: nn.Module) -> dict[str, Tensor]:
+    """The masks keyed like :func:`export_state_dict`'s weights (``<layer>.weight``), so that
+    ``state[key] * masks[key]`` lines up; broadcast to the weight's shape."""
+    prefix = _export_prefix(model)
+    return {
+        f"{name.removeprefix(prefix)}.weight": layer.full_mask().detach().cpu()
+        for name, layer in scored_layers(getattr(model, "module", model))
+    }
+
+
+def mask_layers(model: nn.Module, saved: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A saved mask file keyed by ``model``'s layer names: files keyed like the export (this
+    version's ``masks.pt``) and older files keyed by layer name both read."""
+    if not saved or not all(k.endswith(".weight") for k in saved):
+        return dict(saved)  # keyed by layer name (masks.pt before it matched pruned_dense.pt)
+    prefix = _export_prefix(model)
+    return {prefix + k.removesuffix(".weight"): v for k, v in saved.items()}
 
 
 # Importing the architecture modules fills the registry.

@@ -14,10 +14,7 @@ module (``service/model_policy.py``); the library trusts whoever runs it.
 from __future__ import annotations
 
 import difflib
-import importlib
-import inspect
 import logging
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +24,13 @@ import torch
 from torch import nn
 
 from s2ap.errors import ConfigError
+from s2ap.imports import import_callable, named_arguments
+from s2ap.imports import one_line as _one_line
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("torchvision", "timm")
 DATA_ARGUMENTS = ("num_classes", "in_channels", "image_size")
-_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def is_external(name: str) -> bool:
@@ -49,11 +47,6 @@ class ExternalModel:
     # the builder's keyword for each data fact it takes (num_classes -> "num_classes", ...)
     arguments: Mapping[str, str]
     rgb_only: bool = False  # torchvision classifiers take three input channels
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _close(name: str, names: list[str]) -> str:
@@ -103,39 +96,9 @@ def _timm(name: str, target: str) -> ExternalModel:
 
 
 def _import_path(name: str, module_name: str, attribute: str) -> ExternalModel:
-    if not _DOTTED.match(module_name) or not _DOTTED.match(attribute):
-        raise ConfigError(
-            "model.name",
-            f"{name!r} is not a registered model, torchvision:NAME, timm:NAME or package.module:callable",
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise ConfigError(
-                "model.name", f"cannot import module {module_name!r} (not on PYTHONPATH or not installed)"
-            ) from None
-        raise ConfigError("model.name", f"importing {module_name!r} failed: {_one_line(exc)}") from None
-    except Exception as exc:
-        raise ConfigError("model.name", f"importing {module_name!r} failed: {_one_line(exc)}") from None
-    builder: Any = module
-    for part in attribute.split("."):
-        if not hasattr(builder, part):
-            raise ConfigError("model.name", f"module {module_name!r} has no attribute {attribute!r}")
-        builder = getattr(builder, part)
-    if not callable(builder):
-        raise ConfigError("model.name", f"{name!r} is not callable (a {type(builder).__name__})")
-    try:
-        parameters = inspect.signature(builder).parameters
-    except (TypeError, ValueError):
-        parameters = {}  # type: ignore[assignment]
-    takes = {
-        arg: arg
-        for arg in DATA_ARGUMENTS
-        if arg in parameters
-        and parameters[arg].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    }
-    return ExternalModel(name, builder, takes)
+    what = "a registered model, torchvision:NAME, timm:NAME or package.module:callable"
+    builder = import_callable(name, "model.name", what)
+    return ExternalModel(name, builder, {arg: arg for arg in named_arguments(builder, DATA_ARGUMENTS)})
 
 
 def build_external(

@@ -106,7 +106,36 @@ def score_modules(
     for name in scored:
         module = net.get_submodule(name)
         twin, _ = _TWINS[_plain_base(module)]  # type: ignore[index]
+        module._plain_class = type(module)  # for unscore_modules
         module.__class__ = twin
         module._init_scoring(granularity)  # type: ignore[operator]
     log.info("scored %d layers; dense: %s", len(scored), ", ".join(sorted(dense)) or "none")
     return scored
+
+
+# What _init_scoring adds to a layer besides the ``scores`` parameter and ``mask`` buffer.
+_SCORING_ATTRIBUTES = ("granularity", "keep", "mode", "mask_fn", "_cache", "channel_gate", "gate_followers")
+
+
+def unscore_modules(net: nn.Module) -> list[str]:
+    """Undo :func:`score_modules` in place: every scored layer gets its own class back and
+    loses its scores and mask, and the forward hooks a method added on them (marked
+    ``scoring_hook``) go (load the pruned weights afterwards, e.g. from
+    :func:`s2ap.models.export_state_dict`); returns the names of the layers restored."""
+    restored = []
+    for name, module in net.named_modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "scoring_hook", False):  # a method's hook on the scores (channel gates)
+                del module._forward_hooks[key]
+        if not isinstance(module, ScoredLayer):
+            continue
+        plain = module.__dict__.pop("_plain_class", None)
+        if plain is None:
+            plain = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
+        module._parameters.pop("scores", None)
+        module._buffers.pop("mask", None)
+        for attribute in _SCORING_ATTRIBUTES:
+            module.__dict__.pop(attribute, None)
+        module.__class__ = plain
+        restored.append(name)
+    return restored

@@ -385,8 +385,10 @@ class ChannelGate:
     """Forward hook multiplying a module's output by ``layer``'s channel mask.
 
     A class rather than a closure so that a deep copy of the model gates with the copied
-    layer's mask.
+    layer's mask. ``scoring_hook``: :func:`s2ap.models.swap.unscore_modules` removes it.
     """
+
+    scoring_hook = True
 
     def __init__(self, layer: ScoredLayer, channel_last: bool) -> None:
         self.layer = layer

@@ -106,3 +106,33 @@ def test_model_checkpoint_must_stay_in_the_data_dir(
     spec["base"]["model"] = {"name": "cnn", "checkpoint": "/etc/passwd"}
     problem = refused(lambda: validate(spec, root))
     assert problem.code == "path_outside_data_dir" and problem.field == "base.model.checkpoint"
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        lambda name: {"base": {"data": {"name": name}}},
+        lambda name: {"grid": {"data.name": ["digits", name]}},
+    ],
+)
+def test_import_path_data_sets_are_refused_unless_allowed(
+    where: Callable[[str], dict[str, Any]],
+    trap: str,
+    tiny_spec: Callable[..., dict[str, Any]],
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(model_policy.DATA_ENV, raising=False)
+    monkeypatch.setenv(model_policy.ENV, trap)  # allowing it as a model does not allow it as data
+    spec = tiny_spec()
+    for key, value in where(f"{trap}:net").items():
+        spec[key] = {**spec[key], **value} if isinstance(spec.get(key), dict) else value
+    problem = refused(lambda: validate(spec, root))
+    assert problem.code == "data_not_allowed" and problem.field is not None and "data" in problem.field
+    assert f"'{trap}:net' is an import path" in problem.message and model_policy.DATA_ENV in problem.message
+    assert trap not in sys.modules
+    assert model_policy.refusal("torchvision:x", (), "data") is not None  # no library exception for data
+    monkeypatch.setenv(model_policy.DATA_ENV, trap)
+    spec["base"]["data"] = {"name": f"{trap}:net"}
+    spec.pop("grid", None)
+    assert validate(spec, root).spec.base_config().data.name == f"{trap}:net"
