@@ -4,6 +4,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from tests.helpers.net import free_port
+
 # Two torch processes that both use every core slow each other down badly on small
 # machines; tests run single-threaded unless told otherwise.
 torch.set_num_threads(int(os.environ.get("S2AP_TEST_THREADS", "1")))
@@ -12,14 +14,6 @@ torch.set_num_threads(int(os.environ.get("S2AP_TEST_THREADS", "1")))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -31,7 +25,7 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

@@ -123,9 +123,9 @@ def test_no_module_over_the_line_limit(name: str) -> None:
 
 def test_only_the_search_and_one_service_module_touch_ray_and_the_core_no_web() -> None:
     ray_users = sorted(n for n, ts in GRAPH.items() if any(t.split(".")[0] in RAY_MODULES for t in ts))
-    allowed = [n for n in ray_users if n.startswith("s2ap.tune.") or n == "service.ray_cluster"]
+    allowed = [n for n in ray_users if n.startswith("s2ap.tune.") or n == "service.cluster.ray_cluster"]
     assert ray_users == allowed, (
-        f"Ray imported outside s2ap.tune and service.ray_cluster: {sorted(set(ray_users) - set(allowed))}"
+        f"Ray imported outside s2ap.tune and service.cluster.ray_cluster: {sorted(set(ray_users) - set(allowed))}"
     )
     assert (
         any(n.startswith("service.") for n in ray_users)

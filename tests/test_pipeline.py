@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from s2ap.data import load_splits
 from s2ap.experiment import from_dict, with_overrides
 from s2ap.models import build_model
 from s2ap.pipeline import Pipeline, run_experiment
+from tests.helpers.net import free_port
 
 TINY = {
     "seed": 0,
@@ -148,12 +148,6 @@ def test_resume_refuses_state_of_another_config(tmp_path: Path) -> None:
         Pipeline(with_overrides(cfg, {"prune.sparsity": 0.5}), tmp_path, resume_from=tmp_path / "state.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
     import torch.distributed as dist
 
@@ -178,7 +172,7 @@ def test_two_process_ddp_gives_same_masks_as_single_process(tmp_path: Path) -> N
     single.run()
     out = tmp_path / "ddp"
     out.mkdir()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg_dict, str(out)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), cfg_dict, str(out)), nprocs=2, join=True)
     r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     ref = L.masks(single.model)
     for name, mask in ref.items():

@@ -14,6 +14,7 @@ import pytest
 
 from s2ap import pretrain_cache, storage
 from s2ap.errors import ConfigError
+from tests.helpers.net import free_port
 
 # --------------------------------------------------------------------------- checking
 
@@ -141,11 +142,7 @@ def test_probe_names_a_missing_bucket(s3_endpoint: str) -> None:
 
 
 def test_probe_names_an_unreachable_endpoint_quickly(monkeypatch: pytest.MonkeyPatch) -> None:
-    import socket
-
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")

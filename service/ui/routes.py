@@ -3,7 +3,7 @@
 Server-rendered (Jinja2, autoescaped) pages over the same job manager the JSON API uses:
 the jobs list, a submit form, one job with its trials, figures, Orig.-vs-S2AP table and log,
 cancel, downloads. Sign-in trades the service token for a session cookie
-(:mod:`service.ui_session`); every page but the sign-in form redirects there without one,
+(:mod:`service.ui.session`); every page but the sign-in form redirects there without one,
 and every form that changes state carries the session's CSRF token (403 without it). The
 pages work without JavaScript: a few lines of the project's own script only pause the
 auto-refresh while the reader types; nothing loads from another host (the
@@ -30,17 +30,20 @@ from starlette.datastructures import UploadFile
 
 from s2ap import storage
 from s2ap.report.load import ReportError
-from service import ui_forms, ui_plots, ui_session, ui_views
 from service.errors import ApiError
 from service.jobs import JobManager
 from service.progress import TRIALS_FILE
 from service.settings import Settings
 from service.specs import dump_yaml
 from service.store import JobRecord
+from service.ui import forms as ui_forms
+from service.ui import plots as ui_plots
+from service.ui import session as ui_session
+from service.ui import views as ui_views
 
 log = logging.getLogger(__name__)
 
-HERE = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 REFRESH_S = 5

@@ -14,7 +14,7 @@ import yaml
 from service.jobs import JobManager
 from service.settings import Settings
 from service.store import JobStore
-from service.testing import FakeRunner
+from tests.helpers.service import FakeRunner
 
 SPEC: dict[str, Any] = {
     "name": "tiny",

@@ -18,7 +18,7 @@ import yaml
 from service import Settings, create_app
 from service.app import DataDirBusy, open_services
 from service.settings import SettingsError
-from service.testing import FakeRunner, ThreadedServer
+from tests.helpers.service import FakeRunner, ThreadedServer
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "app-test-token"

@@ -25,7 +25,7 @@ import pytest
 from s2ap import results, storage
 from s2ap.tune.results import epochs_schema, to_table, trials_schema
 from service import Settings, create_app
-from service.testing import FakeRunner, ThreadedServer
+from tests.helpers.service import FakeRunner, ThreadedServer
 
 TOKEN = "ui-test-token-3f9a"
 SEARCH = "ui-quick"
