@@ -32,7 +32,7 @@ FLOORS = {
     4: ["s2ap.experiment", "s2ap.train", "s2ap.probes", "s2ap.pretrain_cache"],
     5: ["s2ap.pipeline", "s2ap.state"],
     6: ["s2ap.tune"],
-    7: ["s2ap.run", "s2ap.report"],
+    7: ["s2ap.run", "s2ap.report", "s2ap.config_reference"],
     8: ["service"],
 }  # fmt: skip
 RAY_MODULES = ("ray", "optuna")
