@@ -34,6 +34,7 @@ def tiny(**overrides) -> object:
     return with_overrides(from_dict(TINY), overrides)
 
 
+@pytest.mark.slow  # multi-epoch training
 def test_end_to_end_digits_writes_run_folder(tmp_path: Path) -> None:
     cfg = tiny(
         **{
@@ -84,6 +85,7 @@ def test_end_to_end_digits_writes_run_folder(tmp_path: Path) -> None:
     assert zero_frac >= 0.8 * sum(m.numel() for m in masks.values()) - 1
 
 
+@pytest.mark.slow  # multi-epoch training, twice
 def test_s2ap_off_matches_original_and_warmup_epochs_are_identical(tmp_path: Path) -> None:
     last = {"prune.best_mask": "last"}
     off_a = Pipeline(tiny(**last), tmp_path / "a")
@@ -113,6 +115,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow  # multi-epoch training, twice
 @pytest.mark.parametrize("extra", [{}, {"data.augment": True}], ids=["plain", "augment"])
 def test_resume_after_interruption_gives_the_same_result(extra: dict, tmp_path: Path) -> None:
     """Also with the carried-over perturbation (the default projection) and augmentation."""
@@ -181,6 +184,7 @@ def test_two_process_ddp_gives_same_masks_as_single_process(tmp_path: Path) -> N
     assert r0["final"]["best_mask_epoch"] == single.state.best.epoch
 
 
+@pytest.mark.slow  # multi-epoch training
 def test_nan_loss_stops_with_phase_and_epoch_and_keeps_earlier_epochs(tmp_path: Path) -> None:
     cfg_path = tmp_path / "c.yaml"
     import yaml

@@ -84,7 +84,7 @@ def test_redact_blanks_user_info_and_secret_parameters_in_any_text() -> None:
 # --------------------------------------------------------------------------- files
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])  # s3: moto, the slow tier
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "local":
         return str(tmp_path / "store")

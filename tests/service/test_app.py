@@ -62,6 +62,7 @@ def test_no_token_means_no_start_unless_local_only(tmp_path: Path) -> None:
         Settings.from_env({"S2AP_API_TOKEN": "x", "RAY_ADDRESS": "ray-head:6379"})
 
 
+@pytest.mark.slow  # a python -m service subprocess per case
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SERVICE = Path(__file__).resolve().parents[2] / "service"
 S2AP_ALLOWED = {"s2ap", "s2ap.errors", "s2ap.io", "s2ap.config", "s2ap.cli", "s2ap.storage", "s2ap.tune.spec"}
 # The web page (service/ui/) reads the result tables with the project's
@@ -50,6 +52,7 @@ def test_the_service_uses_only_the_lower_floors_of_s2ap() -> None:
         assert used - readers <= S2AP_ALLOWED, f"service/{module} imports {sorted(used - S2AP_ALLOWED)}"
 
 
+@pytest.mark.slow  # a fresh interpreter importing the page
 def test_the_web_page_and_the_readers_it_uses_import_no_ray() -> None:
     code = (
         "import sys, service.ui.routes, s2ap.report, s2ap.tune.results; "
