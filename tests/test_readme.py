@@ -64,3 +64,23 @@ def test_main_command_installs_and_runs_a_valid_spec() -> None:
     spec_path = ROOT / argv[3]
     assert spec_path.is_file()
     load_spec(spec_path)
+
+
+def test_ci_runs_each_slow_test_once_after_the_fast_tier() -> None:
+    """.ci/run's mark expressions split the slow tier: a test with any combination of marks
+    (ray, browser and s3 imply slow, tests/conftest.py) matches exactly one of them, and a
+    test without slow matches none (the README's command ran it)."""
+    import itertools
+
+    ci = (ROOT / ".ci" / "run").read_text()
+    block = re.search(r"\ntiers=\(\n(.*?)\n\)", ci, re.S)
+    assert block, ".ci/run has no tiers=( ... ) list"
+    tiers = [line.strip().strip('"') for line in block.group(1).splitlines() if line.strip()]
+    assert 'python -m pytest -q -m "$tier"' in ci and '"$status" -ne 5' in ci
+    names = ("slow", "ray", "browser", "s3")
+    for values in itertools.product([False, True], repeat=len(names)):
+        marks = dict(zip(names, values, strict=True))
+        if (marks["ray"] or marks["browser"] or marks["s3"]) and not marks["slow"]:
+            continue  # the conftest adds slow to these
+        hits = [t for t in tiers if eval(t, {"__builtins__": {}}, marks)]  # and / or / not only
+        assert len(hits) == (1 if marks["slow"] else 0), (marks, hits)
