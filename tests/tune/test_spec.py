@@ -192,7 +192,7 @@ def test_shipped_digits_defaults_can_resolve_five_points(where: str) -> None:
     worst = wilson(n // 2, n)  # p = 0.5: the widest interval
     assert (worst.hi - worst.lo) / 2 <= 0.055, f"{where}: {n} headline points"
     if where.endswith("digits_ablation.yaml"):
-        # The README's seed study: gamma fixed in advance, >= 5 seeds x 2 sparsities, Orig. vs S2AP.
+        # The seed study (docs/seed_study.md): gamma fixed in advance, >= 5 seeds x 2 sparsities, Orig. vs S2AP.
         spec = load_spec(path, nodes=None)
         assert not spec.search and spec.scheduler.type == "fifo"
         assert len(spec.grid["seed"]) >= 5 and len(spec.grid["prune.sparsity"]) == 2
