@@ -19,21 +19,11 @@ from service import Settings, create_app
 from service.app import DataDirBusy, open_services
 from service.settings import SettingsError
 from tests.helpers.service import FakeRunner, ThreadedServer
+from tests.helpers.specs import tiny_search
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "app-test-token"
-SPEC = {
-    "name": "tiny",
-    "base": {
-        "data": {"name": "digits", "image_size": 8},
-        "pretrain": {"epochs": 1},
-        "prune": {"epochs": 2},
-        "finetune": {"epochs": 1},
-        "s2ap": {"enabled": True, "warmup_epochs": 1},
-        "eval": {"autoattack": False},
-    },
-    "scheduler": {"type": "fifo"},
-}
+SPEC = tiny_search()
 
 
 @pytest.fixture
