@@ -36,7 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.testing import ServiceProcess, stop_embedded_ray  # noqa: E402
+from tests.helpers.service import ServiceProcess, stop_embedded_ray  # noqa: E402
 
 TOKEN = "bench-token"
 

@@ -2,7 +2,7 @@
 
 ``create_app(settings)`` builds the FastAPI app; ``python -m service`` serves it. The
 service validates specs with :mod:`s2ap.tune.spec` and talks to Ray only through
-:mod:`service.ray_cluster`, its one module that imports Ray; it never trains in its
+:mod:`service.cluster.ray_cluster`, its one module that imports Ray; it never trains in its
 own process.
 """
 

@@ -43,7 +43,7 @@ def _run(args: argparse.Namespace) -> int:
         raise Failure(str(exc)) from None
 
     if args.stop_ray:
-        from service.ray_head import EmbeddedRayHead
+        from service.cluster.ray_head import EmbeddedRayHead
 
         head = EmbeddedRayHead(settings.ray_dir)
         if head.record() is None:

@@ -23,13 +23,14 @@ from fastapi.concurrency import run_in_threadpool
 
 from s2ap import __version__
 from service import errors
+from service.cluster.ray_cluster import RayJobRunner
+from service.cluster.ray_head import EmbeddedRayHead
+from service.cluster.runner import Runner
 from service.jobs import JobManager, default_job_python
-from service.ray_cluster import RayJobRunner
-from service.ray_head import EmbeddedRayHead
-from service.routes import docs, health, jobs, ui
-from service.runner import Runner
+from service.routes import docs, health, jobs
 from service.settings import Settings
 from service.store import JobStore
+from service.ui import routes as ui
 
 log = logging.getLogger(__name__)
 

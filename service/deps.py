@@ -12,9 +12,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.cluster.runner import Runner
 from service.errors import ApiError
 from service.jobs import JobManager
-from service.runner import Runner
 from service.settings import Settings
 
 # Declares the bearer scheme in the OpenAPI schema; the check itself is ours, so a missing

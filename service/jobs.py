@@ -29,9 +29,9 @@ from pathlib import Path
 
 from s2ap import storage
 from s2ap.io import atomic_write_text
+from service.cluster.runner import RAY_TO_STATUS, ClusterUnavailable, Runner, error_from_logs, tail
 from service.errors import ApiError
 from service.progress import TABLES, config_keys, read_progress
-from service.runner import RAY_TO_STATUS, ClusterUnavailable, Runner, error_from_logs, tail
 from service.settings import JOBS_DIR, Settings
 from service.specs import SpecProblem, ValidSpec, dump_yaml, parse_body, validate
 from service.store import TERMINAL, DuplicateIdempotencyKey, JobRecord, JobStore

@@ -55,6 +55,7 @@ def test_bad_values_name_field_and_allowed(data, field, words) -> None:
     assert words in str(info.value)
 
 
+@pytest.mark.slow  # python -m s2ap.run subprocesses (torch import)
 def test_cli_bad_input_one_line_exit_2(tmp_path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("prune:\n  sparsity: 1.5\n")
@@ -83,6 +84,7 @@ def test_cli_bad_input_one_line_exit_2(tmp_path) -> None:
     assert proc.returncode == 2 and "not found" in proc.stderr
 
 
+@pytest.mark.slow  # a python -m s2ap.run subprocess per case (torch import)
 @pytest.mark.parametrize(
     ("setting", "field", "words"),
     [
@@ -118,6 +120,7 @@ def test_method_fidelity_defaults() -> None:
     assert cfg.data.augment is None and cfg.adasap.prune_every == 30
 
 
+@pytest.mark.slow  # a fresh interpreter importing the library
 def test_core_does_not_import_ray_or_fastapi() -> None:
     code = (
         "import sys, s2ap, s2ap.pipeline, s2ap.run, s2ap.report, s2ap.evaluate, s2ap.metrics;"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from s2ap.data import load_splits
 from s2ap.experiment import from_dict, with_overrides
 from s2ap.models import build_model
 from s2ap.pipeline import Pipeline, run_experiment
+from tests.helpers.net import free_port
 
 TINY = {
     "seed": 0,
@@ -34,6 +34,7 @@ def tiny(**overrides) -> object:
     return with_overrides(from_dict(TINY), overrides)
 
 
+@pytest.mark.slow  # multi-epoch training
 def test_end_to_end_digits_writes_run_folder(tmp_path: Path) -> None:
     cfg = tiny(
         **{
@@ -84,6 +85,7 @@ def test_end_to_end_digits_writes_run_folder(tmp_path: Path) -> None:
     assert zero_frac >= 0.8 * sum(m.numel() for m in masks.values()) - 1
 
 
+@pytest.mark.slow  # multi-epoch training, twice
 def test_s2ap_off_matches_original_and_warmup_epochs_are_identical(tmp_path: Path) -> None:
     last = {"prune.best_mask": "last"}
     off_a = Pipeline(tiny(**last), tmp_path / "a")
@@ -113,6 +115,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow  # multi-epoch training, twice
 @pytest.mark.parametrize("extra", [{}, {"data.augment": True}], ids=["plain", "augment"])
 def test_resume_after_interruption_gives_the_same_result(extra: dict, tmp_path: Path) -> None:
     """Also with the carried-over perturbation (the default projection) and augmentation."""
@@ -148,12 +151,6 @@ def test_resume_refuses_state_of_another_config(tmp_path: Path) -> None:
         Pipeline(with_overrides(cfg, {"prune.sparsity": 0.5}), tmp_path, resume_from=tmp_path / "state.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> None:
     import torch.distributed as dist
 
@@ -178,7 +175,7 @@ def test_two_process_ddp_gives_same_masks_as_single_process(tmp_path: Path) -> N
     single.run()
     out = tmp_path / "ddp"
     out.mkdir()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg_dict, str(out)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), cfg_dict, str(out)), nprocs=2, join=True)
     r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     ref = L.masks(single.model)
     for name, mask in ref.items():
@@ -187,6 +184,7 @@ def test_two_process_ddp_gives_same_masks_as_single_process(tmp_path: Path) -> N
     assert r0["final"]["best_mask_epoch"] == single.state.best.epoch
 
 
+@pytest.mark.slow  # multi-epoch training
 def test_nan_loss_stops_with_phase_and_epoch_and_keeps_earlier_epochs(tmp_path: Path) -> None:
     cfg_path = tmp_path / "c.yaml"
     import yaml

@@ -64,3 +64,56 @@ def test_main_command_installs_and_runs_a_valid_spec() -> None:
     spec_path = ROOT / argv[3]
     assert spec_path.is_file()
     load_spec(spec_path)
+
+
+def test_ci_runs_each_slow_test_once_after_the_fast_tier() -> None:
+    """.ci/run's mark expressions split the slow tier: a test with any combination of marks
+    (ray, browser and s3 imply slow, tests/conftest.py) matches exactly one of them, and a
+    test without slow matches none (the README's command ran it)."""
+    import itertools
+
+    ci = (ROOT / ".ci" / "run").read_text()
+    block = re.search(r"\ntiers=\(\n(.*?)\n\)", ci, re.S)
+    assert block, ".ci/run has no tiers=( ... ) list"
+    tiers = [line.strip().strip('"') for line in block.group(1).splitlines() if line.strip()]
+    assert 'python -m pytest -q -m "$tier"' in ci and '"$status" -ne 5' in ci
+    names = ("slow", "ray", "browser", "s3")
+    for values in itertools.product([False, True], repeat=len(names)):
+        marks = dict(zip(names, values, strict=True))
+        if (marks["ray"] or marks["browser"] or marks["s3"]) and not marks["slow"]:
+            continue  # the conftest adds slow to these
+        hits = [t for t in tiers if eval(t, {"__builtins__": {}}, marks)]  # and / or / not only
+        assert len(hits) == (1 if marks["slow"] else 0), (marks, hits)
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's heading anchors of a markdown text (headings inside code blocks are not headings)."""
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    titles = re.findall(r"^#{1,6} (.+)$", prose, re.M)
+    return {re.sub(r"[^\w\- ]", "", t.strip().lower()).replace(" ", "-") for t in titles}
+
+
+def test_every_link_in_the_readme_and_docs_resolves() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        text = page.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.is_file(), f"{page.name} links to a missing {path}"
+            if anchor:
+                assert anchor in _anchors(linked.read_text()), f"{page.name} links to a missing #{anchor}"
+
+
+def test_the_contents_come_first_and_name_every_section() -> None:
+    text = (ROOT / "README.md").read_text()
+    sections = re.findall(r"^## (.+)$", re.sub(r"```.*?```", "", text, flags=re.S), re.M)
+    contents = text.split("**Contents**", 1)[1].split("\n## ", 1)[0]
+    assert text.index("**Contents**") < text.index("## Quick start")
+    for title in sections:
+        slug = re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+        assert f"(#{slug})" in contents, f"the contents list lacks {title!r}"
+    # A newcomer's order: install and run, then their own model and the Python API, then the rest.
+    assert sections[:4] == ["Quick start", "Prune your own model", "Python API", "Tests"]

@@ -25,6 +25,7 @@ TINY = {
 INTERVAL = r"(\d\.\d\d) \[(\d\.\d\d), (\d\.\d\d)\] n=(\d+)"
 
 
+@pytest.mark.slow  # a whole run with AutoAttack
 def test_headline_figures_share_their_points_and_print_their_intervals(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

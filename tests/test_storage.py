@@ -14,6 +14,7 @@ import pytest
 
 from s2ap import pretrain_cache, storage
 from s2ap.errors import ConfigError
+from tests.helpers.net import free_port
 
 # --------------------------------------------------------------------------- checking
 
@@ -83,7 +84,7 @@ def test_redact_blanks_user_info_and_secret_parameters_in_any_text() -> None:
 # --------------------------------------------------------------------------- files
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])  # s3: moto, the slow tier
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "local":
         return str(tmp_path / "store")
@@ -141,11 +142,7 @@ def test_probe_names_a_missing_bucket(s3_endpoint: str) -> None:
 
 
 def test_probe_names_an_unreachable_endpoint_quickly(monkeypatch: pytest.MonkeyPatch) -> None:
-    import socket
-
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")

@@ -20,6 +20,7 @@ def load() -> ModuleType:
     return module
 
 
+@pytest.mark.slow  # an epoch per variant
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_tiny_epoch_reports_every_variant_and_the_s2ap_ratio(tmp_path: Path) -> None:
     out = tmp_path / "figures.json"

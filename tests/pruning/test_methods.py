@@ -119,6 +119,7 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.slow  # multi-epoch training, twice
 @pytest.mark.parametrize(
     "overrides",
     [

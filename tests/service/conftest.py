@@ -14,23 +14,12 @@ import yaml
 from service.jobs import JobManager
 from service.settings import Settings
 from service.store import JobStore
-from service.testing import FakeRunner
+from tests.helpers.service import FakeRunner
+from tests.helpers.specs import GAMMA, tiny_search
 
-SPEC: dict[str, Any] = {
-    "name": "tiny",
-    "base": {
-        "data": {"name": "digits", "image_size": 8, "train_limit": 64},
-        "pretrain": {"epochs": 1},
-        "prune": {"epochs": 2},
-        "finetune": {"epochs": 1},
-        "s2ap": {"enabled": True, "warmup_epochs": 1},
-        "eval": {"autoattack": False},
-    },
-    "grid": {"prune.sparsity": [0.8, 0.9]},
-    "search": {"s2ap.gamma": {"type": "loguniform", "low": 0.001, "high": 0.01}},
-    "num_samples": 2,
-    "scheduler": {"type": "fifo"},
-}
+SPEC: dict[str, Any] = tiny_search(
+    grid={"prune.sparsity": [0.8, 0.9]}, search={"s2ap.gamma": GAMMA}, num_samples=2
+)
 
 
 @pytest.fixture

@@ -18,22 +18,12 @@ import yaml
 from service import Settings, create_app
 from service.app import DataDirBusy, open_services
 from service.settings import SettingsError
-from service.testing import FakeRunner, ThreadedServer
+from tests.helpers.service import FakeRunner, ThreadedServer
+from tests.helpers.specs import tiny_search
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "app-test-token"
-SPEC = {
-    "name": "tiny",
-    "base": {
-        "data": {"name": "digits", "image_size": 8},
-        "pretrain": {"epochs": 1},
-        "prune": {"epochs": 2},
-        "finetune": {"epochs": 1},
-        "s2ap": {"enabled": True, "warmup_epochs": 1},
-        "eval": {"autoattack": False},
-    },
-    "scheduler": {"type": "fifo"},
-}
+SPEC = tiny_search()
 
 
 @pytest.fixture
@@ -62,6 +52,7 @@ def test_no_token_means_no_start_unless_local_only(tmp_path: Path) -> None:
         Settings.from_env({"S2AP_API_TOKEN": "x", "RAY_ADDRESS": "ray-head:6379"})
 
 
+@pytest.mark.slow  # a python -m service subprocess per case
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [

@@ -29,9 +29,9 @@ import yaml
 pd = pytest.importorskip("pandas")
 pytest.importorskip("ray")
 
-from service.ray_cluster import ClusterToken  # noqa: E402
-from service.ray_head import EmbeddedRayHead, session_members  # noqa: E402
-from service.testing import ServiceProcess, stop_embedded_ray  # noqa: E402
+from service.cluster.ray_cluster import ClusterToken  # noqa: E402
+from service.cluster.ray_head import EmbeddedRayHead, session_members  # noqa: E402
+from tests.helpers.service import ServiceProcess, stop_embedded_ray  # noqa: E402
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
@@ -424,7 +424,7 @@ def test_results_before_any_exist_then_cancel_a_running_job(client: httpx.Client
 
 
 def test_duplicate_submission_id_is_detected_not_an_error(data_dir: Path) -> None:
-    from service.ray_cluster import RayJobRunner
+    from service.cluster.ray_cluster import RayJobRunner
 
     head = json.loads((data_dir / "ray" / "head.json").read_text())
     runner = RayJobRunner(head["dashboard_url"], token=head_token(data_dir))

@@ -27,7 +27,7 @@ from schemathesis.checks import CHECKS, load_all_checks  # noqa: E402
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
 from service import Settings, create_app  # noqa: E402
-from service.testing import FakeRunner, ThreadedServer  # noqa: E402
+from tests.helpers.service import FakeRunner, ThreadedServer  # noqa: E402
 
 TOKEN = "fuzz-token"
 

@@ -12,11 +12,11 @@ import yaml
 
 from s2ap import results
 from s2ap.tune.results import to_table, trials_schema
+from service.cluster.runner import ClusterUnavailable, RayJobState
 from service.errors import ApiError
 from service.jobs import SUBMIT_GRACE_S, JobManager
 from service.progress import best_trial
-from service.runner import ClusterUnavailable, RayJobState
-from service.testing import FakeRunner
+from tests.helpers.service import FakeRunner
 
 
 def test_submit_stores_the_resolved_spec_and_runs_the_cli(

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from service import Settings, create_app
-from service.testing import FakeRunner, ThreadedServer
+from tests.helpers.service import FakeRunner, ThreadedServer
 
 TOKEN = "probe-token"
 YAML = {"Content-Type": "application/yaml"}

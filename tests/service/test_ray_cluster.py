@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.ray_cluster import ClusterToken, find_token, head_environment, own_token, read_token
-from service.ray_head import EmbeddedRayHead, HeadRecord, session_members
+from service.cluster.ray_cluster import ClusterToken, find_token, head_environment, own_token, read_token
+from service.cluster.ray_head import EmbeddedRayHead, HeadRecord, session_members
 
 
 @pytest.fixture
@@ -142,8 +142,8 @@ def test_the_embedded_head_listens_on_loopback_only(
     import time
 
     pytest.importorskip("ray")
-    from service.ray_cluster import RayJobRunner
-    from service.testing import listening_sockets
+    from service.cluster.ray_cluster import RayJobRunner
+    from tests.helpers.service import listening_sockets
 
     for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_ADDRESS"):
         monkeypatch.delenv(name, raising=False)

@@ -42,6 +42,7 @@ def test_valid_spec_resolves_paths_into_the_data_dir_and_counts_trials(
     assert again.num_trials() == valid.trials_total
 
 
+@pytest.mark.slow  # a fresh interpreter validating a spec
 def test_validation_does_not_import_ray(tiny_spec: Callable[..., dict[str, Any]], root: Path) -> None:
     import subprocess
 

@@ -14,19 +14,9 @@ pytest.importorskip("ray.tune")
 
 from s2ap.tune.callbacks import LIVE_LOGGER, LiveView, live_view_to  # noqa: E402
 from s2ap.tune.spec import load_spec  # noqa: E402
+from tests.helpers.specs import unit_search  # noqa: E402
 
-SPEC = {
-    "name": "v",
-    "base": {
-        "data": {"name": "digits"},
-        "prune": {"epochs": 4},
-        "s2ap": {"enabled": True, "warmup_epochs": 1},
-    },
-    "grid": {"s2ap.enabled": [False, True]},
-    "search": {"s2ap.gamma": {"type": "loguniform", "low": 0.001, "high": 0.01}},
-    "num_samples": 2,
-    "storage": "/unused",
-}
+SPEC = unit_search(name="v")
 
 
 def trial(trial_id: str, **last: Any) -> Any:

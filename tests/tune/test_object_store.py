@@ -21,6 +21,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from s2ap import storage  # noqa: E402
 from s2ap.tune.__main__ import main  # noqa: E402
+from tests.helpers.net import free_port  # noqa: E402
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,11 +160,7 @@ def test_bad_storage_is_one_line_before_any_trial(
     )
     assert run("ftp://host/p").startswith("error: storage: unknown storage scheme 'ftp://'")
     assert "sup3rsecret" not in run("s3://KEY:sup3rsecret@bucket/p")
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     assert run("s3://bucket/p").startswith(
         f"error: storage: cannot reach the store of 's3://bucket/p' at endpoint http://127.0.0.1:{port}"

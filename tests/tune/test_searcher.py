@@ -14,23 +14,17 @@ from ray.tune.search import Searcher  # noqa: E402
 
 from s2ap.tune.searcher import CellSearcher  # noqa: E402
 from s2ap.tune.spec import load_spec  # noqa: E402
+from tests.helpers.specs import unit_search  # noqa: E402
 
-SPEC = {
-    "name": "s",
-    "base": {
-        "data": {"name": "digits"},
-        "prune": {"epochs": 4},
-        "finetune": {"epochs": 2},
-        "s2ap": {"enabled": True, "warmup_epochs": 1},
-    },
-    "grid": {"s2ap.enabled": [False, True], "prune.sparsity": [0.9, 0.99]},
-    "search": {
+SPEC = unit_search(
+    {"finetune.epochs": 2},
+    grid={"s2ap.enabled": [False, True], "prune.sparsity": [0.9, 0.99]},
+    search={
         "s2ap.gamma": {"type": "loguniform", "low": 0.00075, "high": 0.01},
         "s2ap.warmup_epochs": {"type": "int", "low": 1, "high": 2},
     },
-    "num_samples": 4,
-    "storage": "/unused",
-}
+    num_samples=4,
+)
 
 
 def searcher(seed: int = 0, storage: str | None = None) -> tuple[Any, CellSearcher]:

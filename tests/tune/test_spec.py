@@ -192,13 +192,14 @@ def test_shipped_digits_defaults_can_resolve_five_points(where: str) -> None:
     worst = wilson(n // 2, n)  # p = 0.5: the widest interval
     assert (worst.hi - worst.lo) / 2 <= 0.055, f"{where}: {n} headline points"
     if where.endswith("digits_ablation.yaml"):
-        # The README's seed study: gamma fixed in advance, >= 5 seeds x 2 sparsities, Orig. vs S2AP.
+        # The seed study (docs/seed_study.md): gamma fixed in advance, >= 5 seeds x 2 sparsities, Orig. vs S2AP.
         spec = load_spec(path, nodes=None)
         assert not spec.search and spec.scheduler.type == "fifo"
         assert len(spec.grid["seed"]) >= 5 and len(spec.grid["prune.sparsity"]) == 2
         assert spec.num_trials() == 2 * len(spec.grid["prune.sparsity"]) * len(spec.grid["seed"])
 
 
+@pytest.mark.slow  # a fresh interpreter importing the spec
 def test_spec_module_does_not_import_ray() -> None:
     code = (
         "import sys, s2ap.tune, s2ap.tune.spec, s2ap.tune.results, s2ap.tune.trainable; "
@@ -345,6 +346,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # python -m s2ap.tune subprocesses (torch import)
 def test_cli_bad_input_is_one_line_and_status_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(tiny(scheduler={"type": "asha", "metric": "accuracy"})))

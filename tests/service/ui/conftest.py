@@ -25,25 +25,18 @@ import pytest
 from s2ap import results, storage
 from s2ap.tune.results import epochs_schema, to_table, trials_schema
 from service import Settings, create_app
-from service.testing import FakeRunner, ThreadedServer
+from tests.helpers.service import FakeRunner, ThreadedServer
+from tests.helpers.specs import tiny_search
 
 TOKEN = "ui-test-token-3f9a"
 SEARCH = "ui-quick"
-SPEC: dict[str, Any] = {
-    "name": SEARCH,
-    "base": {
-        "data": {"name": "digits", "image_size": 8, "train_limit": 64},
-        "pretrain": {"epochs": 1},
-        "prune": {"epochs": 3, "sparsity": 0.9},
-        "finetune": {"epochs": 1},
-        "s2ap": {"enabled": True, "warmup_epochs": 1},
-        "eval": {"autoattack": False},
-    },
-    "grid": {"s2ap.enabled": [False, True]},
-    "search": {"s2ap.gamma": {"type": "loguniform", "low": 0.001, "high": 0.02}},
-    "num_samples": 4,
-    "scheduler": {"type": "fifo"},
-}
+SPEC: dict[str, Any] = tiny_search(
+    {"prune.epochs": 3, "prune.sparsity": 0.9},
+    name=SEARCH,
+    grid={"s2ap.enabled": [False, True]},
+    search={"s2ap.gamma": {"type": "loguniform", "low": 0.001, "high": 0.02}},
+    num_samples=4,
+)
 # (trial id, grid cell, gamma, warm-up, status, final val PGD, test clean, test robust)
 TRIALS = [
     ("t0-orig", 0, None, None, "ok", 0.61, 0.90, 0.58),

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from service.store import JobRecord, JobStore
-from service.ui_forms import locate
+from service.ui.forms import locate
 
 ROOT = Path(__file__).resolve().parents[3]
 Service = Any  # tests/service/ui/conftest.py's Service (a conftest cannot be imported)
@@ -62,7 +62,7 @@ def test_without_a_session_every_page_redirects_to_the_sign_in_form(
 
 def test_a_local_only_service_signs_in_without_a_token_but_keeps_csrf(tmp_path: Path) -> None:
     from service import Settings, create_app
-    from service.testing import FakeRunner, ThreadedServer
+    from tests.helpers.service import FakeRunner, ThreadedServer
 
     fake = FakeRunner()
     app = create_app(Settings(local_only=True, data_dir=tmp_path, poll_interval_s=0.05), runner=fake)
@@ -311,7 +311,10 @@ def test_downloads_are_the_tables_and_the_report(service: Service) -> None:
 
 
 def test_the_page_loads_nothing_from_another_host() -> None:
-    files = [*(ROOT / "service" / "templates").glob("*.html"), *(ROOT / "service" / "static").iterdir()]
+    files = [
+        *(ROOT / "service" / "ui" / "templates").glob("*.html"),
+        *(ROOT / "service" / "ui" / "static").iterdir(),
+    ]
     assert files
     for path in files:
         text = path.read_text()
@@ -327,9 +330,11 @@ def test_package_data_ships_every_template_and_static_file() -> None:
     import tomllib
 
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    globs = setuptools["package-data"]["service"]
-    shipped = {p for g in globs for p in (ROOT / "service").glob(g)}
-    on_disk = {p for d in ("templates", "static") for p in (ROOT / "service" / d).rglob("*") if p.is_file()}
+    globs = setuptools["package-data"]["service.ui"]
+    shipped = {p for g in globs for p in (ROOT / "service" / "ui").glob(g)}
+    on_disk = {
+        p for d in ("templates", "static") for p in (ROOT / "service" / "ui" / d).rglob("*") if p.is_file()
+    }
     assert on_disk and on_disk <= shipped, sorted(str(p) for p in on_disk - shipped)
 
 

@@ -3,7 +3,7 @@
 :class:`ServiceProcess` starts ``python -m service`` exactly as a user would (its own
 process, a loopback port, the environment as settings), waits until it serves, and
 stops it with a signal; :func:`stop_embedded_ray` then removes the embedded Ray head a
-service keeps for unfinished jobs. :class:`FakeRunner` is a :class:`~service.runner.Runner`
+service keeps for unfinished jobs. :class:`FakeRunner` is a :class:`~service.cluster.runner.Runner`
 that records jobs instead of running them, for checks of the HTTP layer (fuzzing) that
 must never start a training.
 """
@@ -23,14 +23,9 @@ from typing import Any
 
 import httpx
 
-from service.ray_head import EmbeddedRayHead, session_members
-from service.runner import RayJobState
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from service.cluster.ray_head import EmbeddedRayHead, session_members
+from service.cluster.runner import RayJobState
+from tests.helpers.net import free_port
 
 
 class ThreadedServer:

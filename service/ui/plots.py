@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from service.ui_views import Tables, cell_label
+from service.ui.views import Tables, cell_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -1,9 +1,9 @@
 """What the service needs from a cluster: the :class:`Runner` protocol and plain values.
 
 The jobs layer sees a cluster only through a :class:`Runner`: submit, status, stop, logs,
-nodes. :class:`service.ray_cluster.RayJobRunner` is the one on Ray (and the only part of
+nodes. :class:`service.cluster.ray_cluster.RayJobRunner` is the one on Ray (and the only part of
 the service that imports it); anything else that fits can replace it (tests of the HTTP
-layer that must not start trainings use :class:`service.testing.FakeRunner`).
+layer that must not start trainings use :class:`tests.helpers.service.FakeRunner`).
 """
 
 from __future__ import annotations

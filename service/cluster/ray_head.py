@@ -9,7 +9,7 @@ Why these choices (Ray 2.60 on small machines):
 
 * ``--block`` keeps one process that owns every Ray daemon; SIGTERM to it tears the whole
   node down (and with it each job's driver, which Ray kills when its supervisor dies).
-  The command line and its environment come from :mod:`service.ray_cluster`, the one
+  The command line and its environment come from :mod:`service.cluster.ray_cluster`, the one
   module that knows Ray.
 * every port is picked free and the temp dir is private, so the head never collides with
   another Ray on the same machine (another user's ``ray.init()``, a test's cluster).
@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from s2ap.io import atomic_write_json
-from service.ray_cluster import (
+from service.cluster.ray_cluster import (
     ClusterToken,
     find_token,
     head_environment,

@@ -3,7 +3,8 @@
 Server-rendered (Jinja2, autoescaped) pages over the same job manager the JSON API uses:
 the jobs list, a submit form, one job with its trials, figures, Orig.-vs-S2AP table and log,
 cancel, downloads. Sign-in trades the service token for a session cookie
-(:mod:`service.ui_session`); every page but the sign-in form redirects there without one,
+(:mod:`service.ui.session`); every page but the sign-in form declares it as a dependency
+(:data:`SignedIn`) and redirects there without one,
 and every form that changes state carries the session's CSRF token (403 without it). The
 pages work without JavaScript: a few lines of the project's own script only pause the
 auto-refresh while the reader types; nothing loads from another host (the
@@ -18,10 +19,10 @@ import secrets
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jinja2
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -30,17 +31,20 @@ from starlette.datastructures import UploadFile
 
 from s2ap import storage
 from s2ap.report.load import ReportError
-from service import ui_forms, ui_plots, ui_session, ui_views
 from service.errors import ApiError
 from service.jobs import JobManager
 from service.progress import TRIALS_FILE
 from service.settings import Settings
 from service.specs import dump_yaml
 from service.store import JobRecord
+from service.ui import forms as ui_forms
+from service.ui import plots as ui_plots
+from service.ui import session as ui_session
+from service.ui import views as ui_views
 
 log = logging.getLogger(__name__)
 
-HERE = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 REFRESH_S = 5
@@ -62,6 +66,7 @@ def install(app: FastAPI) -> None:
     """Add the page, its static files and its session table to the app."""
     app.state.ui_sessions = ui_session.Sessions()
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
+    app.add_exception_handler(SignInFirst, _sign_in_first)
     app.include_router(router)
 
 
@@ -82,6 +87,26 @@ def _sessions(request: Request) -> ui_session.Sessions:
 
 def _session(request: Request) -> ui_session.Session | None:
     return _sessions(request).get(request.cookies.get(ui_session.COOKIE))
+
+
+class SignInFirst(Exception):
+    """A page asked for without a session: it answers with the sign-in form."""
+
+
+async def _signed_in(request: Request) -> ui_session.Session:
+    session = _session(request)
+    if session is None:
+        raise SignInFirst
+    return session
+
+
+async def _sign_in_first(request: Request, exc: Exception) -> Response:
+    return _to_login(request)
+
+
+# A page's signed-in session; without one the page redirects to the sign-in form (and back
+# to this page afterwards; a refused form: back to the jobs).
+SignedIn = Annotated[ui_session.Session, Depends(_signed_in)]
 
 
 def _secure(response: Response) -> Response:
@@ -126,25 +151,21 @@ def _error(request: Request, session: ui_session.Session | None, status: int, me
     return _page(request, "error.html", session, status=status, message=message)
 
 
-async def _checked_form(request: Request) -> tuple[ui_session.Session | None, Any, Response | None]:
-    """The session and the form of a state-changing POST, or the response that refuses it:
-    no session -> the sign-in page; no or a wrong CSRF token -> 403."""
-    session = _session(request)
-    if session is None:
-        return None, None, _to_login(request)
+async def _checked_form(request: Request, session: ui_session.Session) -> tuple[Any, Response | None]:
+    """The form of a signed-in session's state-changing POST, or the response that refuses
+    it: no or a wrong CSRF token -> 403."""
     cap = _settings(request).max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > 2 * cap + 65536:
-        return session, None, _error(request, session, 413, f"the form is over the {cap}-byte limit")
+        return None, _error(request, session, 413, f"the form is over the {cap}-byte limit")
     try:
         form = await request.form(max_files=1, max_fields=16, max_part_size=cap + 1)
     except Exception as exc:  # starlette refuses malformed or oversized multipart bodies
-        return session, None, _error(request, session, 400, f"the form could not be read: {exc}")
+        return None, _error(request, session, 400, f"the form could not be read: {exc}")
     offered = form.get(ui_session.CSRF_FIELD)
     if not ui_session.csrf_matches(session, offered if isinstance(offered, str) else None):
         log.warning("refused a %s %s without a valid CSRF token", request.method, request.url.path)
         return (
-            session,
             form,
             _error(
                 request,
@@ -153,7 +174,7 @@ async def _checked_form(request: Request) -> tuple[ui_session.Session | None, An
                 "this form is missing its security token; reload the page and try again",
             ),
         )
-    return session, form, None
+    return form, None
 
 
 def _job(request: Request, job_id: str) -> JobRecord | None:
@@ -191,8 +212,8 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-async def logout(request: Request) -> Response:
-    session, _, refused = await _checked_form(request)
+async def logout(request: Request, session: SignedIn) -> Response:
+    _, refused = await _checked_form(request, session)
     if refused is not None:
         return refused
     _sessions(request).drop(request.cookies.get(ui_session.COOKIE))
@@ -205,10 +226,7 @@ async def logout(request: Request) -> Response:
 
 
 @router.get("", response_class=HTMLResponse)
-async def jobs_page(request: Request, cursor: str | None = None) -> Response:
-    session = _session(request)
-    if session is None:
-        return _to_login(request)
+async def jobs_page(request: Request, session: SignedIn, cursor: str | None = None) -> Response:
     try:
         items, next_cursor = _jobs(request).page(None, cursor, None)
     except ApiError as exc:
@@ -227,16 +245,13 @@ async def jobs_page(request: Request, cursor: str | None = None) -> Response:
 
 
 @router.get("/submit", response_class=HTMLResponse)
-async def submit_form(request: Request) -> Response:
-    session = _session(request)
-    if session is None:
-        return _to_login(request)
+async def submit_form(request: Request, session: SignedIn) -> Response:
     return _page(request, "submit.html", session, key=secrets.token_urlsafe(16), text="", error=None)
 
 
 @router.post("/submit", response_class=HTMLResponse)
-async def submit(request: Request) -> Response:
-    session, form, refused = await _checked_form(request)
+async def submit(request: Request, session: SignedIn) -> Response:
+    form, refused = await _checked_form(request, session)
     if refused is not None:
         return refused
     upload = form.get("file")
@@ -264,10 +279,7 @@ async def submit(request: Request) -> Response:
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-async def job_page(request: Request, job_id: str) -> Response:
-    session = _session(request)
-    if session is None:
-        return _to_login(request)
+async def job_page(request: Request, job_id: str, session: SignedIn) -> Response:
     job = _job(request, job_id)
     if job is None:
         return _error(request, session, 404, f"no job with id {job_id!r}")
@@ -296,10 +308,7 @@ def _log_tail(jobs: JobManager, job: JobRecord) -> tuple[str, str | None]:
 
 
 @router.get("/jobs/{job_id}/cancel", response_class=HTMLResponse)
-async def cancel_confirm(request: Request, job_id: str) -> Response:
-    session = _session(request)
-    if session is None:
-        return _to_login(request)
+async def cancel_confirm(request: Request, job_id: str, session: SignedIn) -> Response:
     job = _job(request, job_id)
     if job is None:
         return _error(request, session, 404, f"no job with id {job_id!r}")
@@ -307,8 +316,8 @@ async def cancel_confirm(request: Request, job_id: str) -> Response:
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel(request: Request, job_id: str) -> Response:
-    session, _, refused = await _checked_form(request)
+async def cancel(request: Request, job_id: str, session: SignedIn) -> Response:
+    _, refused = await _checked_form(request, session)
     if refused is not None:
         return refused
     try:
@@ -322,10 +331,7 @@ async def cancel(request: Request, job_id: str) -> Response:
 
 
 @router.get("/jobs/{job_id}/{table}.parquet")
-async def download_table(request: Request, job_id: str, table: str) -> Response:
-    session = _session(request)
-    if session is None:
-        return _to_login(request)
+async def download_table(request: Request, job_id: str, table: str, session: SignedIn) -> Response:
     if table not in ("trials", "epochs"):
         return _error(request, session, 404, f"no table {table!r}: trials or epochs")
     try:
@@ -339,10 +345,7 @@ async def download_table(request: Request, job_id: str, table: str) -> Response:
 
 
 @router.get("/jobs/{job_id}/report.zip")
-async def download_report(request: Request, job_id: str) -> Response:
-    session = _session(request)
-    if session is None:
-        return _to_login(request)
+async def download_report(request: Request, job_id: str, session: SignedIn) -> Response:
     job = _job(request, job_id)
     if job is None:
         return _error(request, session, 404, f"no job with id {job_id!r}")

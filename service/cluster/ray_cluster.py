@@ -2,7 +2,7 @@
 
 * :class:`ClusterToken`, :func:`find_token`, :func:`own_token`: the token Ray's token
   authentication wants, found where Ray looks for it or made for the embedded head.
-* :class:`RayJobRunner`: the :class:`~service.runner.Runner` on Ray's job submission API.
+* :class:`RayJobRunner`: the :class:`~service.cluster.runner.Runner` on Ray's job submission API.
 * :func:`head_launch`, :func:`head_environment`, :func:`is_head_command`, :func:`head_ready`:
   the ``ray start --head`` the embedded head runs, and how to tell it is up.
 
@@ -42,7 +42,7 @@ import httpx
 
 from s2ap.errors import error_line
 from s2ap.io import atomic_write
-from service.runner import ClusterUnavailable, RayJobState
+from service.cluster.runner import ClusterUnavailable, RayJobState
 
 log = logging.getLogger(__name__)
 
