@@ -22,10 +22,11 @@ def _examples() -> dict[str, Callable[[], BaseException]]:
     from s2ap.tune.trainable import TrialFailed
     from service.app import DataDirBusy
     from service.errors import ApiError
-    from service.runner import ClusterUnavailable
+    from service.cluster.runner import ClusterUnavailable
     from service.settings import SettingsError
     from service.specs import SpecProblem
     from service.store import DuplicateIdempotencyKey
+    from service.ui.routes import SignInFirst
 
     return {
         "ConfigError": lambda: ConfigError("data.root", "no data set found at /nowhere"),
@@ -39,6 +40,7 @@ def _examples() -> dict[str, Callable[[], BaseException]]:
         "SettingsError": lambda: SettingsError("S2AP_PAGE_SIZE: must be an integer"),
         "SpecProblem": lambda: SpecProblem("invalid_spec", "must be > 0", "search.s2ap.gamma"),
         "DuplicateIdempotencyKey": lambda: DuplicateIdempotencyKey("key k"),
+        "SignInFirst": lambda: SignInFirst(),
     }
 
 

@@ -17,7 +17,7 @@ S2AP_ALLOWED = {"s2ap", "s2ap.errors", "s2ap.io", "s2ap.config", "s2ap.cli", "s2
 # The web page (service/ui/) reads the result tables with the project's
 # own readers, so it shows what the report and the search summary show: read-only modules
 # that neither train nor import Ray (checked below by importing them).
-S2AP_READERS = {"s2ap.results", "s2ap.stats", "s2ap.tune.results", "s2ap.report"}
+S2AP_READERS = {"s2ap.results", "s2ap.stats", "s2ap.selection", "s2ap.tune.results", "s2ap.report"}
 
 
 def imported_modules() -> dict[str, set[str]]:
