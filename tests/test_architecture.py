@@ -8,7 +8,7 @@ The floors, lowest first (the README's Architecture section draws the same plan)
 2. layers, models, data, tensor_data, data_files, objectives, attacks, autoattack, distributed
 3. pruning, sharpness, evaluate, metrics
 4. experiment (the registries' checks), train (the one loop), probes, pretrain_cache
-5. pipeline, state
+5. pipeline, state, best_mask
 6. tune: the search on Ray
 7. run, report: the command lines
 8. service: the web service
@@ -30,7 +30,7 @@ FLOORS = {
         "s2ap.attacks", "s2ap.autoattack", "s2ap.distributed"],
     3: ["s2ap.pruning", "s2ap.sharpness", "s2ap.evaluate", "s2ap.metrics"],
     4: ["s2ap.experiment", "s2ap.train", "s2ap.probes", "s2ap.pretrain_cache"],
-    5: ["s2ap.pipeline", "s2ap.state"],
+    5: ["s2ap.pipeline", "s2ap.state", "s2ap.best_mask"],
     6: ["s2ap.tune"],
     7: ["s2ap.run", "s2ap.report"],
     8: ["service"],
