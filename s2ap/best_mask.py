@@ -3,7 +3,8 @@
 * ``train_loss_iter`` (Algorithm 1, lines 13-15): the scores with the lowest robust training
   loss, seen at every iteration before that iteration's update;
 * ``val_robust``: the epoch with the highest validation PGD accuracy;
-* ``last``: the last epoch (also the rule of a method without a search of its own kind).
+* ``last``: the last epoch (also the rule of a method for which ``prune.best_mask`` does not
+  apply: ``best_mask_applies`` is False).
 
 Only scores the method admits are candidates (HARP's before it meets its budget are not);
 when none was, the last epoch's are returned with a warning. The best so far lives in the

@@ -8,7 +8,8 @@ reproduces the uninterrupted run: every epoch reseeds its randomness from (seed,
 epoch), so no random stream depends on how many epochs ran in this process.
 
 Which sharpness-aware perturbation wraps an epoch is the :class:`SharpnessSchedule`'s
-answer, built once from the config; what is measured besides training lives in
+answer, built once from the config; which scores of the search become the mask is the
+:class:`~s2ap.best_mask.BestMaskTracker`'s; what is measured besides training lives in
 :class:`~s2ap.probes.Probes`.
 
 Under ``torch.distributed`` every rank runs this same code; gradients are all-reduced by
@@ -265,6 +266,7 @@ class Pipeline:
                 "lambda_max": sum(lambdas) / len(lambdas) if lambdas else None,
                 "s2ap_active": ctx.perturbation is not None,
                 "perturbed_frac": res.perturbed_frac,
+                "ascent_pass_frac": res.ascent_pass_frac,
                 "lr": lr,
                 "time_s": res.time_s,
             }

@@ -4,10 +4,13 @@ train, the objective, and whether a sharpness-aware perturbation wraps the step.
 One iteration (Algorithm 1 when ``perturbation`` is the score perturbation, Algorithm 2 when
 it is AWP on the kept weights, the plain method when it is None):
 
-    x' = attack(model at p)                        # adversarial batch, crafted once
-    L(p) on x'; grad at p                          # the robust loss that is tracked
-    [p <- p + z]  L(p + z) on x'; grad at p + z    # only with a perturbation
-    [p <- p]      base optimizer step with the last gradient
+    x' = attack(model at p)                          # adversarial batch, crafted once
+    L(p) on x'; grad at p                            # the robust loss that is tracked
+    [p <- p + z_prev] grad at p + z_prev             # algorithm1's carried z, when it matters
+    [p <- p + z]      L(p + z) on x'; grad at p + z  # only with a perturbation
+    [p <- p]          base optimizer step with the last gradient
+
+:class:`Trainer` holds what a phase trains with; :class:`Epoch` is one epoch's context.
 
 Only the pass at ``p`` updates batch-norm running statistics: the passes at perturbed points
 (and the one at a carried-over ``z``, ``s2ap.projection: algorithm1``) run with the batch's own
@@ -45,7 +48,8 @@ class EpochResult:
     n: int
     time_s: float
     perturbation_norms: list[float] = field(default_factory=list)
-    perturbed_frac: float | None = None  # iterations where the perturbation changed the gradient
+    perturbed_frac: float | None = None  # iterations that ran the pass at the perturbed point
+    ascent_pass_frac: float | None = None  # iterations that ran the extra pass at p + z_prev
 
 
 def _global_noise(objective: Objective, x: Tensor, batch_len: int, lo: int) -> Tensor | None:
@@ -119,7 +123,7 @@ class Trainer:
         # step: the divergence check (a finite loss), the per-iteration best mask and the
         # perturbation norms.
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss * n, correct
-        count, perturbed, norms = 0, 0, []
+        count, perturbed, ascents, norms = 0, 0, 0, []
         start = time.perf_counter()
         global_sizes = [len(b) for b in batches.global_batches()]
         iterator = zip(loader, global_sizes, strict=True)
@@ -139,15 +143,18 @@ class Trainer:
             if ctx.perturbation is not None:
                 norms.append(sum(n * n for n in ctx.perturbation.last_norms) ** 0.5)
                 perturbed += int(changed)
+                ascents += int(ctx.perturbation.moved)
             n = y.shape[0]
             sums += torch.stack([loss.double() * n, (logits.argmax(1) == y).sum().double()])
             count += n
             if ctx.on_iteration is not None:
                 ctx.on_iteration(step)
         steps = len(global_sizes)
-        frac = perturbed / steps if ctx.perturbation is not None and steps else None
+        shares = (
+            (perturbed / steps, ascents / steps) if ctx.perturbation is not None and steps else (None, None)
+        )
         loss_sum, correct = sums.tolist()
-        return EpochResult(loss_sum, correct, count, time.perf_counter() - start, norms, frac)
+        return EpochResult(loss_sum, correct, count, time.perf_counter() - start, norms, *shares)
 
     def step(
         self,
@@ -180,9 +187,9 @@ class Trainer:
             if perturbation.to_ascent_point():  # Algorithm 1's carried z: the gradient at s + z_prev
                 self._backward_perturbed(batch, perturbation, "carried-over perturbation's")
             perturbation.climb()  # p + z
-            changed = not perturbation.unchanged
-            if changed:  # else the gradient at p + z is provably the one at p
+            if not perturbation.unchanged:  # else the gradient held is provably the one at p + z
                 self._backward_perturbed(batch, perturbation, "perturbed")
+            changed = perturbation.moved or not perturbation.unchanged  # the step's gradient is not p's
             perturbation.restore()  # back to p, bit for bit; the step uses the last gradient
         self.optimizer.step()
         return loss.detach(), logits.detach(), changed

@@ -62,8 +62,9 @@ class Perturbation:
         self.fingerprint = fingerprint
         self.unchanged = False
         self.last_norms: list[float] = []
+        self.moved = False  # this step's ascent gradient was taken away from p (at p + z_prev)
         self._saved: list[Tensor] | None = None
-        self._before: list[Tensor] | None = None  # the fingerprint at the saved point
+        self._held: list[Tensor] | None = None  # the fingerprint where the gradient in .grad is
         self._away = False  # moved to the ascent point, not yet climbed
 
     def begin(self) -> None:
@@ -109,7 +110,9 @@ class Perturbation:
                 continue
             p.add_(z)
             self.last_norms.append(float(z.norm()))
-        self.unchanged = self._before is not None and _equal(self._before, self.fingerprint())  # type: ignore[misc]
+        # Unchanged: p + z has the fingerprint of the point whose gradient .grad holds (p, or
+        # p + z_prev after to_ascent_point), so that gradient is the one at p + z.
+        self.unchanged = self._held is not None and _equal(self._held, self.fingerprint())  # type: ignore[misc]
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -117,13 +120,14 @@ class Perturbation:
         if self._saved is None:
             raise RuntimeError("restore() called before climb()")
         self._put_back()
-        self._saved, self._before, self._away = None, None, False
+        self._saved, self._held, self._away = None, None, False
 
     def _save(self) -> None:
         if self._saved is not None:
             raise RuntimeError("climb() called twice without restore()")
         self._saved = [p.detach().clone() for p in self.params]
-        self._before = self.fingerprint() if self.fingerprint is not None else None
+        self._held = self.fingerprint() if self.fingerprint is not None else None
+        self.moved = False
 
     def _put_back(self) -> None:
         for p, saved in zip(self.params, self._saved, strict=True):  # type: ignore[arg-type]
@@ -171,10 +175,11 @@ class LayerwisePerturbation(Perturbation):
             if z is not None:
                 p.add_(self._supported(i, z))
                 moved = True
-        if moved and not (self._before is not None and _equal(self._before, self.fingerprint())):  # type: ignore[misc]
+        there = self.fingerprint() if moved and self.fingerprint is not None else None
+        if moved and not (there is not None and _equal(self._held, there)):  # type: ignore[arg-type]
             for p in self.params:
                 p.grad = None
-            self._away = True
+            self._held, self._away, self.moved = there, True, True
             return True
         self._put_back()
         self._away = True  # saved already: climb from here
