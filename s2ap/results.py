@@ -126,8 +126,8 @@ EPOCH_SCHEMA = pa.schema(
         # Share of iterations where the perturbation changed the update; S2AP with a gamma
         # too small to flip any mask entry or score sign changes nothing.
         pa.field("perturbed_frac", pa.float64()),
-        # Share of iterations that took Algorithm 1's ascent gradient again at s + z_prev (the
-        # carried-over z moved a mask entry or a score sign; else the gradient at s was reused).
+        # Share of iterations that took Algorithm 1's ascent gradient at s + z_prev (the carried
+        # z moved a mask entry or a score sign; their pass at s was forward only), else at s.
         pa.field("ascent_pass_frac", pa.float64()),
         pa.field("lr", pa.float64()),
         pa.field("time_s", pa.float64()),

@@ -171,15 +171,19 @@ class Trainer:
         with self.autocast():
             batch = self.objective.craft(inner, x, y, noise)  # x', crafted once at p
         inner.train()
+        # Algorithm 1's carried z_prev: when the ascent gradient is taken at p + z_prev, the
+        # one at p would be overwritten unused, so the pass at p only computes the loss.
+        away = perturbation is not None and perturbation.plan_ascent()
 
         self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
+        with self.autocast(), torch.set_grad_enabled(not away):
             loss, logits = self.objective.loss(self.model, batch)
             extra = self.penalty()
             total = loss if extra is None else loss + extra
         if not math.isfinite(float(loss.detach())):
             raise TrainingDiverged(f"loss is {float(loss.detach())}")
-        total.backward()  # the gradient at p (all-reduced under DDP: z is the same on every rank)
+        if not away:
+            total.backward()  # the gradient at p (all-reduced under DDP: z is the same on every rank)
         if before_update is not None:
             before_update(loss.detach(), int(y.shape[0]))
         changed = False

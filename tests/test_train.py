@@ -202,3 +202,36 @@ def test_the_fast_path_runs_on_cpu_with_autocast_off_and_changes_no_result() -> 
     conv = next(m for m in nhwc.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(nhwc(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_pass_at_s_is_forward_only_when_the_ascent_gradient_is_taken_at_s_plus_z_prev() -> None:
+    """Algorithm 1's carried z: when the ascent gradient is taken at s + z_prev, the gradient
+    at s would be overwritten unused. Skipping its backward changes nothing, bit for bit:
+    the same scores and batch-norm statistics as the full computation, one backward fewer."""
+    torch.manual_seed(0)
+    net = build_model("resnet18", 10, 3, 8, [0.5] * 3, [0.25] * 3)
+    method = build_method(tiny())
+    method.prepare(net)
+    x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    runs = []
+    for shortcut in (True, False):
+        model = copy.deepcopy(net)
+        params = method.parameters(model)
+        for p in model.parameters():
+            p.requires_grad_(any(p is q for q in params))
+        pert = score_perturbation(scored(model), 0.5, "algorithm1", eta=10.0)
+        if not shortcut:  # plan as usual, but always run the backward at s
+            pert.plan_ascent = lambda plan=pert.plan_ascent: plan() and False  # type: ignore[method-assign]
+        trainer = Trainer(model, CLEAN, build_optimizer(params, "sgd", 0.1, 0.9, 0.0))
+        grad_modes: list[bool] = []
+        model.register_forward_hook(lambda *_, modes=grad_modes: modes.append(torch.is_grad_enabled()))
+        moved = []
+        for _ in range(3):
+            trainer.step(x, y, perturbation=pert)
+            moved.append(pert.moved)
+        runs.append(([p.detach().clone() for p in params], _bn_buffers(model), moved, grad_modes))
+    (p0, bn0, moved0, modes0), (p1, bn1, moved1, modes1) = runs
+    assert moved0 == moved1 and moved0[0] is False and any(moved0)  # z_prev flips from step 2 on
+    assert modes0.count(False) == sum(moved0) and False not in modes1  # forward-only passes at s
+    assert all(torch.equal(a, b) for a, b in zip(p0, p1, strict=True))
+    assert all(torch.equal(bn0[k], bn1[k]) for k in bn0)

@@ -88,6 +88,12 @@ class Perturbation:
         support = self.support(i)
         return g if g is None or support is None else g * support
 
+    def plan_ascent(self) -> bool:
+        """Whether this step's ascent gradient is taken away from ``p`` (see
+        :meth:`to_ascent_point`). Asked before the step's first pass: when True, the gradient
+        at ``p`` would be overwritten unused, so that pass need only compute the loss."""
+        return False
+
     @torch.no_grad()
     def to_ascent_point(self) -> bool:
         """Move to where the ascent gradient is taken, when that is not ``p`` itself (a
@@ -122,11 +128,13 @@ class Perturbation:
         self._put_back()
         self._saved, self._held, self._away = None, None, False
 
-    def _save(self) -> None:
+    def _save(self, fingerprint: list[Tensor] | None = None) -> None:
         if self._saved is not None:
             raise RuntimeError("climb() called twice without restore()")
         self._saved = [p.detach().clone() for p in self.params]
-        self._held = self.fingerprint() if self.fingerprint is not None else None
+        if fingerprint is None and self.fingerprint is not None:
+            fingerprint = self.fingerprint()
+        self._held = fingerprint
         self.moved = False
 
     def _put_back(self) -> None:
@@ -152,6 +160,9 @@ class LayerwisePerturbation(Perturbation):
         self.gamma = gamma
         self.reference = reference
         self.projection: Projection = make_projection(projection, eta, len(self.params))
+        # plan_ascent's answer for this step: the fingerprints at p and p + z_prev, and
+        # whether the ascent gradient is taken at p + z_prev.
+        self._plan: tuple[list[Tensor] | None, list[Tensor] | None, bool] | None = None
 
     @property
     def eta(self) -> float:
@@ -167,23 +178,43 @@ class LayerwisePerturbation(Perturbation):
         return t if support is None else t * support
 
     @torch.no_grad()
-    def to_ascent_point(self) -> bool:
+    def plan_ascent(self) -> bool:
+        # Where a carried z_prev changes no mask entry and no score sign, the gradient at
+        # s + z_prev is the one at s (the fingerprint); else the ascent needs its own pass.
         carried = self.projection.carried
-        self._save()
-        moved = False
-        for i, (p, z) in enumerate(zip(self.params, carried or [], strict=False)):
+        self._plan = (None, None, False)
+        if carried is None or all(z is None for z in carried):
+            return False
+        saved = [p.detach().clone() for p in self.params]
+        here = self.fingerprint() if self.fingerprint is not None else None
+        self._move_by(carried)
+        there = self.fingerprint() if self.fingerprint is not None else None
+        for p, s in zip(self.params, saved, strict=True):
+            p.copy_(s)
+        away = here is None or there is None or not _equal(here, there)
+        self._plan = (here, there, away)
+        return away
+
+    @torch.no_grad()
+    def to_ascent_point(self) -> bool:
+        if self._plan is None:
+            self.plan_ascent()
+        here, there, away = self._plan  # type: ignore[misc]
+        self._plan = None
+        self._save(here)
+        self._away = True  # saved already: climb from here
+        if not away:
+            return False
+        self._move_by(self.projection.carried)  # type: ignore[arg-type]
+        for p in self.params:
+            p.grad = None
+        self._held, self.moved = there, True
+        return True
+
+    def _move_by(self, carried: list[Tensor | None]) -> None:
+        for i, (p, z) in enumerate(zip(self.params, carried, strict=True)):
             if z is not None:
                 p.add_(self._supported(i, z))
-                moved = True
-        there = self.fingerprint() if moved and self.fingerprint is not None else None
-        if moved and not (there is not None and _equal(self._held, there)):  # type: ignore[arg-type]
-            for p in self.params:
-                p.grad = None
-            self._held, self._away, self.moved = there, True, True
-            return True
-        self._put_back()
-        self._away = True  # saved already: climb from here
-        return False
 
     def ascent(self) -> Iterator[Tensor | None]:
         grads = [self.gradient(i) for i in range(len(self.params))]
