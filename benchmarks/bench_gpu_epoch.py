@@ -48,7 +48,7 @@ from s2ap.objectives import build_objective
 from s2ap.pruning import build_method
 from s2ap.sharpness import score_perturbation
 from s2ap.tensor_data import CropFlip, DeviceLoader, TensorImageDataset
-from s2ap.train import compiled, train_epoch, train_step
+from s2ap.train import Epoch, Trainer, compiled
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 VARIANTS = {  # name: (amp, channels_last, compile)
@@ -131,7 +131,7 @@ def time_epoch(
         torch.manual_seed(seed)
         sync(device)
         start = time.perf_counter()
-        res = train_epoch(run, loader, batches, objective, optimizer, device, amp=amp)
+        res = Trainer(run, objective, optimizer, device, amp=amp).epoch(loader, batches, Epoch())
         sync(device)
         out[f"{stage}_s"] = time.perf_counter() - start
         out[f"{stage}_steps"] = len(batches)
@@ -167,7 +167,6 @@ def s2ap_ratio(
             if name == "s2ap_always":
                 pert.fingerprint = None  # never skip the second pass
         runs[name] = (model, torch.optim.SGD(scores, lr=cfg.prune.lr, momentum=0.9), pert, [])
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
     batches = FirstBatches(len(data), args.batch, seed=3, limit=args.ratio_iters + 2)
     loader = DeviceLoader(data.images, data.targets, data.scale, batches, device, CropFlip(data))
     for it, (x, y) in enumerate(loader):
@@ -175,7 +174,7 @@ def s2ap_ratio(
             torch.manual_seed(it)
             sync(device)
             start = time.perf_counter()
-            train_step(model, objective, opt, x, y, perturbation=pert, autocast=autocast)
+            Trainer(model, objective, opt, device, amp=amp).step(x, y, perturbation=pert)
             sync(device)
             if it >= 2:  # warm-up iterations
                 times.append(time.perf_counter() - start)

@@ -31,8 +31,8 @@ from s2ap.metrics import hamming
 from s2ap.models import build_model
 from s2ap.objectives import build_objective
 from s2ap.pruning import build_method
-from s2ap.sharpness import LayerwisePerturbation, score_perturbation
-from s2ap.train import build_optimizer, train_step
+from s2ap.sharpness import score_perturbation
+from s2ap.train import Trainer, build_optimizer
 
 PROJECTIONS = ("surface", "algorithm1_reset", "algorithm1")
 
@@ -78,7 +78,7 @@ def main() -> None:
     opt = build_optimizer(weights, "sgd", 0.05, 0.9, 5e-4)
     for _ in range(args.pretrain):
         for x, y in loader:
-            train_step(model, clean, opt, x, y)
+            Trainer(model, clean, opt).step(x, y)
     method = build_method(cfg)
     method.prepare(model)
     start = copy.deepcopy(model)
@@ -100,25 +100,20 @@ def main() -> None:
         opt = build_optimizer(params, "sgd", args.eta, 0.9, 1e-4)
         pert = score_perturbation(layers, args.gamma, projection, args.eta)
         regrads = changed = 0
-        original_climb = pert.climb
+        original = pert.to_ascent_point
 
-        def counting_climb(regrad=None, pert: LayerwisePerturbation = pert, climb=original_climb) -> None:
+        def counting(to_ascent_point=original) -> bool:
             nonlocal regrads
+            moved = to_ascent_point()
+            regrads += int(moved)  # the loop takes the gradient again at s + z_prev
+            return moved
 
-            def counted() -> None:
-                nonlocal regrads
-                regrads += 1
-                assert regrad is not None
-                regrad()
-
-            climb(regrad=counted if regrad is not None else None)
-
-        pert.climb = counting_climb  # type: ignore[method-assign]
+        pert.to_ascent_point = counting  # type: ignore[method-assign]
         ratios: list[list[float]] = [[] for _ in layers]
         torch.manual_seed(2)
         for x, y in batches:
             bounds = [args.gamma * float(layer.scores.detach().norm()) for layer in layers]
-            _, _, did = train_step(net, trades, opt, x, y, torch.zeros_like(x), perturbation=pert)
+            _, _, did = Trainer(net, trades, opt).step(x, y, torch.zeros_like(x), perturbation=pert)
             changed += int(did)
             for i, (norm, bound) in enumerate(zip(pert.last_norms, bounds, strict=True)):
                 ratios[i].append(norm / bound if bound > 0 else 0.0)

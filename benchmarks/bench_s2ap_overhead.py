@@ -25,7 +25,7 @@ from s2ap.models import build_model
 from s2ap.objectives import build_objective
 from s2ap.pruning import build_method
 from s2ap.sharpness import LayerwisePerturbation, score_perturbation
-from s2ap.train import train_step
+from s2ap.train import Trainer
 
 
 def main() -> None:
@@ -78,7 +78,7 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            changed.append(train_step(model, objective, opt, x, y, perturbation=pert)[2])
+            changed.append(Trainer(model, objective, opt, device).step(x, y, perturbation=pert)[2])
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if it >= 3:  # warm-up iterations

@@ -70,15 +70,21 @@ class PGD:
             f"restarts={self.restarts}, loss={self.loss_name!r})"
         )
 
+    def start_noise(self, like: Tensor) -> Tensor | None:
+        """The random start, the one place it is drawn, shaped like ``like``: a small
+        Gaussian for TRADES' KL attack (Zhang et al., 2019), uniform in the eps-ball for
+        Madry et al.'s; None without a random start."""
+        if not self.random_start:
+            return None
+        if self.loss_name == "kl":
+            return 0.001 * torch.randn_like(like)
+        return torch.empty_like(like).uniform_(-self.eps, self.eps)
+
     def _start(self, x: Tensor, noise: Tensor | None) -> Tensor:
         if not self.random_start:
             return x.clone()
         if noise is None:
-            noise = (
-                0.001 * torch.randn_like(x)
-                if self.loss_name == "kl"
-                else torch.empty_like(x).uniform_(-self.eps, self.eps)
-            )
+            noise = self.start_noise(x)
         return (x + noise).clamp(0.0, 1.0)
 
     def perturb_once(self, model: nn.Module, x: Tensor, y: Tensor, noise: Tensor | None = None) -> Tensor:

@@ -291,6 +291,8 @@ def to_dict(obj: Any) -> Any:
         return [to_dict(v) for v in obj]
     if isinstance(obj, Mapping):
         return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, str):
+        return str(obj)  # a plain str, also for str subclasses (a storage.Location)
     return obj
 
 

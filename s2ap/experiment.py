@@ -90,7 +90,9 @@ def load(path: str | Path, overrides: Iterable[str] = ()) -> ExperimentConfig:
 
 
 def with_overrides(cfg: ExperimentConfig, overrides: Mapping[str, Any] | Iterable[str]) -> ExperimentConfig:
-    return check(changed(cfg, overrides))
+    """``cfg`` (checked) with ``overrides`` set, checked, unless they changed nothing."""
+    out = changed(cfg, overrides)
+    return cfg if out == cfg else check(out)
 
 
 def method_class(cfg: ExperimentConfig) -> type[PruningMethod]:

@@ -7,8 +7,10 @@ is called with that epoch's metrics and the state file. Resuming from such a sta
 reproduces the uninterrupted run: every epoch reseeds its randomness from (seed, phase,
 epoch), so no random stream depends on how many epochs ran in this process.
 
-Which sharpness-aware perturbation wraps an epoch is the :class:`SharpnessSchedule`'s answer,
-built once from the config; what is measured besides training lives in :class:`~s2ap.probes.Probes`.
+Which sharpness-aware perturbation wraps an epoch is the :class:`SharpnessSchedule`'s
+answer, built once from the config; which scores of the search become the mask is the
+:class:`~s2ap.best_mask.BestMaskTracker`'s; what is measured besides training lives in
+:class:`~s2ap.probes.Probes`.
 
 Under ``torch.distributed`` every rank runs this same code; gradients are all-reduced by DDP (so
 masks are identical on every rank), metrics are all-reduced before reporting; only rank 0 writes files.
@@ -30,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from s2ap import layers as L
 from s2ap import pretrain_cache as pcache
 from s2ap import results, storage
+from s2ap.best_mask import BestMaskTracker
 from s2ap.config import ExperimentConfig, PhaseConfig
 from s2ap.data import Splits, load_splits
 from s2ap.distributed import DistInfo, ShardedBatches, resolve_device
@@ -43,9 +46,9 @@ from s2ap.probes import Probes
 from s2ap.pruning import PruningMethod, build_method
 from s2ap.seeding import derive_seed
 from s2ap.sharpness import SharpnessSchedule
-from s2ap.state import BestMask, RunState
+from s2ap.state import RunState
 from s2ap.tensor_data import device_loader
-from s2ap.train import build_optimizer, build_scheduler, compiled, on_device, train_epoch
+from s2ap.train import Epoch, Trainer, build_optimizer, build_scheduler, compiled, no_penalty, on_device
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +87,10 @@ class Pipeline:
         self.fast = fast_settings(cfg, self.device.type)  # bf16, channels_last, compile
         # Every row of this run starts with the same identity columns.
         self.identity = {**identity(cfg, self.device.type), "code_version": results.code_version()}
-
         self.splits = splits if splits is not None else load_splits(cfg.data, cfg.seed)
-        info = self.splits.info
+
         self.method: PruningMethod = build_method(cfg)
-        torch.manual_seed(derive_seed(cfg.seed, "init"))
-        size = cfg.data.image_size or info.image_size
-        self.model = on_device(
-            from_config(
-                cfg.model, num_classes=info.num_classes, in_channels=info.in_channels, image_size=size,
-                mean=info.mean, std=info.std, granularity=self.method.granularity, net=net,
-            ), self.fast, self.device,
-        )  # fmt: skip
-        self.method.bind(self.model, (1, info.in_channels, size, size))  # checks + hooks, also on resume
+        self.model = self._build_model(net)
         self.layers = [layer for _, layer in L.scored_layers(self.model)]
         self.objective = build_objective(cfg.objective, cfg.attack)
         self.schedule = SharpnessSchedule(
@@ -109,13 +103,33 @@ class Pipeline:
         self.probes = Probes(
             cfg, self.model, self.layers, self.objective, self.splits, self.dist, self.device
         )
-        full = resolved(cfg, info)  # with what the data decided: config.yaml
+        full = resolved(cfg, self.splits.info)  # with what the data decided: config.yaml
         self.state = RunState(config_hash=self.identity["config_hash"], resolved_hash=full.hash())
-        self._opt_state: dict[str, Any] | None = None
         if resume_from is not None:
             self._resume(Path(resume_from))
+        self.best = BestMaskTracker(cfg, self.method, self.layers, self.state, self.dist, self.device)
         if self.run_dir is not None and self.is_main:
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(full.to_dict(), sort_keys=False))
+
+    def _build_model(self, net: nn.Module | None = None) -> nn.Module:
+        """The masked network (``net`` scored in place, else built), seeded, on the device,
+        bound to the pruning method."""
+        info, cfg = self.splits.info, self.cfg
+        size = cfg.data.image_size or info.image_size
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        model = from_config(
+            cfg.model,
+            num_classes=info.num_classes,
+            in_channels=info.in_channels,
+            image_size=size,
+            mean=info.mean,
+            std=info.std,
+            granularity=self.method.granularity,
+            net=net,
+        )
+        model = on_device(model, self.fast, self.device)
+        self.method.bind(model, (1, info.in_channels, size, size))  # checks + hooks, also on resume
+        return model
 
     # ------------------------------------------------------------------ the run, top to bottom
 
@@ -130,15 +144,17 @@ class Pipeline:
             if name in self.state.done:
                 continue
             if self.state.enter(name):
-                self._opt_state = None
+                # A new phase starts its optimizer afresh; a resumed one continues its own.
+                self.state.optimizer = self.state.scheduler = None
             self.state.wall_time_s = time.perf_counter() - start
             phase()
             self.state.done.append(name)
             self.state.wall_time_s = time.perf_counter() - start
             self._save_state()
-        final = self._final_row(time.perf_counter() - start)
+        wall = time.perf_counter() - start
+        final = self.state.final_row(self.identity, self.cfg.s2ap, L.density(self.model)[0], wall)
         if self.is_main and self.run_dir is not None:
-            results.write_rows([final], results.RUN_SCHEMA, self.run_dir / "final.parquet")
+            results.write_rows([final], results.RUN_SCHEMA, self.run_dir / results.FINAL_FILE)
         return final
 
     def pretrain(self) -> None:
@@ -161,36 +177,16 @@ class Pipeline:
 
     def prune(self) -> None:
         """The mask: given, or searched (with S2AP after its warm-up), then frozen."""
-        cfg, s2ap = self.cfg.prune, self.cfg.s2ap
         if self.state.epoch == 0 and self.state.first_mask is None:
             self.method.prepare(self.model)
             self.state.first_mask = {k: v.bool() for k, v in L.masks(self.model).items()}
-        if cfg.mask is not None:
-            L.load_masks(self.model, mask_layers(self.model, torch.load(cfg.mask, map_location="cpu")))
+        if self.cfg.prune.mask is not None:
+            saved = torch.load(self.cfg.prune.mask, map_location="cpu", weights_only=True)
+            L.load_masks(self.model, mask_layers(self.model, saved))
         elif self.phases.prune > 0:
             L.set_mode(self.model, "scores")
-            self._train("prune", cfg, self.method.parameters(self.model))
-            if self.state.best is None:  # no admissible candidate (HARP never met its budget)
-                log.warning(
-                    "no pruning epoch was admissible under best_mask=%r: returning the last one",
-                    cfg.best_mask,
-                )
-                self._keep_best(float("inf"), self.phases.prune - 1, fallback=True)
-            best = self.state.best
-            assert best is not None
-            with torch.no_grad():
-                for layer, scores in zip(self.layers, best.scores, strict=True):
-                    layer.scores.copy_(scores)
-            self.method.load_state_dict(best.method or {})  # e.g. HARP's rates of that epoch
-            if s2ap.enabled and best.epoch < s2ap.warmup_epochs:
-                log.warning(
-                    "the returned mask comes from pruning epoch %d, before S2AP began at epoch %d: "
-                    "no S2AP epoch beat it under best_mask=%r, so this run's mask is the plain "
-                    "method's",
-                    best.epoch,
-                    s2ap.warmup_epochs,
-                    cfg.best_mask,
-                )
+            self._train("prune", self.cfg.prune, self.method.parameters(self.model))
+            self.best.restore(last_epoch=self.phases.prune - 1)
             self.state.final.update(self.probes.loss_differences())
         self.method.finish_search(self.model)  # e.g. HARP meets its budget exactly
         L.freeze_masks(self.model)
@@ -225,39 +221,43 @@ class Pipeline:
 
     def _train(self, phase: str, cfg: PhaseConfig, params: list[nn.Parameter]) -> None:
         self._set_trainable(params)
-        model = compiled(self.dist.wrap(self.model, self.device), self.fast["compile"])
         optimizer = build_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
         scheduler = build_scheduler(optimizer, cfg.schedule, cfg.epochs)
-        if self._opt_state is not None and self._opt_state.get("optimizer") is not None:
-            optimizer.load_state_dict(self._opt_state["optimizer"])
-            scheduler.load_state_dict(self._opt_state["scheduler"])
-        self._opt_state = None
+        if self.state.optimizer is not None:  # resumed inside this phase: continue its optimizer
+            optimizer.load_state_dict(self.state.optimizer)
+            scheduler.load_state_dict(self.state.scheduler)
         n_train = len(self.splits.train)  # type: ignore[arg-type]
         batches = ShardedBatches(n_train, self.cfg.data.batch_size, shuffle=True, dist_info=self.dist)
         loader = self._loader(self.splits.train, batches)
-        penalty = (lambda: self.method.penalty(self.model)) if phase == "prune" else (lambda: None)
+        trainer = Trainer(
+            compiled(self.dist.wrap(self.model, self.device), self.fast["compile"]),
+            self.objective,
+            optimizer,
+            self.device,
+            # Only the search adds the method's own term (HARP's budget penalty).
+            penalty=(lambda: self.method.penalty(self.model)) if phase == "prune" else no_penalty,
+            amp=self.fast["amp"],
+        )
         steps = len(batches.global_batches())
 
         for epoch in range(self.state.epoch, cfg.epochs):
+            # Every random stream from (seed, phase, epoch): a resumed run repeats this epoch.
             torch.manual_seed(derive_seed(self.cfg.seed, phase, epoch))
             batches.set_seed(derive_seed(self.cfg.seed, "data", phase, epoch))
             self.splits.seed_training(derive_seed(self.cfg.seed, "augment", phase, epoch))
-            perturbation = self.schedule.for_epoch(phase, epoch)
+            ctx = Epoch(phase, epoch, self.schedule.for_epoch(phase, epoch), progress=self.progress)
             lambdas: list[float] = []
-            hook, before_update = self._iteration_hooks(phase, epoch, steps, lambdas)
+            if phase == "prune":
+                ctx.on_iteration = self._search_iteration(epoch, steps, lambdas)
+                ctx.before_update = self.best.per_iteration(epoch)
             lr = optimizer.param_groups[0]["lr"]
-            res = train_epoch(
-                model, loader, batches, self.objective, optimizer, self.device,
-                perturbation=perturbation, penalty=penalty, on_iteration=hook, before_update=before_update,
-                phase=phase, epoch=epoch, progress=self.progress, amp=self.fast["amp"],
-            )  # fmt: skip
+            res = trainer.epoch(loader, batches, ctx)
             scheduler.step()
+
             loss_sum, correct, n = self.dist.all_reduce_sum([res.loss_sum, res.correct, res.n], self.device)
             val_clean, val_pgd, val_n = self.probes.validate()
             row: dict[str, Any] = {
-                "config_hash": self.identity["config_hash"],
-                "seed": self.cfg.seed,
-                "code_version": self.identity["code_version"],
+                **{column.name: self.identity[column.name] for column in results.IDENTITY},
                 "phase": phase,
                 "epoch": epoch,
                 "train_loss": loss_sum / max(n, 1),
@@ -268,23 +268,22 @@ class Pipeline:
                 "val_pgd_acc_n": val_n,
                 "hamming": None,
                 "lambda_max": sum(lambdas) / len(lambdas) if lambdas else None,
-                "s2ap_active": perturbation is not None,
+                "s2ap_active": ctx.perturbation is not None,
                 "perturbed_frac": res.perturbed_frac,
+                "ascent_pass_frac": res.ascent_pass_frac,
                 "lr": lr,
                 "time_s": res.time_s,
             }
             if phase == "prune":
                 self.method.on_epoch_end(self.model, epoch)
-                self._after_prune_epoch(epoch, row)
+                assert self.state.first_mask is not None
+                current = {k: v.bool() for k, v in L.masks(self.model).items()}
+                row["hamming"] = hamming(self.state.first_mask, current)
+                self.best.end_epoch(epoch, val_pgd)
             self._end_epoch(row, optimizer, scheduler, cfg.epochs)
 
-    def _iteration_hooks(
-        self, phase: str, epoch: int, steps: int, lambdas: list[float]
-    ) -> tuple[Callable[[int], None] | None, Callable[[torch.Tensor, int], None] | None]:
-        """Per-iteration work of a pruning epoch: lambda_max, the method's own hook, and the
-        per-iteration best mask (``train_loss_iter``: Algorithm 1, lines 13-15)."""
-        if phase != "prune":
-            return None, None
+    def _search_iteration(self, epoch: int, steps: int, lambdas: list[float]) -> Callable[[int], None]:
+        """After each search step: lambda_max now and then, and the method's own hook."""
         lam = self.probes.lambda_max_hook(lambdas)
 
         def on_iteration(step: int) -> None:
@@ -292,56 +291,28 @@ class Pipeline:
                 lam(step)
             self.method.on_iteration(self.model, epoch, step, steps)
 
-        if self._best_rule != "train_loss_iter":
-            return on_iteration, None
-        seen = [0]
-
-        def before_update(loss: torch.Tensor, n: int) -> None:
-            # The robust loss of the scores as they are now, before this iteration's update.
-            total, count = self.dist.all_reduce_sum([float(loss) * n, n], self.device)
-            iteration, seen[0] = seen[0], seen[0] + 1
-            self._keep_best(total / max(count, 1), epoch, iteration)
-
-        return on_iteration, before_update
-
-    def _keep_best(
-        self, score: float, epoch: int, iteration: int | None = None, fallback: bool = False
-    ) -> None:
-        """Copy the current scores when the method admits them and they beat the best so far
-        (lower is better); ``fallback`` keeps them regardless."""
-        best = self.state.best
-        if not fallback and (not self.method.admissible() or (best is not None and not score < best.score)):
-            return
-        scores = [layer.scores.detach().clone().cpu() for layer in self.layers]
-        self.state.best = BestMask(score, epoch, scores, self.method.state_dict(), iteration)
-
-    def _after_prune_epoch(self, epoch: int, row: dict[str, Any]) -> None:
-        """The mask's distance to the first one, and whether these scores are the best yet."""
-        assert self.state.first_mask is not None
-        current = {k: v.bool() for k, v in L.masks(self.model).items()}
-        row["hamming"] = hamming(self.state.first_mask, current)
-        rule = self._best_rule
-        if rule != "train_loss_iter":
-            self._keep_best(-row["val_pgd_acc"] if rule == "val_robust" else -epoch, epoch)
+        return on_iteration
 
     def _end_epoch(self, row: dict[str, Any], optimizer: Any, scheduler: Any, epochs: int) -> None:
         self.state.rows.append(row)
         self.state.epoch = int(row["epoch"]) + 1
         path = self._save_state(optimizer, scheduler)
         if self.is_main and self.run_dir is not None:
-            results.write_rows(self.state.rows, results.EPOCH_SCHEMA, self.run_dir / "epochs.parquet")
+            results.write_rows(self.state.rows, results.EPOCH_SCHEMA, self.run_dir / results.EPOCHS_FILE)
         log.info(
             "%s epoch %d/%d: loss %.4f acc %.3f val clean %.3f val pgd %.3f%s (%.1fs)",
-            row["phase"], row["epoch"] + 1, epochs, row["train_loss"], row["train_acc"],
-            row["val_clean_acc"], row["val_pgd_acc"],
-            f" hamming {row['hamming']:.4f}" if row["hamming"] is not None else "", row["time_s"],
-        )  # fmt: skip
+            row["phase"],
+            row["epoch"] + 1,
+            epochs,
+            row["train_loss"],
+            row["train_acc"],
+            row["val_clean_acc"],
+            row["val_pgd_acc"],
+            f" hamming {row['hamming']:.4f}" if row["hamming"] is not None else "",
+            row["time_s"],
+        )
         if self.reporter is not None:
             self.reporter(dict(row, global_epoch=len(self.state.rows)), path)
-
-    @property
-    def _best_rule(self) -> str:
-        return self.cfg.prune.best_mask if self.method.best_mask_applies else "last"
 
     def _loader(self, dataset: Dataset, batches: ShardedBatches) -> Iterable:
         """On CUDA a training set that fits stays there as uint8, augmented on the device."""
@@ -391,6 +362,8 @@ class Pipeline:
         return self.state.save(self.state_path)
 
     def _resume(self, path: Path) -> None:
+        """The run state of ``path``; its optimizer state stays in it until the phase's
+        :meth:`_train` continues from it."""
         state = RunState.load(path)
         if state.config_hash != self.state.config_hash and state.resolved_hash != self.state.resolved_hash:
             raise ValueError(
@@ -401,7 +374,6 @@ class Pipeline:
         self.model.load_state_dict(state.model)
         self.method.load_state_dict(state.method or {})
         self.schedule.load_state_dict(state.sharpness or {})
-        self._opt_state = {"optimizer": state.optimizer, "scheduler": state.scheduler}
         self.state = state
         # The layers' python-side mode is not in the state dict: rebuild it from the phase.
         if "prune" in state.done or state.phase in ("finetune", "evaluate"):
@@ -411,31 +383,6 @@ class Pipeline:
             L.set_keep(self.model, self.method.keep)
             L.set_mode(self.model, "scores")
         log.info("resumed from %s at phase %s epoch %d", path, state.phase, state.epoch)
-
-    def _final_row(self, wall: float) -> dict[str, Any]:
-        final, s2ap = self.state.final, self.cfg.s2ap
-        best_epoch = self.state.best_epoch
-        density, _ = L.density(self.model)
-        metrics = (
-            "compact_params", "compact_flops", "flops_reduction", "gradient_masking", "robust_attack",
-            "mask_robust_attack", *results.ACCURACIES, *(f"{name}_n" for name in results.ACCURACIES),
-        )  # fmt: skip
-        return results.with_intervals({
-            **self.identity,
-            "status": "ok",
-            "error": None,
-            "density": density,
-            **{key: final.get(key) for key in metrics},
-            "best_mask_epoch": best_epoch,
-            "best_mask_before_s2ap": s2ap.enabled
-            and best_epoch is not None
-            and best_epoch < s2ap.warmup_epochs,
-            "hamming": self.state.curve("hamming"),
-            "lambda_max": [v for v in self.state.curve("lambda_max") if v is not None],
-            "loss_diff_rho": final.get("loss_diff_rho", []),
-            "loss_diff": final.get("loss_diff", []),
-            "wall_time_s": wall,
-        })  # fmt: skip
 
 
 def run_experiment(

@@ -26,6 +26,14 @@ from s2ap import __version__
 from s2ap.io import atomic_write
 from s2ap.stats import accuracy_interval, describe
 
+# The tables' file names, spelled here only: a run folder holds FINAL_FILE and EPOCHS_FILE,
+# a search's folder TRIALS_FILE (one row per trial) and EPOCHS_FILE (every trial's epochs).
+FINAL_FILE = "final.parquet"
+EPOCHS_FILE = "epochs.parquet"
+TRIALS_FILE = "trials.parquet"
+
+# A trials row holds the whole flattened config (``s2ap.gamma``: the configured value) and the
+# run's identity (``gamma``: null when S2AP is off); readers take the identity column.
 IDENTITY = [
     pa.field("config_hash", pa.string(), nullable=False),
     pa.field("seed", pa.int64(), nullable=False),
@@ -118,6 +126,9 @@ EPOCH_SCHEMA = pa.schema(
         # Share of iterations where the perturbation changed the update; S2AP with a gamma
         # too small to flip any mask entry or score sign changes nothing.
         pa.field("perturbed_frac", pa.float64()),
+        # Share of iterations that took Algorithm 1's ascent gradient at s + z_prev (the carried
+        # z moved a mask entry or a score sign; their pass at s was forward only), else at s.
+        pa.field("ascent_pass_frac", pa.float64()),
         pa.field("lr", pa.float64()),
         pa.field("time_s", pa.float64()),
     ]
@@ -176,6 +187,16 @@ def with_intervals(row: Mapping[str, Any]) -> dict[str, Any]:
 def describe_accuracy(row: Mapping[str, Any], name: str, label: str) -> str:
     """A row's accuracy ``name`` as the CLIs print it: ``AutoAttack 0.81 [0.57, 0.93] n=16``."""
     return describe(label, row.get(name), row.get(f"{name}_lo"), row.get(f"{name}_hi"), row.get(f"{name}_n"))
+
+
+def format_gamma(gamma: float) -> str:
+    """S2AP's gamma as every table and page shows it: 4 significant digits (``0.0125``)."""
+    return f"{gamma:.4g}"
+
+
+def gamma_choice(gamma: float, tried: int) -> str:
+    """The note beside a selected S2AP result: which gamma, chosen among how many."""
+    return f" [γ={format_gamma(gamma)} of {tried}]"
 
 
 def code_version() -> str:

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from s2ap import results
+from s2ap.config import S2APConfig
 from s2ap.io import atomic_write
 
 
@@ -62,6 +64,33 @@ class RunState:
     @property
     def best_epoch(self) -> int | None:
         return None if self.best is None else self.best.epoch
+
+    def final_row(
+        self, identity: dict[str, Any], s2ap: S2APConfig, density: float, wall: float
+    ) -> dict[str, Any]:
+        """The run's row of ``final.parquet``: its identity, what the phases measured (in
+        :attr:`final`), the search's curves and which epoch's mask it returned."""
+        final, best_epoch = self.final, self.best_epoch
+        measured = ["compact_params", "compact_flops", "flops_reduction", "gradient_masking"]
+        measured += ["robust_attack", "mask_robust_attack", *results.ACCURACIES]
+        measured += [f"{name}_n" for name in results.ACCURACIES]
+        before_s2ap = s2ap.enabled and best_epoch is not None and best_epoch < s2ap.warmup_epochs
+        return results.with_intervals(
+            {
+                **identity,
+                "status": "ok",
+                "error": None,
+                "density": density,
+                **{key: final.get(key) for key in measured},
+                "best_mask_epoch": best_epoch,
+                "best_mask_before_s2ap": before_s2ap,
+                "hamming": self.curve("hamming"),
+                "lambda_max": [v for v in self.curve("lambda_max") if v is not None],
+                "loss_diff_rho": final.get("loss_diff_rho", []),
+                "loss_diff": final.get("loss_diff", []),
+                "wall_time_s": wall,
+            }
+        )
 
     def enter(self, phase: str) -> bool:
         """Move to ``phase`` (epoch 0) unless the run is already in it; True if it moved."""

@@ -67,10 +67,23 @@ def redact(text: str) -> str:
     return _URI_IN_TEXT.sub(blank, text)
 
 
-def check(where: str | Path, field: str) -> str:
+class Location(str):
+    """A location parsed where it entered (:func:`check`): a normalised URI without
+    credentials or an absolute local path. It is a ``str`` everywhere else; :func:`check`
+    passes one through untouched, so nothing downstream validates it again."""
+
+    __slots__ = ()
+
+
+def check(where: str | Path, field: str) -> Location:
     """A location as the tool keeps it: a URI checked (known scheme, no credentials) and
     normalised, a local path made absolute. Bad input is a :class:`ConfigError` on ``field``."""
-    text = str(where)
+    if isinstance(where, Location):
+        return where
+    return Location(_parse(str(where), field))
+
+
+def _parse(text: str, field: str) -> str:
     if not text:
         raise ConfigError(field, "expected a folder path or a URI like s3://bucket/prefix, got ''")
     if not is_uri(text):

@@ -4,10 +4,13 @@ train, the objective, and whether a sharpness-aware perturbation wraps the step.
 One iteration (Algorithm 1 when ``perturbation`` is the score perturbation, Algorithm 2 when
 it is AWP on the kept weights, the plain method when it is None):
 
-    x' = attack(model at p)                        # adversarial batch, crafted once
-    L(p) on x'; grad at p                          # the robust loss that is tracked
-    [p <- p + z]  L(p + z) on x'; grad at p + z    # only with a perturbation
-    [p <- p]      base optimizer step with the last gradient
+    x' = attack(model at p)                          # adversarial batch, crafted once
+    L(p) on x'; grad at p                            # the robust loss that is tracked
+    [p <- p + z_prev] grad at p + z_prev             # algorithm1's carried z, when it matters
+    [p <- p + z]      L(p + z) on x'; grad at p + z  # only with a perturbation
+    [p <- p]          base optimizer step with the last gradient
+
+:class:`Trainer` holds what a phase trains with; :class:`Epoch` is one epoch's context.
 
 Only the pass at ``p`` updates batch-norm running statistics: the passes at perturbed points
 (and the one at a carried-over ``z``, ``s2ap.projection: algorithm1``) run with the batch's own
@@ -23,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -44,20 +48,17 @@ class EpochResult:
     n: int
     time_s: float
     perturbation_norms: list[float] = field(default_factory=list)
-    perturbed_frac: float | None = None  # iterations where the perturbation changed the gradient
+    perturbed_frac: float | None = None  # iterations that ran the pass at the perturbed point
+    ascent_pass_frac: float | None = None  # iterations that ran the extra pass at p + z_prev
 
 
 def _global_noise(objective: Objective, x: Tensor, batch_len: int, lo: int) -> Tensor | None:
     """Attack start noise drawn for the whole global batch, so it is partition-independent."""
     attack = objective.attack
-    if attack is None or not attack.random_start:
+    if attack is None:
         return None
-    shape = (batch_len, *x.shape[1:])
-    if attack.loss_name == "kl":
-        noise = 0.001 * torch.randn(shape, device=x.device)
-    else:
-        noise = torch.empty(shape, device=x.device).uniform_(-attack.eps, attack.eps)
-    return noise[lo : lo + x.shape[0]]
+    noise = attack.start_noise(torch.empty((batch_len, *x.shape[1:]), device=x.device))
+    return None if noise is None else noise[lo : lo + x.shape[0]]
 
 
 @contextmanager
@@ -78,129 +79,149 @@ def frozen_batch_norm(model: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
-def train_epoch(
-    model: nn.Module,
-    loader: Iterable[tuple[Tensor, Tensor]],
-    batches: ShardedBatches,
-    objective: Objective,
-    optimizer: torch.optim.Optimizer,
-    device: torch.device,
-    perturbation: Perturbation | None = None,
-    penalty: Callable[[], Tensor | None] = lambda: None,
-    on_iteration: Callable[[int], None] | None = None,
-    before_update: Callable[[Tensor, int], None] | None = None,
-    phase: str = "train",
-    epoch: int = 0,
-    progress: bool = False,
-    amp: bool = False,
-) -> EpochResult:
-    """One pass over ``loader``. ``model`` may be DDP-wrapped; the attack runs on the
-    unwrapped module so it never touches DDP's gradient reducer. ``before_update(loss, n)`` sees
-    each iteration's robust loss (the mean over this rank's ``n`` points) while the
-    parameters are still those it was computed at."""
-    model.train()
-    # Sums kept on the device and read once at the end. What still reads the device every step:
-    # the divergence check (a finite loss), the per-iteration best mask and the perturbation norms.
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss * n, correct
-    count = 0
-    start = time.perf_counter()
-    norms: list[float] = []
-    global_sizes = [len(b) for b in batches.global_batches()]
-    iterator = zip(loader, global_sizes, strict=True)
-    if progress:
-        from tqdm.auto import tqdm
+def no_penalty() -> Tensor | None:
+    return None
 
-        iterator = tqdm(iterator, total=len(global_sizes), desc=f"{phase} {epoch}", leave=False)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
-    perturbed = 0
-    for step, ((x, y), global_len) in enumerate(iterator):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        lo, _ = batches.chunk(global_len)
-        noise = _global_noise(objective, x, global_len, lo)
-        try:
-            loss, logits, changed = train_step(
-                model, objective, optimizer, x, y, noise, perturbation, penalty, autocast, before_update
-            )
-        except TrainingDiverged as exc:
-            raise TrainingDiverged(f"{exc} in phase {phase}, epoch {epoch}, step {step}") from None
+
+@dataclass
+class Epoch:
+    """One epoch's context: where it is, what wraps its steps, what watches them."""
+
+    phase: str = "train"
+    index: int = 0
+    perturbation: Perturbation | None = None
+    on_iteration: Callable[[int], None] | None = None  # after each step, with the step index
+    # Each step's robust loss (the mean over this rank's n points) while the parameters
+    # are still those it was computed at: the per-iteration best mask (Algorithm 1, 13-15).
+    before_update: Callable[[Tensor, int], None] | None = None
+    progress: bool = False
+
+
+@dataclass
+class Trainer:
+    """What a phase trains with, the same for each of its epochs. ``model`` may be
+    DDP-wrapped; the attack runs on the unwrapped module so it never touches DDP's
+    gradient reducer."""
+
+    model: nn.Module
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    penalty: Callable[[], Tensor | None] = no_penalty  # the method's own term (HARP)
+    amp: bool = False  # bf16 autocast, CUDA only
+
+    def autocast(self) -> torch.autocast:
+        on = self.amp and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
+
+    def epoch(
+        self, loader: Iterable[tuple[Tensor, Tensor]], batches: ShardedBatches, ctx: Epoch
+    ) -> EpochResult:
+        """One pass over ``loader``."""
+        self.model.train()
+        # Sums kept on the device and read once at the end. What still reads the device every
+        # step: the divergence check (a finite loss), the per-iteration best mask and the
+        # perturbation norms.
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss * n, correct
+        count, perturbed, ascents, norms = 0, 0, 0, []
+        start = time.perf_counter()
+        global_sizes = [len(b) for b in batches.global_batches()]
+        iterator = zip(loader, global_sizes, strict=True)
+        if ctx.progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, total=len(global_sizes), desc=f"{ctx.phase} {ctx.index}", leave=False)
+        for step, ((x, y), global_len) in enumerate(iterator):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            lo, _ = batches.chunk(global_len)
+            noise = _global_noise(self.objective, x, global_len, lo)
+            try:
+                loss, logits, changed = self.step(x, y, noise, ctx.perturbation, ctx.before_update)
+            except TrainingDiverged as exc:
+                where = f"in phase {ctx.phase}, epoch {ctx.index}, step {step}"
+                raise TrainingDiverged(f"{exc} {where}") from None
+            if ctx.perturbation is not None:
+                norms.append(sum(n * n for n in ctx.perturbation.last_norms) ** 0.5)
+                perturbed += int(changed)
+                ascents += int(ctx.perturbation.moved)
+            n = y.shape[0]
+            sums += torch.stack([loss.double() * n, (logits.argmax(1) == y).sum().double()])
+            count += n
+            if ctx.on_iteration is not None:
+                ctx.on_iteration(step)
+        steps = len(global_sizes)
+        shares = (
+            (perturbed / steps, ascents / steps) if ctx.perturbation is not None and steps else (None, None)
+        )
+        loss_sum, correct = sums.tolist()
+        return EpochResult(loss_sum, correct, count, time.perf_counter() - start, norms, *shares)
+
+    def step(
+        self,
+        x: Tensor,
+        y: Tensor,
+        noise: Tensor | None = None,
+        perturbation: Perturbation | None = None,
+        before_update: Callable[[Tensor, int], None] | None = None,
+    ) -> tuple[Tensor, Tensor, bool]:
+        """One iteration; returns the robust loss at p, its logits, and whether the
+        perturbation changed the gradient (False when it was skipped as provably without
+        effect)."""
+        inner = getattr(self.model, "module", self.model)
+        with self.autocast():
+            batch = self.objective.craft(inner, x, y, noise)  # x', crafted once at p
+        inner.train()
+        # Algorithm 1's carried z_prev: when the ascent gradient is taken at p + z_prev, the
+        # one at p would be overwritten unused, so the pass at p only computes the loss.
+        away = perturbation is not None and perturbation.plan_ascent()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast(), torch.set_grad_enabled(not away):
+            loss, logits = self.objective.loss(self.model, batch)
+            extra = self.penalty()
+            total = loss if extra is None else loss + extra
+        if not math.isfinite(float(loss.detach())):
+            raise TrainingDiverged(f"loss is {float(loss.detach())}")
+        if not away:
+            total.backward()  # the gradient at p (all-reduced under DDP: z is the same on every rank)
+        if before_update is not None:
+            before_update(loss.detach(), int(y.shape[0]))
+        changed = False
         if perturbation is not None:
-            norms.append(sum(n * n for n in perturbation.last_norms) ** 0.5)
-            perturbed += int(changed)
-        n = y.shape[0]
-        sums += torch.stack([loss.double() * n, (logits.argmax(1) == y).sum().double()])
-        count += n
-        if on_iteration is not None:
-            on_iteration(step)
-    steps = len(global_sizes)
-    frac = perturbed / steps if perturbation is not None and steps else None
-    loss_sum, correct = sums.tolist()
-    return EpochResult(loss_sum, correct, count, time.perf_counter() - start, norms, frac)
+            if perturbation.to_ascent_point():  # Algorithm 1's carried z: the gradient at s + z_prev
+                self._backward_perturbed(batch, perturbation, "carried-over perturbation's")
+            perturbation.climb()  # p + z
+            if not perturbation.unchanged:  # else the gradient held is provably the one at p + z
+                self._backward_perturbed(batch, perturbation, "perturbed")
+            changed = perturbation.moved or not perturbation.unchanged  # the step's gradient is not p's
+            perturbation.restore()  # back to p, bit for bit; the step uses the last gradient
+        self.optimizer.step()
+        return loss.detach(), logits.detach(), changed
 
-
-def train_step(
-    model: nn.Module,
-    objective: Objective,
-    optimizer: torch.optim.Optimizer,
-    x: Tensor,
-    y: Tensor,
-    noise: Tensor | None = None,
-    perturbation: Perturbation | None = None,
-    penalty: Callable[[], Tensor | None] = lambda: None,
-    autocast: torch.autocast | None = None,
-    before_update: Callable[[Tensor, int], None] | None = None,
-) -> tuple[Tensor, Tensor, bool]:
-    """One iteration; returns the robust loss at p, its logits, and whether the perturbation
-    changed the gradient (False when it was skipped as provably without effect)."""
-    inner = getattr(model, "module", model)
-    autocast = autocast or torch.autocast(x.device.type, enabled=False)
-    with autocast:
-        batch = objective.craft(inner, x, y, noise)
-    inner.train()
-
-    optimizer.zero_grad(set_to_none=True)
-    with autocast:
-        loss, logits = objective.loss(model, batch)
-        extra = penalty()
-        total = loss if extra is None else loss + extra
-    if not math.isfinite(float(loss.detach())):
-        raise TrainingDiverged(f"loss is {float(loss.detach())}")
-    total.backward()
-    if before_update is not None:
-        before_update(loss.detach(), int(y.shape[0]))
-    changed = False
-    if perturbation is not None:
-
-        def backward_here(what: str) -> Tensor:
-            """Gradient at the current (perturbed) point; batch-norm statistics untouched."""
-            optimizer.zero_grad(set_to_none=True)
-            with autocast, frozen_batch_norm(model):
-                here, _ = objective.loss(model, batch)
-                extra = penalty()
-                here_total = here if extra is None else here + extra
-            if not math.isfinite(float(here.detach())):
-                perturbation.restore()
-                raise TrainingDiverged(f"{what} loss is {float(here.detach())}")
-            here_total.backward()
-            return here
-
-        # Gradient at p is in .grad (all-reduced under DDP, so z is identical on every rank).
-        perturbation.climb(regrad=lambda: backward_here("carried-over perturbation's"))
-        changed = not perturbation.unchanged
-        if changed:
-            backward_here("perturbed")
-        perturbation.restore()
-    optimizer.step()
-    return loss.detach(), logits.detach(), changed
+    def _backward_perturbed(self, batch: Any, perturbation: Perturbation, what: str) -> None:
+        """The gradient at the current (perturbed) point; batch-norm statistics untouched."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast(), frozen_batch_norm(self.model):
+            here, _ = self.objective.loss(self.model, batch)
+            extra = self.penalty()
+            total = here if extra is None else here + extra
+        if not math.isfinite(float(here.detach())):
+            perturbation.restore()
+            raise TrainingDiverged(f"{what} loss is {float(here.detach())}")
+        total.backward()
 
 
 def on_device(model: nn.Module, fast: dict[str, bool], device: torch.device) -> nn.Module:
     """``model`` moved to ``device`` in the fast path's memory format (channels_last on CUDA:
     NHWC convolutions, and with bf16 the tensor-core kernels); says in the log what runs."""
+    settings = ("on" if fast[k] else "off" for k in ("amp", "channels_last", "compile"))
+    cuda_only = "" if device.type == "cuda" else " (autocast and channels_last are CUDA-only)"
     log.info(
         "fast path on %s: bf16 autocast %s, channels_last %s, torch.compile %s%s",
-        device, *("on" if fast[k] else "off" for k in ("amp", "channels_last", "compile")),
-        "" if device.type == "cuda" else " (autocast and channels_last are CUDA-only)",
-    )  # fmt: skip
+        device,
+        *settings,
+        cuda_only,
+    )
     fmt = torch.channels_last if fast["channels_last"] else torch.preserve_format
     return model.to(device, memory_format=fmt)
 

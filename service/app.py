@@ -147,8 +147,7 @@ def _warm_validator(root: Path) -> None:
 
 def create_app(settings: Settings | None = None, *, runner: Runner | None = None) -> FastAPI:
     """The service. ``runner`` replaces the Ray runner (tests that must not start trainings)."""
-    settings = settings or Settings.from_env()
-    settings.check()
+    settings = settings.check() if settings is not None else Settings.from_env()  # from_env checks
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from s2ap import selection, storage
+from s2ap.results import EPOCHS_FILE, TRIALS_FILE
 
-TRIALS_FILE = "trials.parquet"
-EPOCHS_FILE = "epochs.parquet"
 TABLES = {"trials": TRIALS_FILE, "epochs": EPOCHS_FILE}
 # What "best so far" ranks by: the search's own rule (s2ap.selection), on validation data
 # (test accuracies are reported, never used to choose).

@@ -105,15 +105,15 @@ class Settings:
             "storage": env.get("S2AP_STORAGE") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**values)
-        settings.check()
-        return settings
+        return cls(**values).check()
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
-    def check(self) -> None:
-        """Refuse settings that would expose the cluster: no token means local-only."""
+    def check(self) -> Settings:
+        """These settings with ``S2AP_STORAGE`` parsed (a :class:`s2ap.storage.Location`) and
+        probed, as a new instance (a frozen one stays as it was). Refuses settings that would
+        expose the cluster: no token means local-only."""
         if not self.api_token and not self.local_only:
             raise SettingsError(
                 "S2AP_API_TOKEN is not set: every endpoint but /healthz needs a bearer token. "
@@ -123,18 +123,19 @@ class Settings:
             raise SettingsError(
                 f"S2AP_PAGE_SIZE ({self.page_size}) must not exceed S2AP_MAX_PAGE_SIZE ({self.max_page_size})"
             )
+        where: str | None = None
         if self.storage is not None:
             try:
-                checked = storage.check(self.storage, "S2AP_STORAGE")
-                storage.probe(checked, "S2AP_STORAGE")  # an unreachable store: one line at startup
+                where = storage.check(self.storage, "S2AP_STORAGE")
+                storage.probe(where, "S2AP_STORAGE")  # an unreachable store: one line at startup
             except ConfigError as exc:
                 raise SettingsError(str(exc)) from None
-            object.__setattr__(self, "storage", checked)
         if self.ray_address and "://" not in self.ray_address:
             raise SettingsError(
                 f"RAY_ADDRESS must be the Ray dashboard URL (http://host:8265) jobs are submitted to, "
                 f"got {self.ray_address!r}"
             )
+        return replace(self, storage=where)
 
     @property
     def data_root(self) -> Path:

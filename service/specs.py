@@ -35,8 +35,13 @@ log = logging.getLogger(__name__)
 
 # Experiment-config fields that name files or folders (dotted, as overrides and grids use them).
 PATH_KEYS = (
-    "out_dir", "data.root", "pretrain.checkpoint", "prune.mask", "eval.corruption_root", "model.checkpoint"
-)  # fmt: skip
+    "out_dir",
+    "data.root",
+    "pretrain.checkpoint",
+    "prune.mask",
+    "eval.corruption_root",
+    "model.checkpoint",
+)
 # The spec's own path fields.
 TOP_PATH_KEYS = ("storage", "pretrain_cache")
 DEFAULT_STORAGE = "runs/tune"

@@ -9,7 +9,7 @@ The floors, lowest first (the README's Architecture section draws the same plan)
    report (reads result tables: it needs only floor 1)
 3. pruning, sharpness, evaluate, metrics
 4. experiment (the registries' checks), train (the one loop), probes, pretrain_cache
-5. pipeline, state
+5. pipeline, state, best_mask
 6. tune: the search on Ray
 7. run, config_reference, api: the command lines and the Python entry point
 8. the service's parts: cluster/ (the one Ray import), settings, store, specs, progress, errors
@@ -33,7 +33,7 @@ FLOORS = {
         "s2ap.attacks", "s2ap.autoattack", "s2ap.distributed", "s2ap.report"],
     3: ["s2ap.pruning", "s2ap.sharpness", "s2ap.evaluate", "s2ap.metrics"],
     4: ["s2ap.experiment", "s2ap.train", "s2ap.probes", "s2ap.pretrain_cache"],
-    5: ["s2ap.pipeline", "s2ap.state"],
+    5: ["s2ap.pipeline", "s2ap.state", "s2ap.best_mask"],
     6: ["s2ap.tune"],
     7: ["s2ap.run", "s2ap.config_reference", "s2ap.api"],
     8: ["service.cluster", "service.settings", "service.store", "service.models", "service.model_policy",

@@ -21,8 +21,8 @@ def _examples() -> dict[str, Callable[[], BaseException]]:
     from s2ap.report.load import ReportError
     from s2ap.tune.trainable import TrialFailed
     from service.app import DataDirBusy
-    from service.errors import ApiError
     from service.cluster.runner import ClusterUnavailable
+    from service.errors import ApiError
     from service.settings import SettingsError
     from service.specs import SpecProblem
     from service.store import DuplicateIdempotencyKey

@@ -52,6 +52,9 @@ def test_end_to_end_digits_writes_run_folder(tmp_path: Path) -> None:
     epochs = pd.read_parquet(tmp_path / "epochs.parquet")
     assert list(epochs.phase) == ["pretrain"] * 2 + ["prune"] * 3 + ["finetune"]
     assert list(epochs.s2ap_active) == [False, False, False, True, True, True]
+    # How often algorithm1's carried z needed the extra pass: measured wherever S2AP ran.
+    assert epochs.ascent_pass_frac.notna().tolist() == list(epochs.s2ap_active)
+    assert epochs.ascent_pass_frac.dropna().between(0, 1).all()
     prune = epochs[epochs.phase == "prune"]
     assert prune.hamming.notna().all() and (prune.hamming >= 0).all()
     assert prune.lambda_max.notna().all()
@@ -208,7 +211,7 @@ def test_train_loss_iter_returns_the_scores_before_the_update_of_the_lowest_loss
     p = Pipeline(tiny())
     p.method.prepare(p.model)
     assert p.cfg.prune.best_mask == "train_loss_iter"  # the paper's rule is the default
-    _, before_update = p._iteration_hooks("prune", 2, 5, [])
+    before_update = p.best.per_iteration(2)
     assert before_update is not None
     copies = []
     for i, loss in enumerate([3.0, 2.0, 2.5, 1.0, 1.5]):
@@ -224,7 +227,8 @@ def test_train_loss_iter_returns_the_scores_before_the_update_of_the_lowest_loss
     # HARP: nothing is a candidate before an epoch has ended within budget.
     h = Pipeline(tiny(**{"prune.method": "harp"}))
     h.method.prepare(h.model)
-    _, hook = h._iteration_hooks("prune", 0, 5, [])
+    hook = h.best.per_iteration(0)
+    assert hook is not None
     hook(torch.tensor(0.5), 64)
     assert h.state.best is None
     h.method.reached = 0
@@ -234,6 +238,6 @@ def test_train_loss_iter_returns_the_scores_before_the_update_of_the_lowest_loss
 
 def test_epoch_rules_keep_no_per_iteration_copies(tmp_path: Path) -> None:
     p = Pipeline(tiny(**{"prune.best_mask": "val_robust", "pretrain.epochs": 0, "finetune.epochs": 0}))
-    assert p._iteration_hooks("prune", 0, 3, [])[1] is None
+    assert p.best.per_iteration(0) is None
     p.run()
     assert p.state.best is not None and p.state.best.iteration is None

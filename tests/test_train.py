@@ -19,7 +19,7 @@ from s2ap.objectives import build_objective
 from s2ap.pruning import build_method
 from s2ap.sharpness import score_perturbation, weight_perturbation
 from s2ap.tensor_data import device_loader
-from s2ap.train import build_optimizer, on_device, train_epoch, train_step
+from s2ap.train import Epoch, Trainer, build_optimizer, on_device
 
 TINY = {
     "seed": 0,
@@ -52,7 +52,7 @@ def test_gamma_zero_perturbation_step_equals_plain_step() -> None:
     from s2ap.distributed import DistInfo, ShardedBatches
     from s2ap.objectives import build_objective
     from s2ap.sharpness import score_perturbation
-    from s2ap.train import build_optimizer, train_epoch
+    from s2ap.train import Epoch, Trainer, build_optimizer
 
     cfg = tiny()
     splits = load_splits(cfg.data, 0)
@@ -73,15 +73,8 @@ def test_gamma_zero_perturbation_step_equals_plain_step() -> None:
         opt = build_optimizer(params, "sgd", 0.1, 0.9, 1e-4)
         pert = None if gamma is None else score_perturbation([ly for _, ly in L.scored_layers(model)], gamma)
         torch.manual_seed(1)
-        train_epoch(
-            model,
-            loader,
-            batches,
-            build_objective(cfg.objective, cfg.attack),
-            opt,
-            torch.device("cpu"),
-            perturbation=pert,
-        )
+        trainer = Trainer(model, build_objective(cfg.objective, cfg.attack), opt, torch.device("cpu"))
+        trainer.epoch(loader, batches, Epoch(perturbation=pert))
         outs.append([p.detach().clone() for p in params])
     assert all(torch.equal(a, b) for a, b in zip(*outs, strict=True))
 
@@ -106,7 +99,7 @@ def test_a_step_with_s2ap_uses_the_gradient_at_the_perturbed_scores() -> None:
     weights = [p.detach().clone() for n, p in model.named_parameters() if not n.endswith("scores")]
     opt = build_optimizer(params, "sgd", lr, 0.0, 0.0)
     pert = score_perturbation([layer for _, layer in L.scored_layers(model)], gamma)
-    _, _, changed = train_step(model, CLEAN, opt, x, y, perturbation=pert)
+    _, _, changed = Trainer(model, CLEAN, opt).step(x, y, perturbation=pert)
     assert changed
     for (_, layer), want in zip(L.scored_layers(model), expected, strict=True):
         assert torch.allclose(layer.scores.detach(), want, atol=1e-6)
@@ -120,7 +113,7 @@ def test_a_step_without_perturbation_is_plain_sgd_on_the_trainable_tensors() -> 
     start = [p.detach().clone() for p in params]
     grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
     opt = build_optimizer(params, "sgd", 0.5, 0.0, 0.0)
-    loss, logits, changed = train_step(model, CLEAN, opt, x, y)
+    loss, logits, changed = Trainer(model, CLEAN, opt).step(x, y)
     assert not changed and logits.shape == (16, 10) and torch.isfinite(loss)
     for p, p0, g in zip(params, start, grads, strict=True):
         assert torch.allclose(p.detach(), p0 - 0.5 * g, atol=1e-6)
@@ -132,7 +125,7 @@ def test_a_nan_loss_raises_and_leaves_the_tensors_untouched() -> None:
     opt = build_optimizer(params, "sgd", 0.1, 0.9, 0.0)
     x = torch.full((4, 3, 8, 8), float("nan"))
     with pytest.raises(TrainingDiverged, match="loss is nan"):
-        train_step(model, CLEAN, opt, x, torch.zeros(4, dtype=torch.long))
+        Trainer(model, CLEAN, opt).step(x, torch.zeros(4, dtype=torch.long))
     assert all(torch.equal(p.detach(), p0) for p, p0 in zip(params, start, strict=True))
 
 
@@ -166,7 +159,7 @@ def test_the_perturbed_pass_leaves_batch_norm_statistics_alone(objective: str, w
             pert = make(mine, 0.5, "algorithm1", eta=10.0)
         noise = torch.zeros_like(x) if objective == "trades" else None
         torch.manual_seed(1)
-        _, _, changed = train_step(model, loss, opt, x, y, noise, perturbation=pert)
+        _, _, changed = Trainer(model, loss, opt).step(x, y, noise, perturbation=pert)
         assert changed == perturbed  # the second pass did run
         results.append(_bn_buffers(model))
     plain, with_s2ap = results
@@ -193,7 +186,8 @@ def test_the_fast_path_runs_on_cpu_with_autocast_off_and_changes_no_result() -> 
         assert loader is not None
         optimizer = build_optimizer(params, "sgd", 0.1, 0.9, 0.0)
         torch.manual_seed(3)
-        res = train_epoch(model, loader, batches, objective, optimizer, torch.device("cpu"), amp=amp)
+        trainer = Trainer(model, objective, optimizer, torch.device("cpu"), amp=amp)
+        res = trainer.epoch(loader, batches, Epoch())
         results.append((res.loss_sum, res.correct, res.n, [p.detach().clone() for p in params]))
     (loss0, correct0, n0, p0), (loss1, correct1, n1, p1) = results
     assert (loss0, correct0, n0) == (loss1, correct1, n1) and n0 == len(train)
@@ -208,3 +202,36 @@ def test_the_fast_path_runs_on_cpu_with_autocast_off_and_changes_no_result() -> 
     conv = next(m for m in nhwc.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(nhwc(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_pass_at_s_is_forward_only_when_the_ascent_gradient_is_taken_at_s_plus_z_prev() -> None:
+    """Algorithm 1's carried z: when the ascent gradient is taken at s + z_prev, the gradient
+    at s would be overwritten unused. Skipping its backward changes nothing, bit for bit:
+    the same scores and batch-norm statistics as the full computation, one backward fewer."""
+    torch.manual_seed(0)
+    net = build_model("resnet18", 10, 3, 8, [0.5] * 3, [0.25] * 3)
+    method = build_method(tiny())
+    method.prepare(net)
+    x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    runs = []
+    for shortcut in (True, False):
+        model = copy.deepcopy(net)
+        params = method.parameters(model)
+        for p in model.parameters():
+            p.requires_grad_(any(p is q for q in params))
+        pert = score_perturbation(scored(model), 0.5, "algorithm1", eta=10.0)
+        if not shortcut:  # plan as usual, but always run the backward at s
+            pert.plan_ascent = lambda plan=pert.plan_ascent: plan() and False  # type: ignore[method-assign]
+        trainer = Trainer(model, CLEAN, build_optimizer(params, "sgd", 0.1, 0.9, 0.0))
+        grad_modes: list[bool] = []
+        model.register_forward_hook(lambda *_, modes=grad_modes: modes.append(torch.is_grad_enabled()))
+        moved = []
+        for _ in range(3):
+            trainer.step(x, y, perturbation=pert)
+            moved.append(pert.moved)
+        runs.append(([p.detach().clone() for p in params], _bn_buffers(model), moved, grad_modes))
+    (p0, bn0, moved0, modes0), (p1, bn1, moved1, modes1) = runs
+    assert moved0 == moved1 and moved0[0] is False and any(moved0)  # z_prev flips from step 2 on
+    assert modes0.count(False) == sum(moved0) and False not in modes1  # forward-only passes at s
+    assert all(torch.equal(a, b) for a, b in zip(p0, p1, strict=True))
+    assert all(torch.equal(bn0[k], bn1[k]) for k in bn0)

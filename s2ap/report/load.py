@@ -22,8 +22,7 @@ from s2ap.results import EPOCH, RUN
 
 logger = logging.getLogger(__name__)
 
-RUN_FILES = ("final.parquet", "trials.parquet")
-EPOCH_FILE = "epochs.parquet"
+RUN_FILES = (results.FINAL_FILE, results.TRIALS_FILE)
 REQUIRED = (
     RUN.model,
     RUN.dataset,
@@ -68,7 +67,7 @@ def _resolve(raw: str) -> tuple[str, str | None]:
             raise ReportError(f"{shown} contains neither {' nor '.join(RUN_FILES)}")
     elif not storage.exists(where):
         raise ReportError(f"{shown}: no such file or directory")
-    epochs = storage.join(storage.parent(where), EPOCH_FILE)
+    epochs = storage.join(storage.parent(where), results.EPOCHS_FILE)
     return where, (epochs if epochs != where and storage.is_file(epochs) else None)
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 from s2ap.report.compare import DASH, Comparison, compare, format_delta, format_side
 from s2ap.report.load import CELL_KEY
 from s2ap.report.selection import RULE, gammas_tried, select_gamma
-from s2ap.results import RUN
+from s2ap.results import RUN, gamma_choice
 
 Key = tuple[Any, ...]  # (model, dataset, sparsity, method)
 
@@ -86,7 +86,7 @@ def _table(
             c, gamma, tried = entry
             s2ap = format_side(c.s2ap, clean_col is not None)
             if gamma is not None and c.s2ap is not None:
-                s2ap += f" [γ={gamma:g} of {tried}]"
+                s2ap += gamma_choice(gamma, tried)
             row += [format_side(c.orig, clean_col is not None), s2ap, format_delta(c)]
         rows.append(row)
     notes = [

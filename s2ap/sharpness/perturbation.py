@@ -1,35 +1,23 @@
 """The SAM-shaped perturbation every sharpness-aware step in the tool is built on.
 
-The shape is SAM's optimizer wrapper (Foret et al., 2021): with the gradient ``g`` at the
-current point in each parameter's ``.grad``, :meth:`Perturbation.climb` saves the tensors
-and moves each ``p_l`` to ``p_l + z_l``; the caller computes the gradient at the perturbed
-point; :meth:`Perturbation.restore` copies the saved tensors back bit for bit; the base
-optimizer then steps with that gradient. Subclasses only say what ``z_l`` is
-(:meth:`Perturbation.step`):
+The shape is SAM's optimizer wrapper (Foret et al., 2021), two verbs: with the gradient ``g``
+at the current point in each parameter's ``.grad``, :meth:`Perturbation.climb` saves the
+tensors and moves each ``p_l`` to ``p_l + z_l``; the caller computes the gradient at the
+perturbed point; :meth:`Perturbation.restore` copies the saved tensors back bit for bit; the
+base optimizer then steps with that gradient. Subclasses only say what ``z_l`` is
+(:meth:`Perturbation.ascent`):
 
 * :class:`LayerwisePerturbation` bounds each layer by ``gamma * ||r_l||``, with ``r_l`` the
-  layer's reference tensor (its scores for S2AP, its kept weights for AWP, Algorithm 2), in
-  one of three ways (``s2ap.projection``):
-
-  - ``algorithm1``, as printed (Algorithm 1, lines 1 and 6-9; Algorithm 2, lines 1 and 5-8):
-    ``z`` starts at 0 once and is kept across iterations;
-    ``z <- z + eta * g / ||g||`` with ``g`` the gradient at ``s + z`` and its norm taken over
-    *all* layers, then each layer with ``||z_l|| > gamma ||r_l||`` is scaled back onto its
-    ball and every other layer is left as it is. ``eta`` is the phase's learning rate;
-  - ``algorithm1_reset``: the same step from ``z = 0`` at every iteration (AWP's reference
-    code also starts its ascent afresh each iteration), so ``g`` is the gradient at ``s``;
-  - ``surface``: every layer on the surface of its ball,
-    ``z_l = gamma * ||r_l|| * g_l / ||g_l||`` (AWP's reference code rescales each layer's
-    ascent direction to its bound the same way).
-
-  With ``algorithm1``, the gradient at ``s + z_prev`` is the one at ``s`` whenever ``z_prev``
-  changes no mask entry and no score sign (the straight-through estimator sees the scores
-  only through them); otherwise one extra forward/backward at ``s + z_prev`` computes it.
-
-  ``surface`` equals ``algorithm1_reset`` only in the layers that the step of size ``eta``
-  pushes past their bound; the others get ``eta * ||g_l|| / ||g||``, less than the bound.
+  layer's reference tensor (its scores for S2AP, its kept weights for AWP, Algorithm 2),
+  placed in that ball by a :mod:`~s2ap.sharpness.projection` (``s2ap.projection``).
 * :class:`~s2ap.sharpness.weights.AdaptiveWeightPerturbation` gives every neuron its own
   radius (AdaSAP).
+
+Algorithm 1 as printed carries ``z`` over iterations and takes the ascent gradient at
+``s + z_prev``, not at ``s``: before climbing, :meth:`Perturbation.to_ascent_point` moves
+the tensors there and says whether the caller must compute the gradient again. Under the
+straight-through estimator that gradient equals the one at ``s`` whenever ``z_prev`` changes
+no mask entry and no score sign (the ``fingerprint``), so the extra pass is skipped then.
 
 The paper's Algorithm 1 steps at ``s + z`` and subtracts ``z`` afterwards; for SGD without
 weight decay the two orders give the same update. Restoring first (as SAM does) means the
@@ -39,14 +27,16 @@ exact rather than ``(s + z) - z`` in floating point.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from s2ap.sharpness.projection import PROJECTIONS, Projection, make_projection
+
 Support = Callable[[int], Tensor | None]
-PROJECTIONS = ("algorithm1", "algorithm1_reset", "surface")
+__all__ = ["PROJECTIONS", "LayerwisePerturbation", "Perturbation", "Support"]
 
 
 def _everywhere(i: int) -> Tensor | None:
@@ -72,23 +62,18 @@ class Perturbation:
         self.fingerprint = fingerprint
         self.unchanged = False
         self.last_norms: list[float] = []
+        self.moved = False  # this step's ascent gradient was taken away from p (at p + z_prev)
         self._saved: list[Tensor] | None = None
+        self._held: list[Tensor] | None = None  # the fingerprint where the gradient in .grad is
+        self._away = False  # moved to the ascent point, not yet climbed
 
     def begin(self) -> None:
         """Called when an epoch starts using this perturbation (before its first batch)."""
 
-    def step(self, i: int, p: Tensor, g: Tensor) -> Tensor | None:
-        """The perturbation ``z`` of layer ``i`` from its (supported) gradient ``g``; None
-        leaves the layer where it is."""
+    def ascent(self) -> Iterator[Tensor | None]:
+        """Yields ``z_l`` for each layer in turn from the gradients in ``.grad`` (None leaves
+        the layer where it is); layer ``l`` moves before ``z_{l+1}`` is asked for."""
         raise NotImplementedError
-
-    def before_climb(self) -> None:
-        """Hook: runs after the tensors are saved and before any layer moves."""
-
-    def start_point(self) -> bool:
-        """Hook: move the tensors to where the ascent gradient is taken, if that is not
-        ``p`` itself (a carried-over ``z``); True when they moved."""
-        return False
 
     def state_dict(self) -> dict[str, Any]:
         """What must survive a resume (a carried-over ``z``)."""
@@ -97,55 +82,69 @@ class Perturbation:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
-    @torch.no_grad()
-    def climb(self, regrad: Callable[[], None] | None = None) -> None:
-        """``p <- p + z`` from the gradients currently in ``p.grad``.
+    def gradient(self, i: int) -> Tensor | None:
+        """Layer ``i``'s gradient where it may move (None: it has none)."""
+        g = self.params[i].grad
+        support = self.support(i)
+        return g if g is None or support is None else g * support
 
-        When the ascent gradient belongs at another point (:meth:`start_point`), ``regrad``
-        recomputes ``.grad`` there; it is skipped when the fingerprint proves the gradient
-        there equal to the one already held.
-        """
-        if self._saved is not None:
-            raise RuntimeError("climb() called twice without restore()")
-        self._saved = [p.detach().clone() for p in self.params]
-        before = self.fingerprint() if self.fingerprint is not None else None
+    def plan_ascent(self) -> bool:
+        """Whether this step's ascent gradient is taken away from ``p`` (see
+        :meth:`to_ascent_point`). Asked before the step's first pass: when True, the gradient
+        at ``p`` would be overwritten unused, so that pass need only compute the loss."""
+        return False
+
+    @torch.no_grad()
+    def to_ascent_point(self) -> bool:
+        """Move to where the ascent gradient is taken, when that is not ``p`` itself (a
+        carried-over ``z``). True: the tensors moved and their gradients were dropped, so
+        the caller computes the gradient there before :meth:`climb`."""
+        return False
+
+    @torch.no_grad()
+    def climb(self) -> None:
+        """``p <- p + z`` from the gradients currently in ``p.grad``."""
+        if self._away:
+            self._away = False
+            self._put_back()
+        else:
+            self._save()
         self.last_norms = []
-        if regrad is not None and self.start_point():
-            same = before is not None and _equal(before, self.fingerprint())  # type: ignore[misc]
-            if not same:
-                for p in self.params:
-                    p.grad = None
-                with torch.enable_grad():
-                    regrad()
-            for p, saved in zip(self.params, self._saved, strict=True):
-                p.copy_(saved)
-        self.before_climb()
-        for i, p in enumerate(self.params):
-            g = p.grad
-            z = None
-            if g is not None:
-                support = self.support(i)
-                z = self.step(i, p, g if support is None else g * support)
+        for p, z in zip(self.params, self.ascent(), strict=True):
             if z is None:
                 self.last_norms.append(0.0)
                 continue
             p.add_(z)
             self.last_norms.append(float(z.norm()))
-        self.unchanged = before is not None and _equal(before, self.fingerprint())  # type: ignore[misc]
+        # Unchanged: p + z has the fingerprint of the point whose gradient .grad holds (p, or
+        # p + z_prev after to_ascent_point), so that gradient is the one at p + z.
+        self.unchanged = self._held is not None and _equal(self._held, self.fingerprint())  # type: ignore[misc]
 
     @torch.no_grad()
     def restore(self) -> None:
         """Put the saved tensors back exactly."""
         if self._saved is None:
             raise RuntimeError("restore() called before climb()")
-        for p, saved in zip(self.params, self._saved, strict=True):
+        self._put_back()
+        self._saved, self._held, self._away = None, None, False
+
+    def _save(self, fingerprint: list[Tensor] | None = None) -> None:
+        if self._saved is not None:
+            raise RuntimeError("climb() called twice without restore()")
+        self._saved = [p.detach().clone() for p in self.params]
+        if fingerprint is None and self.fingerprint is not None:
+            fingerprint = self.fingerprint()
+        self._held = fingerprint
+        self.moved = False
+
+    def _put_back(self) -> None:
+        for p, saved in zip(self.params, self._saved, strict=True):  # type: ignore[arg-type]
             p.copy_(saved)
-        self._saved = None
 
 
 class LayerwisePerturbation(Perturbation):
-    """Layer ``l`` within ``||z_l|| <= gamma * ||reference(l)||``, by ``projection`` (see the
-    module docstring); ``eta`` is the ascent step of the ``algorithm1`` projections."""
+    """Layer ``l`` within ``||z_l|| <= gamma * ||reference(l)||``, placed by ``projection``
+    (:mod:`~s2ap.sharpness.projection`); ``eta`` is the ascent step of the Algorithm 1 ones."""
 
     def __init__(
         self,
@@ -158,64 +157,93 @@ class LayerwisePerturbation(Perturbation):
         eta: float = 0.0,
     ) -> None:
         super().__init__(params, support, fingerprint)
-        if projection not in PROJECTIONS:
-            raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, got {projection!r}")
         self.gamma = gamma
         self.reference = reference
-        self.projection = projection
-        self.eta = eta
-        self.carry = projection == "algorithm1"
-        self.z: list[Tensor | None] = [None] * len(self.params)  # carried over (algorithm1)
-        self._scale: Tensor | None = None  # eta / ||g|| over all layers
+        self.projection: Projection = make_projection(projection, eta, len(self.params))
+        # plan_ascent's answer for this step: the fingerprints at p and p + z_prev, and
+        # whether the ascent gradient is taken at p + z_prev.
+        self._plan: tuple[list[Tensor] | None, list[Tensor] | None, bool] | None = None
+
+    @property
+    def eta(self) -> float:
+        return self.projection.eta
+
+    @property
+    def z(self) -> list[Tensor | None]:
+        """The carried-over perturbation (``algorithm1``; all None otherwise)."""
+        return self.projection.carried or [None] * len(self.params)
 
     def _supported(self, i: int, t: Tensor) -> Tensor:
         support = self.support(i)
         return t if support is None else t * support
 
-    def start_point(self) -> bool:
-        moved = False
-        for i, (p, z) in enumerate(zip(self.params, self.z, strict=True)):
+    @torch.no_grad()
+    def plan_ascent(self) -> bool:
+        # Where a carried z_prev changes no mask entry and no score sign, the gradient at
+        # s + z_prev is the one at s (the fingerprint); else the ascent needs its own pass.
+        carried = self.projection.carried
+        self._plan = (None, None, False)
+        if carried is None or all(z is None for z in carried):
+            return False
+        saved = [p.detach().clone() for p in self.params]
+        here = self.fingerprint() if self.fingerprint is not None else None
+        self._move_by(carried)
+        there = self.fingerprint() if self.fingerprint is not None else None
+        for p, s in zip(self.params, saved, strict=True):
+            p.copy_(s)
+        away = here is None or there is None or not _equal(here, there)
+        self._plan = (here, there, away)
+        return away
+
+    @torch.no_grad()
+    def to_ascent_point(self) -> bool:
+        if self._plan is None:
+            self.plan_ascent()
+        here, there, away = self._plan  # type: ignore[misc]
+        self._plan = None
+        self._save(here)
+        self._away = True  # saved already: climb from here
+        if not away:
+            return False
+        self._move_by(self.projection.carried)  # type: ignore[arg-type]
+        for p in self.params:
+            p.grad = None
+        self._held, self.moved = there, True
+        return True
+
+    def _move_by(self, carried: list[Tensor | None]) -> None:
+        for i, (p, z) in enumerate(zip(self.params, carried, strict=True)):
             if z is not None:
                 p.add_(self._supported(i, z))
-                moved = True
-        return moved
 
-    def before_climb(self) -> None:
-        if self.projection == "surface":
-            return
-        squares = [
-            self._supported(i, p.grad).square().sum() for i, p in enumerate(self.params) if p.grad is not None
-        ]
-        total = torch.stack(squares).sum().sqrt() if squares else None
-        self._scale = None if total is None or not bool(total > 0) else self.eta / total
-
-    def step(self, i: int, p: Tensor, g: Tensor) -> Tensor | None:
-        bound = self.gamma * self.reference(i).norm()
-        if self.projection == "surface":
-            g_norm = g.norm()
-            return None if g_norm == 0 else (bound / g_norm) * g
-        if self._scale is None:
-            return None
-        z = self._scale * g
-        previous = self.z[i]
-        if self.carry and previous is not None:
-            z = z + self._supported(i, previous)
-        norm = z.norm()
-        z = z * torch.where(norm > bound, bound / norm.clamp_min(torch.finfo(z.dtype).tiny), 1.0)
-        if self.carry:
-            self.z[i] = z.detach().clone()
-        return z
+    def ascent(self) -> Iterator[Tensor | None]:
+        grads = [self.gradient(i) for i in range(len(self.params))]
+        self.projection.prepare(grads)
+        carried = self.projection.carried
+        for i, g in enumerate(grads):
+            if g is None:
+                yield None
+                continue
+            bound = self.gamma * self.reference(i).norm()
+            previous = None if carried is None else carried[i]
+            start = None if previous is None else self._supported(i, previous)
+            z = self.projection.step(g, bound, start)
+            if carried is not None and z is not None:
+                carried[i] = z.detach().clone()
+            yield z
 
     def state_dict(self) -> dict[str, Any]:
-        if not self.carry:
+        if self.projection.carried is None:
             return {}
-        return {"z": [None if z is None else z.detach().cpu().clone() for z in self.z]}
+        return {"z": [None if z is None else z.detach().cpu().clone() for z in self.projection.carried]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("z")
-        if saved is None:
+        if saved is None or self.projection.carried is None:
             return
-        self.z = [None if z is None else z.to(p.device) for z, p in zip(saved, self.params, strict=True)]
+        self.projection.carried[:] = [
+            None if z is None else z.to(p.device) for z, p in zip(saved, self.params, strict=True)
+        ]
 
 
 def _equal(a: list[Tensor], b: list[Tensor]) -> bool:

@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -85,15 +85,14 @@ class SearchWeightPerturbation(LayerwisePerturbation):
         for w in self.params:
             w.requires_grad_(True)
 
-    @torch.no_grad()
-    def before_climb(self) -> None:
+    def ascent(self) -> Iterator[Tensor | None]:
         if is_distributed():
             world = dist.get_world_size()
             for p in self.params:
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
                     p.grad.div_(world)
-        super().before_climb()
+        yield from super().ascent()
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -171,13 +170,15 @@ class AdaptiveWeightPerturbation(Perturbation):
             neuron_importance(w, self.channel[i], self.criterion), self.rho_min, self.rho_max
         )
 
-    @torch.no_grad()
-    def before_climb(self) -> None:
+    def ascent(self) -> Iterator[Tensor | None]:
         # Every layer's radii from the unperturbed weights (a layer's radii depend only on
         # its own weights, so this equals computing them layer by layer).
         self.last_radii = [self.radii(i) for i in range(len(self.params))]
+        for i, p in enumerate(self.params):
+            g = self.gradient(i)
+            yield None if g is None else self._eps(i, p, g)
 
-    def step(self, i: int, p: Tensor, g: Tensor) -> Tensor:
+    def _eps(self, i: int, p: Tensor, g: Tensor) -> Tensor:
         t = p.detach().abs() + self.eta if self.adaptive else torch.ones_like(p)
         rows = p.shape[0] if self.channel[i] else p.numel()
         tg = (t * g).reshape(rows, -1)

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from s2ap import storage
 from s2ap.cli import Failure, guarded, parser, setup_logging
 
 EXIT_STATUS = (
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         # On a cluster the resources are checked against its nodes once joined.
         joining = bool(args.address or os.environ.get("RAY_ADDRESS"))
         spec = load_spec(args.spec, nodes=None if joining else "local")
+        out = None if args.out is None else storage.check(args.out, "--out")  # parsed here, once
 
         from s2ap.tune.search import failure_lines, run_search, summary_lines
 
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 spec,
                 address=args.address,
                 resume=args.resume,
-                out=args.out,
+                out=out,
                 quiet=args.quiet,
                 verbose=args.verbose,
                 preflight=args.preflight,

@@ -28,8 +28,6 @@ from s2ap.io import atomic_write_json
 DIVERGED = "diverged.json"
 META = "meta.json"
 STATE = "state.pt"
-EPOCHS = "epochs.parquet"
-FINAL = "final.parquet"
 PROGRESS = "epochs.jsonl"
 TIMES = "times.json"
 

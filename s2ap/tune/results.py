@@ -31,11 +31,10 @@ import pyarrow as pa
 from s2ap import results, selection, storage
 from s2ap.config import ExperimentConfig
 from s2ap.experiment import identity
+from s2ap.results import EPOCHS_FILE, FINAL_FILE, TRIALS_FILE
 from s2ap.tune.cells import cell_of
 from s2ap.tune.clock import search_epoch
 from s2ap.tune.layout import (
-    EPOCHS,
-    FINAL,
     checkpoint_roots,
     latest_checkpoint,
     read_divergence,
@@ -48,8 +47,6 @@ from s2ap.tune.spec import SearchSpec
 
 log = logging.getLogger(__name__)
 
-TRIALS_FILE = "trials.parquet"
-EPOCHS_FILE = "epochs.parquet"
 STATUSES = ("ok", "error", "stopped")
 
 # --------------------------------------------------------------------------- schemas
@@ -200,8 +197,8 @@ def trial_rows(
         if meta_there is not None:
             found = (where, meta_there)
     folder, meta = found if found is not None else (None, {})
-    final_row = _read_rows(storage.join(folder, FINAL))[0] if folder and meta.get("final") else {}
-    epochs = _read_rows(storage.join(folder, EPOCHS)) if folder else []
+    final_row = _read_rows(storage.join(folder, FINAL_FILE))[0] if folder and meta.get("final") else {}
+    epochs = _read_rows(storage.join(folder, EPOCHS_FILE)) if folder else []
     reason = read_divergence(store)
     if reason is not None or record.state == "ERROR":
         status, error = "error", reason or record.error or "trial failed"

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,7 +132,7 @@ class SearchSpec(Checked):
                 "resources.gpus_per_worker",
                 "the base config asks for device cuda: give each worker a GPU (>= 1)",
             )
-        configs = [cfg for _, cfg in self._corner_configs()]  # every cell, at its extremes
+        configs = self.corner_configs  # every cell, at its extremes
         if isinstance(self.scheduler, AshaSpec):
             self._check_asha(configs)
 
@@ -203,7 +204,20 @@ class SearchSpec(Checked):
 
     def cells(self) -> list[Cell]:
         """Every grid combination, in spec order, with the searched keys that matter there."""
-        return grid_cells(self.base, self.grid, self.search, self.num_samples)
+        return list(self._cells)
+
+    # Derived once per spec (the spec is frozen): the cells, and every cell's config at the
+    # extremes of its searched parameters, each checked once while the spec is checked.
+    @cached_property
+    def _cells(self) -> tuple[Cell, ...]:
+        return tuple(grid_cells(self.base, self.grid, self.search, self.num_samples))
+
+    @cached_property
+    def corner_configs(self) -> tuple[ExperimentConfig, ...]:
+        """Every cell's config at every combination of its searched parameters' extremes."""
+        return tuple(
+            cfg for _, cfg in corner_configs(self.base, list(self._cells), self.device, bool(self.grid))
+        )
 
     def num_trials(self) -> int:
         return sum(c.samples for c in self.cells())
@@ -217,20 +231,17 @@ class SearchSpec(Checked):
 
     def max_warmup(self) -> int:
         """Longest S2AP warm-up any trial can have (0 when S2AP is never on)."""
-        return _longest_warmup([cfg for _, cfg in self._corner_configs()])
+        return _longest_warmup(self.corner_configs)
 
     def max_search_epochs(self) -> int:
         """Most epochs after pretraining (ASHA's clock) any trial can run."""
-        return max(search_epochs(cfg) for _, cfg in self._corner_configs())
+        return max(search_epochs(cfg) for cfg in self.corner_configs)
 
     def grace_period(self) -> int:
         s = self.scheduler
         if isinstance(s, AshaSpec) and s.grace_period is not None:
             return s.grace_period
-        return default_grace([cfg for _, cfg in self._corner_configs()])
-
-    def _corner_configs(self) -> Iterator[tuple[Cell, ExperimentConfig]]:
-        return corner_configs(self.base, self.cells(), self.device, bool(self.grid))
+        return default_grace(self.corner_configs)
 
 
 def default_grace(configs: Sequence[ExperimentConfig]) -> int:

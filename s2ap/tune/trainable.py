@@ -50,9 +50,9 @@ from s2ap.distributed import DistInfo, resolve_device
 from s2ap.errors import TrainingDiverged, raised_line
 from s2ap.pipeline import run_experiment
 from s2ap.pretrain_cache import PretrainLock
+from s2ap.results import EPOCHS_FILE
 from s2ap.tune.clock import search_epoch
 from s2ap.tune.layout import (
-    EPOCHS,
     META,
     STATE,
     latest_checkpoint,
@@ -101,9 +101,14 @@ class _Reporter:
     store and hands metrics (rank 0: and a checkpoint folder) to ``report``."""
 
     def __init__(
-        self, cfg: ExperimentConfig, rank: int, run_dir: Path | None, lock: PretrainLock, store: str,
+        self,
+        cfg: ExperimentConfig,
+        rank: int,
+        run_dir: Path | None,
+        lock: PretrainLock,
+        store: str,
         report: ReportFn,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.cfg = cfg
         self.rank = rank
         self.run_dir = run_dir
@@ -126,8 +131,8 @@ class _Reporter:
         with tempfile.TemporaryDirectory(dir=self.run_dir.parent) as tmp:
             folder = Path(tmp)
             _link_or_copy(Path(state_path), folder / STATE)
-            if (self.run_dir / EPOCHS).exists():
-                shutil.copy2(self.run_dir / EPOCHS, folder / EPOCHS)
+            if (self.run_dir / EPOCHS_FILE).exists():
+                shutil.copy2(self.run_dir / EPOCHS_FILE, folder / EPOCHS_FILE)
             write_meta(folder, m, final=False)
             # One worker: blocks until the driver has judged this epoch; a stop raises
             # SystemExit(0) here, so nothing trains on after it.

@@ -145,8 +145,15 @@ def learning_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) ->
                 )
         if not pruned.empty and rows["search_epoch"].max() > pruned.max():
             ax.axvline(pruned.max() + 0.5, color="grey", ls=":", lw=1)
-            ax.annotate("finetuning →", (pruned.max() + 0.5, 1), xycoords=("data", "axes fraction"),
-                        xytext=(3, -12), textcoords="offset points", fontsize=7, color="grey")  # fmt: skip
+            ax.annotate(
+                "finetuning →",
+                (pruned.max() + 0.5, 1),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -12),
+                textcoords="offset points",
+                fontsize=7,
+                color="grey",
+            )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("search epoch (pruning, then finetuning)")
         ax.set_ylabel("validation PGD accuracy (%)")
@@ -190,8 +197,18 @@ def _errorbars(ax: Axes, rows: pd.DataFrame, col: str, colour: Any, label: str) 
     hi = 100 * rows.get(f"{col}_hi", pd.Series(index=rows.index, dtype=float)).astype(float)
     err = [(y - lo).clip(lower=0).fillna(0).to_numpy(), (hi - y).clip(lower=0).fillna(0).to_numpy()]
     many = len(rows) > RASTER_TRIALS
-    drawn = ax.errorbar(rows["gamma"].astype(float), y, yerr=err, ls="", marker="o", ms=2 if many else 4,
-                        capsize=0 if many else 3, elinewidth=0.6 if many else 1.0, color=colour, label=label)  # fmt: skip
+    drawn = ax.errorbar(
+        rows["gamma"].astype(float),
+        y,
+        yerr=err,
+        ls="",
+        marker="o",
+        ms=2 if many else 4,
+        capsize=0 if many else 3,
+        elinewidth=0.6 if many else 1.0,
+        color=colour,
+        label=label,
+    )
     if many:  # thousands of bars: one bitmap inside the SVG
         for artist in drawn.get_children():
             artist.set_rasterized(True)

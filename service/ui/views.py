@@ -29,7 +29,7 @@ from s2ap.report.compare import format_delta, format_side
 from s2ap.report.load import ReportError, prepare
 from s2ap.report.selection import RULE as GAMMA_RULE
 from s2ap.report.tables import comparisons, sparsity_label
-from s2ap.results import RUN
+from s2ap.results import RUN, format_gamma, gamma_choice
 from s2ap.selection import RULE as SELECTION_RULE
 from s2ap.selection import best_per_cell
 from s2ap.stats import accuracy_interval
@@ -41,10 +41,19 @@ MAX_TRIAL_ROWS = 500  # a page, not the table: trials.parquet holds every trial
 _ACCURACIES = ("final_val_clean_acc", "final_val_pgd_acc", "clean_acc", "robust_acc")
 # The columns the trials table reads (a search's table has a few hundred).
 TRIAL_COLUMNS = (
-    "trial_id", "grid_cell", "cell_key", "status", "stopped_early", "error", "search_epochs_run",
-    "s2ap", "gamma", "s2ap.gamma", "warmup_epochs", "s2ap.warmup_epochs", "robust_attack",
+    "trial_id",
+    "grid_cell",
+    "cell_key",
+    "status",
+    "stopped_early",
+    "error",
+    "search_epochs_run",
+    "s2ap",
+    "gamma",
+    "warmup_epochs",
+    "robust_attack",
     *(f"{name}{end}" for name in _ACCURACIES for end in ("", "_n", "_lo", "_hi")),
-)  # fmt: skip
+)
 _VAL_EPOCH = ("val_clean_acc", "val_clean_acc_n", "val_pgd_acc", "val_pgd_acc_n")
 BEST_RULE = (
     "best so far = the finished trial with the highest final validation PGD accuracy "
@@ -80,8 +89,12 @@ class Accuracy:
     @classmethod
     def of(cls, row: Mapping[str, Any], name: str) -> Accuracy:
         n = _num(row.get(f"{name}_n"))
-        return cls(_num(row.get(name)), None if n is None else int(n), _num(row.get(f"{name}_lo")),
-                   _num(row.get(f"{name}_hi")))  # fmt: skip
+        return cls(
+            _num(row.get(name)),
+            None if n is None else int(n),
+            _num(row.get(f"{name}_lo")),
+            _num(row.get(f"{name}_hi")),
+        )
 
     @classmethod
     def measured(cls, value: Any, n: Any) -> Accuracy:
@@ -219,19 +232,17 @@ class TrialRow:
     error: str | None
 
 
-def _value(row: Mapping[str, Any], *names: str) -> Any:
-    for name in names:
-        if row.get(name) is not None:
-            return row[name]
-    return None
-
-
 def _fmt(value: Any) -> str:
     if value is None:
         return DASH
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _gamma(value: Any) -> str:
+    number = _num(value)
+    return DASH if number is None else format_gamma(number)
 
 
 def cell_label(row: Mapping[str, Any]) -> str:
@@ -269,8 +280,8 @@ def trial_rows(
             TrialRow(
                 trial_id=tid,
                 cell=cell_label(r),
-                gamma="S2AP off" if s2ap_on is False else _fmt(_value(r, "gamma", "s2ap.gamma")),
-                warmup="–" if s2ap_on is False else _fmt(_value(r, "warmup_epochs", "s2ap.warmup_epochs")),
+                gamma="S2AP off" if s2ap_on is False else _gamma(r.get(RUN.gamma)),
+                warmup="–" if s2ap_on is False else _fmt(r.get(RUN.warmup_epochs)),
                 status=str(r.get("status") or DASH),
                 stopped_early=bool(r.get("stopped_early")),
                 epochs=_fmt(r.get("search_epochs_run")),
@@ -329,11 +340,18 @@ def compare_table(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> C
     ):
         s2ap = format_side(c.s2ap, True)
         if gamma is not None and c.s2ap is not None:
-            s2ap += f" [γ={gamma:g} of {tried}]"
+            s2ap += gamma_choice(gamma, tried)
         table.rows.append(
-            Comparison(str(model), str(dataset), sparsity_label(sparsity), str(method),
-                       format_side(c.orig, True), s2ap, format_delta(c))
-        )  # fmt: skip
+            Comparison(
+                str(model),
+                str(dataset),
+                sparsity_label(sparsity),
+                str(method),
+                format_side(c.orig, True),
+                s2ap,
+                format_delta(c),
+            )
+        )
     return table
 
 

@@ -185,8 +185,7 @@ def test_with_s2ap_storage_on_s3_results_progress_and_downloads_come_from_the_bu
     from s2ap import storage
     from service.store import JobStore
 
-    settings = settings.with_(storage=f"{s3_bucket}/service")
-    settings.check()
+    settings = settings.with_(storage=f"{s3_bucket}/service").check()
     manager = JobManager(settings, JobStore(settings.db_path), runner, job_python="python")
     job = manager.submit(body, "application/yaml", None).job
     assert job.results_dir == f"{s3_bucket}/service/jobs/{job.id}/search"

@@ -102,7 +102,9 @@ def test_carried_z_takes_the_gradient_at_s_plus_z_only_when_it_can_differ() -> N
         pert = score_perturbation(layers, gamma, "algorithm1", eta=10.0)  # every layer on its bound
         for _ in range(2):
             gradients(model)
-            pert.climb(regrad=regrad)
+            if pert.to_ascent_point():
+                regrad()
+            pert.climb()
             pert.restore()
         assert bool(calls) == expect_regrad
 
@@ -113,10 +115,58 @@ def test_schedule_uses_the_phase_lr_as_eta_and_keeps_its_state() -> None:
     schedule = SharpnessSchedule(cfg.s2ap, layers, search_lr=0.1, finetune_lr=0.01)
     assert isinstance(schedule.search, LayerwisePerturbation) and schedule.search.eta == 0.1
     assert isinstance(schedule.finetune, LayerwisePerturbation) and schedule.finetune.eta == 0.01
-    assert schedule.search.projection == schedule.finetune.projection == "algorithm1"
+    assert schedule.search.projection.name == schedule.finetune.projection.name == "algorithm1"
     assert schedule.state_dict() == {
         "search": {"z": [None] * len(layers)},
         "finetune": {"z": [None] * len(layers)},
     }
     with pytest.raises(ValueError, match="projection must be one of"):
         score_perturbation(layers, 0.01, "sphere")
+
+
+def _sign_perturbation(p: torch.nn.Parameter) -> LayerwisePerturbation:
+    """Algorithm 1 on one tensor whose gradient depends only on its signs."""
+    pert = LayerwisePerturbation(
+        [p],
+        10.0,
+        reference=lambda i: p.detach(),
+        fingerprint=lambda: [torch.signbit(p.detach())],
+        projection="algorithm1",
+        eta=1.0,
+    )  # far inside the bound: z = z_prev + g / ||g||
+    return pert
+
+
+def test_after_the_pass_at_s_plus_z_prev_the_skip_compares_against_that_point() -> None:
+    """The stale-gradient case (issue 26): z_prev flips a sign, so the ascent gradient is taken
+    at s + z_prev and overwrites the one at s; the new z flips nothing relative to s. The
+    gradient held is then not the one at s + z, so the second pass must run."""
+    p = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
+    pert = _sign_perturbation(p)
+    pert.load_state_dict({"z": [torch.tensor([-2.0, 0.0])]})  # s + z_prev = [-1, -1]: a flip
+    assert pert.to_ascent_point() and pert.moved and p.grad is None
+    assert torch.equal(p.detach(), torch.tensor([-1.0, -1.0]))
+    p.grad = torch.tensor([1.0, 0.0])  # the gradient at s + z_prev, pointing back
+    pert.climb()  # z = [-2, 0] + [1, 0]: s + z = [0, -1], the signs of s
+    assert torch.equal(p.detach(), torch.tensor([0.0, -1.0]))
+    assert not pert.unchanged  # the held gradient (at s + z_prev) is not the one at s + z
+    pert.restore()
+    assert torch.equal(p.detach(), torch.tensor([1.0, -1.0]))
+
+
+def test_the_second_pass_is_skipped_when_s_plus_z_keeps_the_signs_of_s_plus_z_prev() -> None:
+    p = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
+    pert = _sign_perturbation(p)
+    pert.load_state_dict({"z": [torch.tensor([-2.0, 0.0])]})
+    assert pert.to_ascent_point()
+    p.grad = torch.tensor([-1.0, 0.0])  # further along z_prev: s + z = [-2, -1], signs of s + z_prev
+    pert.climb()
+    assert pert.unchanged  # the gradient held at s + z_prev is the one at s + z
+    pert.restore()
+    # Without a carried z the comparison is against s itself, as before.
+    fresh = _sign_perturbation(p)
+    p.grad = torch.tensor([0.5, 0.0])
+    assert not fresh.to_ascent_point() and not fresh.moved
+    fresh.climb()  # s + z = [2, -1]
+    assert fresh.unchanged
+    fresh.restore()

@@ -1,0 +1,61 @@
+"""Parse once: a spec checks each experiment config it derives once, parses each storage
+location once, and its accessors and consumers never validate again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from s2ap import coerce, experiment, storage
+from s2ap.config import ExperimentConfig
+from s2ap.tune.spec import load_spec, spec_to_dict
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "search_spaces" / "quickstart.yaml"
+
+
+@pytest.fixture
+def checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The hash of every config :func:`s2ap.experiment.check` validates."""
+    seen: list[str] = []
+    real = experiment.check
+
+    def counting(cfg: ExperimentConfig) -> ExperimentConfig:
+        seen.append(cfg.hash())
+        return real(cfg)
+
+    monkeypatch.setattr(experiment, "check", counting)
+    return seen
+
+
+def test_loading_the_quickstart_spec_checks_each_distinct_config_once(checks: list[str]) -> None:
+    spec = load_spec(QUICKSTART, nodes=None)
+    # The base, the grid's cells and every cell's corners: each distinct one checked once.
+    assert checks and len(checks) == len(set(checks))
+    assert spec.base.hash() in checks
+    assert {cfg.hash() for cfg in spec.corner_configs} <= set(checks)
+    loaded = len(checks)
+    # The accessors the search and the service use derive from what was checked.
+    assert spec.max_warmup() >= 1 and spec.max_search_epochs() > spec.grace_period() >= 1
+    assert spec.num_trials() == 6 and len(spec.cells()) == 2
+    assert len(checks) == loaded
+
+
+def test_a_spec_location_is_parsed_once_and_passes_through_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[str] = []
+    real = storage._parse
+
+    def counting(text: str, field: str) -> str:
+        parsed.append(field)
+        return real(text, field)
+
+    monkeypatch.setattr(storage, "_parse", counting)
+    spec = load_spec(QUICKSTART, nodes=None)
+    assert sorted(parsed) == ["pretrain_cache", "storage"]
+    assert isinstance(spec.storage, storage.Location) and Path(spec.storage).is_absolute()
+    assert storage.check(spec.storage, "storage") is spec.storage and len(parsed) == 2
+    # Written out as plain strings (a spec.yaml the service stores and the CLI reads back).
+    out: Any = yaml.safe_load(yaml.safe_dump(spec_to_dict(spec)))
+    assert out["storage"] == str(spec.storage) and type(coerce.to_dict(spec.storage)) is str
