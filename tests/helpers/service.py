@@ -111,7 +111,7 @@ class ServiceProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
-                cwd=Path(__file__).resolve().parent.parent,
+                cwd=Path(__file__).resolve().parents[2],  # the repository root
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
