@@ -23,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from s2ap import __version__
 from service import errors
+from service.body_limit import BodyLimit, form_limit
 from service.jobs import JobManager, default_job_python
 from service.ray_cluster import RayJobRunner
 from service.ray_head import EmbeddedRayHead
@@ -144,6 +145,17 @@ def _warm_validator(root: Path) -> None:
         log.debug("validator warm-up failed", exc_info=True)
 
 
+def _body_limits(settings: Settings) -> Callable[[str, str], int]:
+    """Bytes a request body may have: a spec (``S2AP_MAX_BODY_BYTES``) everywhere, the web
+    page's submit form room for an uploaded and a pasted one."""
+    cap = settings.max_body_bytes
+
+    def limit_for(method: str, path: str) -> int:
+        return form_limit(cap) if path == "/ui/submit" else cap
+
+    return limit_for
+
+
 def create_app(settings: Settings | None = None, *, runner: Runner | None = None) -> FastAPI:
     """The service. ``runner`` replaces the Ray runner (tests that must not start trainings)."""
     settings = settings or Settings.from_env()
@@ -173,6 +185,7 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
     )
     app.state.settings = settings
     errors.install(app)
+    app.add_middleware(BodyLimit, limit_for=_body_limits(settings))
     app.include_router(health.router)
     app.include_router(jobs.router)
     if not public_docs:

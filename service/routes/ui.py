@@ -31,6 +31,7 @@ from starlette.datastructures import UploadFile
 from s2ap import storage
 from s2ap.report.load import ReportError
 from service import ui_forms, ui_plots, ui_session, ui_views
+from service.body_limit import BodyTooLarge
 from service.errors import ApiError
 from service.jobs import JobManager
 from service.progress import TRIALS_FILE
@@ -133,11 +134,10 @@ async def _checked_form(request: Request) -> tuple[ui_session.Session | None, An
     if session is None:
         return None, None, _to_login(request)
     cap = _settings(request).max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > 2 * cap + 65536:
-        return session, None, _error(request, session, 413, f"the form is over the {cap}-byte limit")
     try:
         form = await request.form(max_files=1, max_fields=16, max_part_size=cap + 1)
+    except BodyTooLarge as exc:  # service.body_limit stopped the read at the limit
+        return session, None, _error(request, session, 413, f"the form is over the {exc.limit}-byte limit")
     except Exception as exc:  # starlette refuses malformed or oversized multipart bodies
         return session, None, _error(request, session, 400, f"the form could not be read: {exc}")
     offered = form.get(ui_session.CSRF_FIELD)
