@@ -31,6 +31,7 @@ from service.routes import docs, health, jobs, ui
 from service.runner import Runner
 from service.settings import Settings
 from service.store import JobStore
+from service.throttle import CredentialThrottle
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,9 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.throttle = CredentialThrottle(
+        settings.auth_failures, settings.auth_failures_total, settings.auth_window_s
+    )
     errors.install(app)
     app.add_middleware(BodyLimit, limit_for=_body_limits(settings))
     app.include_router(health.router)

@@ -38,6 +38,7 @@ from service.progress import TRIALS_FILE
 from service.settings import Settings
 from service.specs import dump_yaml
 from service.store import JobRecord
+from service.throttle import client_address, throttle_of, too_many_message
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +179,14 @@ async def login(request: Request) -> Response:
     form = await request.form(max_files=0, max_fields=8, max_part_size=4096)
     token, target = form.get("token"), form.get("next")
     target = ui_session.safe_next(target if isinstance(target, str) else None)
+    throttle, client = throttle_of(request), client_address(request)
+    if (wait := throttle.retry_after(client)) is not None:  # not even checked: no oracle
+        page = _page(request, "login.html", None, status=429, next=target, error=too_many_message(wait))
+        page.headers["Retry-After"] = str(wait)
+        return page
     if not ui_session.token_matches(_settings(request), token if isinstance(token, str) else None):
-        log.warning(
-            "web sign-in refused: wrong token (from %s)", request.client.host if request.client else "?"
-        )
+        log.warning("web sign-in refused: wrong token (from %s)", client)
+        throttle.failed(client)
         return _page(request, "login.html", None, status=401, next=target, error="wrong token")
     _sessions(request).drop(request.cookies.get(ui_session.COOKIE))
     cookie, _ = _sessions(request).create()
