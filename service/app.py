@@ -98,7 +98,9 @@ def open_services(settings: Settings, runner: Runner | None = None) -> Services:
         owns_runner = runner is None
         if runner is None:
             if settings.embedded_ray:
-                head = EmbeddedRayHead(settings.ray_dir, settings.ray_num_cpus, settings.ray_autogroup_nice)
+                head = EmbeddedRayHead(
+                    settings.ray_dir, settings.ray_num_cpus, settings.ray_autogroup_nice, settings.storage
+                )
                 record = head.ensure()
                 ray_runner = RayJobRunner(record.dashboard_url, token=record.token())
                 watchdog = _head_watchdog(head, ray_runner)
