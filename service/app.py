@@ -23,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from s2ap import __version__
 from service import errors
+from service.body_limit import BodyLimit, form_limit
 from service.cluster.ray_cluster import RayJobRunner
 from service.cluster.ray_head import EmbeddedRayHead
 from service.cluster.runner import Runner
@@ -30,6 +31,7 @@ from service.jobs import JobManager, default_job_python
 from service.routes import docs, health, jobs
 from service.settings import Settings
 from service.store import JobStore
+from service.throttle import CredentialThrottle
 from service.ui import routes as ui
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,9 @@ def open_services(settings: Settings, runner: Runner | None = None) -> Services:
         owns_runner = runner is None
         if runner is None:
             if settings.embedded_ray:
-                head = EmbeddedRayHead(settings.ray_dir, settings.ray_num_cpus, settings.ray_autogroup_nice)
+                head = EmbeddedRayHead(
+                    settings.ray_dir, settings.ray_num_cpus, settings.ray_autogroup_nice, settings.storage
+                )
                 record = head.ensure()
                 ray_runner = RayJobRunner(record.dashboard_url, token=record.token())
                 watchdog = _head_watchdog(head, ray_runner)
@@ -145,6 +149,17 @@ def _warm_validator(root: Path) -> None:
         log.debug("validator warm-up failed", exc_info=True)
 
 
+def _body_limits(settings: Settings) -> Callable[[str, str], int]:
+    """Bytes a request body may have: a spec (``S2AP_MAX_BODY_BYTES``) everywhere, the web
+    page's submit form room for an uploaded and a pasted one."""
+    cap = settings.max_body_bytes
+
+    def limit_for(method: str, path: str) -> int:
+        return form_limit(cap) if path == "/ui/submit" else cap
+
+    return limit_for
+
+
 def create_app(settings: Settings | None = None, *, runner: Runner | None = None) -> FastAPI:
     """The service. ``runner`` replaces the Ray runner (tests that must not start trainings)."""
     settings = settings.check() if settings is not None else Settings.from_env()  # from_env checks
@@ -172,7 +187,11 @@ def create_app(settings: Settings | None = None, *, runner: Runner | None = None
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.throttle = CredentialThrottle(
+        settings.auth_failures, settings.auth_failures_total, settings.auth_window_s
+    )
     errors.install(app)
+    app.add_middleware(BodyLimit, limit_for=_body_limits(settings))
     app.include_router(health.router)
     app.include_router(jobs.router)
     if not public_docs:

@@ -71,6 +71,7 @@ _STATUS_CODES = {
     413: "body_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
+    429: "too_many_attempts",
     503: "unavailable",
 }
 
@@ -81,6 +82,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "Not possible in the job's current state"},
     413: {"model": ErrorBody, "description": "Request body over the size cap"},
     422: {"model": ErrorBody, "description": "Invalid request or spec; `field` names what is wrong"},
+    429: {
+        "model": ErrorBody,
+        "description": "Too many wrong tokens from this address (or from all): retry after `Retry-After` seconds",
+    },
     503: {"model": ErrorBody, "description": "The Ray cluster cannot be reached"},
 }
 

@@ -31,6 +31,7 @@ from s2ap import storage
 from s2ap.io import atomic_write_text
 from service.cluster.runner import RAY_TO_STATUS, ClusterUnavailable, Runner, error_from_logs, tail
 from service.errors import ApiError
+from service.log_paths import server_paths
 from service.progress import TABLES, config_keys, read_progress
 from service.settings import JOBS_DIR, Settings
 from service.specs import SpecProblem, ValidSpec, dump_yaml, parse_body, validate
@@ -73,6 +74,7 @@ class JobManager:
         self.job_python = job_python
         self.watchdog = watchdog  # run before each poll round (restarts a dead embedded head)
         self.root = settings.data_root
+        self.short_paths = server_paths(settings.data_dir, job_python, settings.storage)  # for logs
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -250,7 +252,7 @@ class JobManager:
                 "query.lines",
             )
         try:
-            return tail(self.runner.logs(job.id), count)
+            return self.short_paths(tail(self.runner.logs(job.id), count))
         except ClusterUnavailable as exc:
             raise ApiError(503, "cluster_unavailable", str(exc)) from None
 
@@ -363,7 +365,8 @@ class JobManager:
             text = self.runner.logs(job_id)
         except ClusterUnavailable:
             text = ""
-        return error_from_logs(text, message)
+        reason = error_from_logs(text, message)
+        return None if reason is None else self.short_paths(reason)
 
     def reconcile(self) -> int:
         """Refresh every unfinished job once; the number looked at."""

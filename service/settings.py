@@ -19,6 +19,13 @@ variable                   meaning                                              
                            a file holding it)                                   embedded: made in
                                                                                 ``DATA_DIR/ray``
 ``S2AP_MAX_BODY_BYTES``    largest accepted request body                        1 MiB
+``S2AP_AUTH_FAILURES``     wrong tokens (sign-ins on ``/ui/login``, bearer      10
+                           tokens) one client address may send per window;
+                           past it every token it sends is answered 429 with
+                           ``Retry-After`` until the oldest leaves the window
+``S2AP_AUTH_FAILURES_      the same budget for all clients together             100
+TOTAL``
+``S2AP_AUTH_WINDOW_S``     the window those budgets count in, seconds           60
 ``S2AP_PUBLIC_DOCS``       serve ``/openapi.json`` and ``/docs`` without the    false
                            token (false: the schema needs it, ``/docs`` is off)
 ``S2AP_PAGE_SIZE``         default page of ``GET /jobs``                        20
@@ -71,6 +78,9 @@ class Settings:
     ray_address: str | None = None
     local_only: bool = False
     max_body_bytes: int = 1 << 20
+    auth_failures: int = 10  # per client address and window (service.throttle)
+    auth_failures_total: int = 100  # all clients together
+    auth_window_s: float = 60.0
     page_size: int = 20
     max_page_size: int = 100
     log_tail_lines: int = 200
@@ -93,6 +103,9 @@ class Settings:
             "ray_address": env.get("RAY_ADDRESS") or None,
             "local_only": _flag(env, "S2AP_LOCAL_ONLY"),
             "max_body_bytes": _int(env, "S2AP_MAX_BODY_BYTES", cls.max_body_bytes, low=1024),
+            "auth_failures": _int(env, "S2AP_AUTH_FAILURES", cls.auth_failures, low=1),
+            "auth_failures_total": _int(env, "S2AP_AUTH_FAILURES_TOTAL", cls.auth_failures_total, low=1),
+            "auth_window_s": _float(env, "S2AP_AUTH_WINDOW_S", cls.auth_window_s, low=0.1),
             "page_size": _int(env, "S2AP_PAGE_SIZE", cls.page_size, low=1),
             "max_page_size": _int(env, "S2AP_MAX_PAGE_SIZE", cls.max_page_size, low=1),
             "log_tail_lines": _int(env, "S2AP_LOG_TAIL_LINES", cls.log_tail_lines, low=1),

@@ -12,7 +12,7 @@ The floors, lowest first (the README's Architecture section draws the same plan)
 5. pipeline, state, best_mask
 6. tune: the search on Ray
 7. run, config_reference, api: the command lines and the Python entry point
-8. the service's parts: cluster/ (the one Ray import), settings, store, specs, progress, errors
+8. the service's parts: cluster/ (the one Ray import), settings, store, specs, progress, errors, throttle, body_limit, log_paths
 9. the service's job manager and request dependencies: jobs, deps
 10. what serves: the JSON routes, the web page (ui/), the app and its command line
 """
@@ -37,7 +37,8 @@ FLOORS = {
     6: ["s2ap.tune"],
     7: ["s2ap.run", "s2ap.config_reference", "s2ap.api"],
     8: ["service.cluster", "service.settings", "service.store", "service.models", "service.model_policy",
-        "service.specs", "service.progress", "service.errors"],
+        "service.specs", "service.progress", "service.errors", "service.throttle", "service.body_limit",
+        "service.log_paths"],
     9: ["service.jobs", "service.deps"],
     10: ["service"],
 }  # fmt: skip

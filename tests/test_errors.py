@@ -21,6 +21,7 @@ def _examples() -> dict[str, Callable[[], BaseException]]:
     from s2ap.report.load import ReportError
     from s2ap.tune.trainable import TrialFailed
     from service.app import DataDirBusy
+    from service.body_limit import BodyTooLarge
     from service.cluster.runner import ClusterUnavailable
     from service.errors import ApiError
     from service.settings import SettingsError
@@ -41,6 +42,7 @@ def _examples() -> dict[str, Callable[[], BaseException]]:
         "SpecProblem": lambda: SpecProblem("invalid_spec", "must be > 0", "search.s2ap.gamma"),
         "DuplicateIdempotencyKey": lambda: DuplicateIdempotencyKey("key k"),
         "SignInFirst": lambda: SignInFirst(),
+        "BodyTooLarge": lambda: BodyTooLarge(1024, 4096),
     }
 
 

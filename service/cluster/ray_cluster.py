@@ -42,6 +42,7 @@ import httpx
 
 from s2ap.errors import error_line
 from s2ap.io import atomic_write
+from service.cluster.head_env import allowed_environment
 from service.cluster.runner import ClusterUnavailable, RayJobState
 
 log = logging.getLogger(__name__)
@@ -361,14 +362,16 @@ def is_head_command(cmdline: str, temp_dir: str) -> bool:
     return "--head" in cmdline and temp_dir in cmdline
 
 
-def head_environment(token: ClusterToken, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The head's environment: ``base`` (default: this process's) in token mode with ``token``.
+def head_environment(
+    token: ClusterToken, base: Mapping[str, str] | None = None, storage_location: str | None = None
+) -> dict[str, str]:
+    """The head's environment: the allowlisted part of ``base`` (default: this process's;
+    :mod:`service.cluster.head_env`, never the service's token) in token mode with ``token``.
 
     A token file is named by ``RAY_AUTH_TOKEN_PATH``, which every Ray process of the node
     (raylet, workers, each job's driver) inherits; an empty ``RAY_AUTH_TOKEN`` would shadow it.
     """
-    env = dict(os.environ if base is None else base)
-    env.pop("RAY_ADDRESS", None)
+    env = allowed_environment(os.environ if base is None else base, storage_location)
     if token.path is not None:
         env.pop("RAY_AUTH_TOKEN", None)
     env.update(token.environment())

@@ -122,8 +122,15 @@ def _alive(pid: int) -> bool:
 class EmbeddedRayHead:
     """Start, find and stop the service's own Ray head (one per data directory)."""
 
-    def __init__(self, state_dir: Path, num_cpus: int | None = None, autogroup_nice: int = 5) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        num_cpus: int | None = None,
+        autogroup_nice: int = 5,
+        storage_location: str | None = None,
+    ) -> None:
         self.state_dir = Path(state_dir)
+        self.storage_location = storage_location  # S2AP_STORAGE: an object store's credentials pass
         self.num_cpus = num_cpus or default_num_cpus()
         self.autogroup_nice = autogroup_nice
         self.record_path = self.state_dir / "head.json"
@@ -184,7 +191,7 @@ class EmbeddedRayHead:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=head_environment(token),
+                env=head_environment(token, storage_location=self.storage_location),
                 start_new_session=True,
                 close_fds=True,
             )

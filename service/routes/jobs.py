@@ -14,7 +14,7 @@ from service.errors import ApiError, responses
 from service.models import Job, JobDetail, JobPage
 from service.store import JobStatus
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authorized], responses=responses(401))
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authorized], responses=responses(401, 429))
 
 PARQUET = "application/vnd.apache.parquet"
 

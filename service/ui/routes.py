@@ -31,12 +31,14 @@ from starlette.datastructures import UploadFile
 
 from s2ap import storage
 from s2ap.report.load import ReportError
+from service.body_limit import BodyTooLarge
 from service.errors import ApiError
 from service.jobs import JobManager
 from service.progress import TRIALS_FILE
 from service.settings import Settings
 from service.specs import dump_yaml
 from service.store import JobRecord
+from service.throttle import client_address, throttle_of, too_many_message
 from service.ui import forms as ui_forms
 from service.ui import plots as ui_plots
 from service.ui import session as ui_session
@@ -155,11 +157,10 @@ async def _checked_form(request: Request, session: ui_session.Session) -> tuple[
     """The form of a signed-in session's state-changing POST, or the response that refuses
     it: no or a wrong CSRF token -> 403."""
     cap = _settings(request).max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > 2 * cap + 65536:
-        return None, _error(request, session, 413, f"the form is over the {cap}-byte limit")
     try:
         form = await request.form(max_files=1, max_fields=16, max_part_size=cap + 1)
+    except BodyTooLarge as exc:  # service.body_limit stopped the read at the limit
+        return None, _error(request, session, 413, f"the form is over the {exc.limit}-byte limit")
     except Exception as exc:  # starlette refuses malformed or oversized multipart bodies
         return None, _error(request, session, 400, f"the form could not be read: {exc}")
     offered = form.get(ui_session.CSRF_FIELD)
@@ -199,10 +200,14 @@ async def login(request: Request) -> Response:
     form = await request.form(max_files=0, max_fields=8, max_part_size=4096)
     token, target = form.get("token"), form.get("next")
     target = ui_session.safe_next(target if isinstance(target, str) else None)
+    throttle, client = throttle_of(request), client_address(request)
+    if (wait := throttle.retry_after(client)) is not None:  # not even checked: no oracle
+        page = _page(request, "login.html", None, status=429, next=target, error=too_many_message(wait))
+        page.headers["Retry-After"] = str(wait)
+        return page
     if not ui_session.token_matches(_settings(request), token if isinstance(token, str) else None):
-        log.warning(
-            "web sign-in refused: wrong token (from %s)", request.client.host if request.client else "?"
-        )
+        log.warning("web sign-in refused: wrong token (from %s)", client)
+        throttle.failed(client)
         return _page(request, "login.html", None, status=401, next=target, error="wrong token")
     _sessions(request).drop(request.cookies.get(ui_session.COOKIE))
     cookie, _ = _sessions(request).create()

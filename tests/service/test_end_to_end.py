@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -514,6 +515,9 @@ def test_job_succeeds_and_both_tables_load_in_pandas(
     logs = client.get(f"/jobs/{job_id}/logs", params={"lines": 50})
     assert logs.status_code == 200 and logs.headers["content-type"].startswith("text/plain")
     assert "trials" in logs.text
+    whole = client.get(f"/jobs/{job_id}/logs", params={"lines": 10_000}).text
+    assert "<data>/jobs/" in whole  # Ray's entrypoint line, with the data directory's short name
+    assert str(data_dir.resolve()) not in whole and sys.executable not in whole
 
     page = client.get("/jobs", params={"limit": 1}).json()
     assert page["items"][0]["id"] == job_id  # newest first

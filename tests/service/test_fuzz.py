@@ -34,7 +34,16 @@ TOKEN = "fuzz-token"
 
 def _app(data_dir: Path) -> Any:
     return create_app(
-        Settings(api_token=TOKEN, data_dir=data_dir, max_body_bytes=64 * 1024), runner=FakeRunner()
+        # The wrong-token checks below send more wrong tokens than the throttle's default
+        # budget (tests/service/test_throttle.py tests the throttle itself).
+        Settings(
+            api_token=TOKEN,
+            data_dir=data_dir,
+            max_body_bytes=64 * 1024,
+            auth_failures=10**6,
+            auth_failures_total=10**6,
+        ),
+        runner=FakeRunner(),
     )
 
 

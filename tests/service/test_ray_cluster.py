@@ -173,3 +173,113 @@ def test_the_embedded_head_listens_on_loopback_only(
 
     open_ = [s for s in sockets if not loopback(s[2])]
     assert open_ == [], f"{len(open_)} of {len(sockets)} sockets listen beyond loopback: {open_}"
+
+
+def test_the_head_environment_is_an_allowlist() -> None:
+    base = {
+        "PATH": "/bin",
+        "HOME": "/home/u",
+        "PYTHONPATH": "/src",
+        "OMP_NUM_THREADS": "1",
+        "RAY_AUTH_TOKEN_PATH": "/t",
+        "S2AP_API_TOKEN": "api-secret",
+        "S2AP_ALLOWED_MODEL_MODULES": "mylab",
+        "S2AP_STORAGE": "s3://bucket/s2ap",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "GITHUB_TOKEN": "gh-secret",
+        "DATABASE_URL": "postgres://u:p@db/x",
+    }
+    token = ClusterToken("t" * 64, Path("/data/ray/auth_token"))
+    local = head_environment(token, base)
+    assert {"PATH", "HOME", "PYTHONPATH", "OMP_NUM_THREADS", "RAY_AUTH_TOKEN_PATH"} <= set(local)
+    assert not {"S2AP_API_TOKEN", "S2AP_ALLOWED_MODEL_MODULES", "GITHUB_TOKEN", "DATABASE_URL"} & set(local)
+    assert not any(k.startswith(("AWS_", "S2AP_")) for k in local)  # no object store set: none of it
+    on_store = head_environment(token, base, storage_location="s3://bucket/s2ap")
+    assert (
+        on_store["AWS_SECRET_ACCESS_KEY"] == "aws-secret" and on_store["S2AP_STORAGE"] == "s3://bucket/s2ap"
+    )
+    assert "S2AP_API_TOKEN" not in on_store and "GITHUB_TOKEN" not in on_store
+    assert "AWS_SECRET_ACCESS_KEY" not in head_environment(token, base, storage_location="/srv/results")
+
+
+SHOW_ENV = """
+import os, ray, time
+ray.init()
+
+@ray.remote
+class Holder:
+    def seen(self):
+        return os.environ.get("S2AP_API_TOKEN")
+
+holders = [Holder.remote() for _ in range(2)]
+print("seen=%s %s" % (ray.get([h.seen.remote() for h in holders]), os.environ.get("S2AP_API_TOKEN")))
+print("ready:", 6 * 7, flush=True)  # the log repeats the script: look for what only running it prints
+time.sleep(300)
+"""
+
+
+def _descendants(root: int) -> set[int]:
+    """``root``, every process below it (by parent id), and its session's members."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[-1].split()[1])
+    found = {root, *session_members(root)}
+    while True:
+        more = {pid for pid, parent in parents.items() if parent in found} - found
+        if not more:
+            return found
+        found |= more
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_no_ray_process_of_a_running_job_holds_the_api_token(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's token and other secrets of its environment are in no process of the
+    embedded head while a job runs: not the daemons, not the job's driver, not its workers."""
+    import shlex
+    import sys
+    import time
+
+    pytest.importorskip("ray")
+    from service.cluster.ray_cluster import RayJobRunner
+
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    secret = "api-token-that-must-stay-in-the-service-91c2"
+    monkeypatch.setenv("S2AP_API_TOKEN", secret)
+    monkeypatch.setenv("SOME_OTHER_SECRET", secret + "-other")
+    head = EmbeddedRayHead(tmp_path / "ray", num_cpus=2, autogroup_nice=0)
+    record = head.ensure()
+    environs: dict[int, bytes] = {}
+    try:
+        runner = RayJobRunner(record.dashboard_url, token=record.token())
+        assert runner.submit("env-1", shlex.join([sys.executable, "-c", SHOW_ENV]))
+        deadline = time.monotonic() + 240
+        while "ready: 42" not in runner.logs("env-1"):
+            state = runner.state("env-1")
+            assert state is not None and not state.terminal, runner.logs("env-1")
+            assert time.monotonic() < deadline, runner.logs("env-1")
+            time.sleep(0.5)
+        for pid in _descendants(record.pid):
+            try:
+                environs[pid] = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+        log_text = runner.logs("env-1")
+        runner.stop("env-1")
+    finally:
+        head.stop()
+    drivers = [pid for pid, env in environs.items() if b"RAY_JOB_ID=" in env or b"RAY_SUBMISSION_ID" in env]
+    assert len(environs) > 10 and drivers, f"the walk saw {len(environs)} processes"
+    holding = [pid for pid, env in environs.items() if secret.encode() in env]
+    assert holding == [], f"{len(holding)} of {len(environs)} Ray processes hold the API token"
+    assert "seen=[None, None] None" in log_text  # neither the workers nor the driver see it
