@@ -138,7 +138,7 @@ class Pipeline:
             self._save_state()
         final = self._final_row(time.perf_counter() - start)
         if self.is_main and self.run_dir is not None:
-            results.write_rows([final], results.RUN_SCHEMA, self.run_dir / "final.parquet")
+            results.write_run(self.run_dir, final, self.state.final.get(results.PREDICTIONS))
         return final
 
     def pretrain(self) -> None:
@@ -198,7 +198,7 @@ class Pipeline:
             _save_tensors(L.masks(self.model), self.run_dir / "masks.pt")
         # Table 5: the pruned pretrained model before any finetuning.
         metrics = self.probes.test_metrics(autoattack=False)
-        for name, measured in (("mask_clean_acc", "clean_acc"), ("mask_robust_acc", "pgd_acc")):
+        for name, measured in (("mask_clean_acc", "clean_acc_full"), ("mask_robust_acc", "pgd_acc_full")):
             self.state.final[name] = metrics[measured]
             self.state.final[f"{name}_n"] = metrics[f"{measured}_n"]
         self.state.final["mask_robust_attack"] = "pgd"

@@ -18,7 +18,8 @@ from s2ap import storage
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
-TABLES = {"trials": TRIALS_FILE, "epochs": EPOCHS_FILE}
+PREDICTIONS_FILE = "predictions.parquet"  # per trial, one row per headline test point
+TABLES = {"trials": TRIALS_FILE, "epochs": EPOCHS_FILE, "predictions": PREDICTIONS_FILE}
 # What "best so far" ranks by: the validation PGD accuracy the search itself selects on
 # (test accuracies are reported, never used to choose).
 BEST_METRIC = "final_val_pgd_acc"

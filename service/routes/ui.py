@@ -326,8 +326,8 @@ async def download_table(request: Request, job_id: str, table: str) -> Response:
     session = _session(request)
     if session is None:
         return _to_login(request)
-    if table not in ("trials", "epochs"):
-        return _error(request, session, 404, f"no table {table!r}: trials or epochs")
+    if table not in ("trials", "epochs", "predictions"):
+        return _error(request, session, 404, f"no table {table!r}: trials, epochs or predictions")
     try:
         data = await run_in_threadpool(_jobs(request).results, job_id, table)
     except ApiError as exc:

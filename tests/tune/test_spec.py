@@ -176,7 +176,7 @@ def headline_points(cfg: Any) -> int:
 
     n = len(load_splits(cfg.data, cfg.seed).test)  # type: ignore[arg-type]
     n = min(n, cfg.data.test_limit or n)
-    return min(n, cfg.eval.autoattack_n or n) if cfg.eval.autoattack else n
+    return min(n, cfg.eval.test_points or n)
 
 
 @pytest.mark.parametrize(
