@@ -125,7 +125,9 @@ class PointPaired:
         return len(self.diffs)
 
 
-def paired_points(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], level: float = LEVEL) -> PointPaired:
+def paired_points(
+    a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], level: float = LEVEL
+) -> PointPaired:
     """Mean of ``b - a`` over seeds and test points, with an interval over both.
 
     ``a[s][i]`` / ``b[s][i]``: outcome (1 correct, 0 not; a mean when a seed ran twice) of
@@ -133,7 +135,9 @@ def paired_points(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], le
     """
     d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
     if d.ndim != 2 or d.size == 0 or np.asarray(a).shape != np.asarray(b).shape:
-        raise ValueError(f"need seeds x points outcomes of the same shape, got {np.shape(a)} and {np.shape(b)}")
+        raise ValueError(
+            f"need seeds x points outcomes of the same shape, got {np.shape(a)} and {np.shape(b)}"
+        )
     m, n = d.shape
     mean = float(d.mean())
     seed_means, point_means = d.mean(axis=1), d.mean(axis=0)
