@@ -331,9 +331,9 @@ class Pipeline:
         if self.is_main and self.run_dir is not None:
             results.write_rows(self.state.rows, results.EPOCH_SCHEMA, self.run_dir / "epochs.parquet")
         log.info(
-            "%s epoch %d/%d: loss %.4f acc %.3f val clean %.3f val pgd %.3f%s (%.1fs)",
+            "%s epoch %d/%d: loss %.4f acc %.3f %s%s (%.1fs)",
             row["phase"], row["epoch"] + 1, epochs, row["train_loss"], row["train_acc"],
-            row["val_clean_acc"], row["val_pgd_acc"],
+            results.describe_validation(row),
             f" hamming {row['hamming']:.4f}" if row["hamming"] is not None else "", row["time_s"],
         )  # fmt: skip
         if self.reporter is not None:

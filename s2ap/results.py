@@ -223,6 +223,21 @@ def describe_accuracy(row: Mapping[str, Any], name: str, label: str) -> str:
     return describe(label, row.get(name), row.get(f"{name}_lo"), row.get(f"{name}_hi"), row.get(f"{name}_n"))
 
 
+def describe_measured(label: str, value: Any, n: Any) -> str:
+    """An accuracy known only by its value and points (a live report, an epoch's validation),
+    printed like :func:`describe_accuracy`, its Wilson interval computed here."""
+    if value is None or value != value or not n:
+        return describe(label, value, None, None, None)
+    interval = accuracy_interval(float(value), int(n))
+    return describe(label, float(value), interval.lo, interval.hi, int(n))
+
+
+def describe_validation(row: Mapping[str, Any]) -> str:
+    """An epoch row's validation figures: ``val clean 0.96 [0.86, 0.99] n=48, val PGD ...``."""
+    clean = describe_measured("val clean", row.get("val_clean_acc"), row.get("val_clean_acc_n"))
+    return f"{clean}, {describe_measured('val PGD', row.get('val_pgd_acc'), row.get('val_pgd_acc_n'))}"
+
+
 def code_version() -> str:
     """Package version plus the git commit when running from a checkout."""
     head = Path(__file__).resolve().parent.parent / ".git" / "HEAD"
