@@ -120,9 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--search", default="runs/tune/digits_ablation", help="the search folder")
     p.add_argument("--readme", default=str(ROOT / "README.md"))
     p.add_argument("--figure", default=str(ROOT / FIGURE), help="where the Δ figure goes")
+    p.add_argument("--wall-s", type=float, help="with --search: the search's measured wall time")
     args = p.parse_args(argv)
     search = Path(args.search).resolve()
-    wall = None
+    wall = args.wall_s
     if args.run:
         start = time.perf_counter()
         cmd = [sys.executable, "-m", "s2ap.tune", str(ROOT / SPEC), "--out", str(search), "-q"]

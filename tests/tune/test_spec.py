@@ -370,3 +370,11 @@ def test_default_grace_is_the_first_finetuning_epoch() -> None:
     assert spec.scheduler.reduction_factor == 3.0
     # No finetuning epoch to spare (4 + 1 = 5 of 5): one epoch after the longest warm-up.
     assert load_spec(tiny(), nodes=None).grace_period() == 3
+
+
+def test_the_old_point_count_key_is_refused_in_a_spec_with_its_new_name() -> None:
+    base = tiny()["base"]
+    rejects(
+        tiny(base={**base, "eval": {"autoattack_n": 5}}), "eval.autoattack_n", contains="eval.test_points"
+    )
+    rejects(tiny(grid={"eval.autoattack_n": [5, 10]}), "eval.autoattack_n", contains="eval.test_points")
