@@ -1,5 +1,6 @@
 """The statistics behind every reported number: binomial intervals for an accuracy on n points,
-and paired intervals for a difference across seeds. Pure Python plus scipy's t quantile; no torch.
+and paired intervals for a difference across seeds and test points. Python, numpy and scipy's t
+and binomial distributions; no torch.
 
 * :func:`wilson` - the 95% Wilson score interval of k correct out of n (Wilson, 1927). Unlike
   the normal approximation it stays inside [0, 1] and is not zero-width at 0/n or n/n.
