@@ -135,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table1 = (report.out_dir / "table1.md").read_text(encoding="utf-8")
     delta = report.out_dir / "delta.png"
     if delta.is_file():
+        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(delta, args.figure)
     trials = pd.read_parquet(search / "trials.parquet")
     when = datetime.now(UTC).strftime("%Y-%m-%d")
