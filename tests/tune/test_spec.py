@@ -375,6 +375,7 @@ def test_default_grace_is_the_first_finetuning_epoch() -> None:
 def test_the_old_point_count_key_is_refused_in_a_spec_with_its_new_name() -> None:
     base = tiny()["base"]
     rejects(
-        tiny(base={**base, "eval": {"autoattack_n": 5}}), "eval.autoattack_n", contains="eval.test_points"
+        tiny(base={**base, "eval": {"autoattack_n": 5}}),
+        "base.eval.autoattack_n",
+        contains="eval.test_points",
     )
-    rejects(tiny(grid={"eval.autoattack_n": [5, 10]}), "eval.autoattack_n", contains="eval.test_points")
