@@ -257,6 +257,14 @@ def _required(f: Field[Any]) -> bool:
     return f.default is MISSING and f.default_factory is MISSING
 
 
+def _unknown(cls: type, key: str, path: str, names: set[str]) -> str:
+    """Why ``key`` is refused: renamed (a class's ``RENAMED`` maps old names to new), or unknown."""
+    new = getattr(cls, "RENAMED", {}).get(key)
+    if new is not None:
+        return f"renamed: use {_join(path, new)}"
+    return f"unknown key; allowed: {', '.join(sorted(names))}"
+
+
 def build(cls: type[T], data: Any, path: str = "") -> T:
     """Build config class ``cls`` from a mapping, rejecting unknown keys; ``path`` is where
     the mapping sits (error messages name ``path.key``)."""
@@ -269,7 +277,7 @@ def build(cls: type[T], data: Any, path: str = "") -> T:
     names = {f.name for f in known}
     for key in data:
         if key not in names:
-            raise ConfigError(_join(path, key), f"unknown key; allowed: {', '.join(sorted(names))}")
+            raise ConfigError(_join(path, key), _unknown(cls, key, path, names))
     for f in known:
         if _required(f) and f.name not in data:
             raise ConfigError(_join(path, f.name), "required")
@@ -330,6 +338,8 @@ def build_with(cls: type[T], data: Mapping[str, Any], overrides: Mapping[str, An
             names = [f.name for f in fields(owner)]  # type: ignore[arg-type]
             if part not in names:
                 where = ".".join(parts[:i])
+                if part in getattr(owner, "RENAMED", {}):
+                    raise ConfigError(key, _unknown(owner, part, where, set(names)))
                 allowed = f"{where + ': ' if where else ''}allowed: {', '.join(sorted(names))}"
                 raise ConfigError(key, f"unknown key {'.'.join(parts[: i + 1])!r}; {allowed}")
             if i == len(parts) - 1:

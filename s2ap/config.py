@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from s2ap.coerce import (
     Checked,
@@ -226,11 +226,13 @@ class S2APConfig(Checked):
 
 @dataclass(frozen=True)
 class EvalConfig(Checked):
+    RENAMED: ClassVar[dict[str, str]] = {"autoattack_n": "test_points"}
     pgd_steps: int = bounded(50, ge=1)
     pgd_restarts: int = bounded(1, ge=1)
     autoattack: bool = True
-    # Test points of the headline: AutoAttack, clean and PGD all on the first N; None = all.
-    autoattack_n: int | None = bounded(None, ge=1)
+    # Test points of the headline: clean, PGD and AutoAttack (when run) all on the first N;
+    # None = all. The rest of the test split only feeds the *_full figures.
+    test_points: int | None = bounded(None, ge=1)
     val_pgd_steps: int = bounded(10, ge=1)  # PGD steps for the per-epoch validation robust accuracy
     val_limit: int | None = bounded(None, ge=1)  # validation points used per epoch; None = all
     lambda_max_every: int = bounded(0, ge=0)  # power iteration every N pruning iterations; 0 = off

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,6 +76,20 @@ class DistInfo:
             total, n = summed[2 * i], summed[2 * i + 1]
             out[name] = total / n if n > 0 else (None if values[name][0] is None else 0.0)
         return out
+
+    def gather_columns(self, columns: dict[str, list[Any] | None]) -> dict[str, list[Any] | None]:
+        """Every rank's columns of per-point values, joined in rank order and sorted by the
+        ``index`` column (a column None on every rank stays None)."""
+        if self.world == 1:
+            return columns
+        parts: list[Any] = [None] * self.world
+        dist.all_gather_object(parts, columns)
+        out: dict[str, list[Any] | None] = {}
+        for name in columns:
+            joined = [part[name] for part in parts if part[name] is not None]
+            out[name] = [v for values in joined for v in values] if joined else None
+        order = sorted(range(len(out["index"] or [])), key=lambda i: (out["index"] or [])[i])
+        return {k: None if v is None else [v[i] for i in order] for k, v in out.items()}
 
     def any(self, flag: bool, device: torch.device) -> bool:
         return self.all_reduce_sum([float(flag)], device)[0] > 0

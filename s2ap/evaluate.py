@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from s2ap.attacks import PGD, eval_mode
 from s2ap.autoattack import MASKING_HINTS, autoattack_accuracy, run_autoattack
 from s2ap.config import AttackConfig, EvalConfig
+from s2ap.results import PREDICTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +72,9 @@ def _pgd_pass(
     attack: PGD,
     device: Device,
     collect: int | None = 0,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One lean pass: clean and PGD correctness per point, plus the first ``collect`` points.
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One lean pass: clean and PGD correctness and the label per point, plus the first
+    ``collect`` points.
 
     ``collect=None`` keeps every point (AutoAttack on the whole test set). Flags stay on the
     device until the end so the loop never waits for the accelerator.
@@ -80,6 +83,7 @@ def _pgd_pass(
     adv_flags: list[Tensor] = []
     xs: list[Tensor] = []
     ys: list[Tensor] = []
+    labels: list[Tensor] = []
     kept = 0
     with eval_mode(model):
         for x, y in loader:
@@ -88,6 +92,7 @@ def _pgd_pass(
                 xs.append(x[:take].detach().cpu())
                 ys.append(y[:take].detach().cpu())
                 kept += take
+            labels.append(y.detach().cpu())
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             x_adv = attack(model, x, y)
@@ -101,6 +106,7 @@ def _pgd_pass(
         torch.cat(adv_flags).cpu(),
         torch.cat(xs) if xs else torch.empty(0),
         torch.cat(ys) if ys else torch.empty(0, dtype=torch.long),
+        torch.cat(labels),
     )
 
 
@@ -258,17 +264,18 @@ def evaluate(
     *,
     corruption_limit: int | None = None,
     autoattack_batch_size: int | None = None,
-) -> dict[str, float | bool | str | int | None]:
+) -> dict[str, Any]:
     """The final metrics of a run, as fractions in [0, 1], each ``X`` with its points ``X_n``.
 
-    The headline triple is measured on one set of points, the first ``cfg.autoattack_n`` test
-    points when AutoAttack runs on a subset (else every point): ``clean_acc``, ``pgd_acc``
+    The headline triple is measured on one set of points, the first ``cfg.test_points`` test
+    points (every point when None): ``clean_acc``, ``pgd_acc``
     (PGD-``cfg.pgd_steps`` with ``cfg.pgd_restarts`` restarts at ``attack_cfg``'s radius and
     step), ``aa_acc`` (standard AutoAttack; None when disabled) and ``robust_acc`` (AutoAttack
     when run, else PGD; ``robust_attack`` names it). ``clean_acc_full`` / ``pgd_acc_full`` are
     the same on every test point. Also ``gradient_masking`` and ``corruption_acc`` (None
     unless ``cfg.corruption_root`` holds CIFAR-10-C). Clean and PGD share one pass over the
-    loader.
+    loader. ``predictions`` holds the headline points' outcomes (position in the loader, label,
+    and clean / PGD / AutoAttack correctness; AutoAttack None when not run), one entry each.
     """
     attack = PGD(
         eps=attack_cfg.eps,
@@ -278,9 +285,11 @@ def evaluate(
         restarts=cfg.pgd_restarts,
         loss="ce",
     )
-    limit = cfg.autoattack_n if cfg.autoattack else None
-    collect = None if cfg.autoattack and limit is None else max(limit or 0, GRADIENT_CHECK_POINTS)
-    clean_flags, pgd_flags, xs, ys = _pgd_pass(model, test_loader, attack, device, collect)
+    limit = cfg.test_points
+    collect = GRADIENT_CHECK_POINTS
+    if cfg.autoattack:
+        collect = None if limit is None else max(limit, GRADIENT_CHECK_POINTS)
+    clean_flags, pgd_flags, xs, ys, labels = _pgd_pass(model, test_loader, attack, device, collect)
     n_all = len(pgd_flags)
     n = n_all if limit is None else min(limit, n_all)  # the headline points: the first n
     clean_acc = float(clean_flags[:n].float().mean())
@@ -288,13 +297,15 @@ def evaluate(
     logger.info("clean accuracy %.4f, %s accuracy %.4f (%d points)", clean_acc, attack, pgd_acc, n)
 
     aa_acc: float | None = None
+    aa_flags: Tensor | None = None
     messages: list[str] = []
     if cfg.autoattack:
         batch_size = autoattack_batch_size or getattr(test_loader, "batch_size", None) or 256
         robust, messages = run_autoattack(
             model, xs[:n], ys[:n], attack_cfg.eps, device, batch_size, "standard", None, seed=0
         )
-        aa_acc = float(robust.float().mean())
+        aa_flags = robust.bool().cpu()
+        aa_acc = float(aa_flags.float().mean())
         logger.info("AutoAttack accuracy %.4f on the same %d points", aa_acc, n)
 
     check_n = min(GRADIENT_CHECK_POINTS, xs.shape[0])
@@ -331,6 +342,13 @@ def evaluate(
         "gradient_masking": masking,
         "corruption_acc": corruption[0] if corruption else None,
         "corruption_acc_n": corruption[1] if corruption else None,
+        PREDICTIONS: {
+            "index": list(range(n)),
+            "label": labels[:n].tolist(),
+            "clean": clean_flags[:n].tolist(),
+            "pgd": pgd_flags[:n].tolist(),
+            "aa": None if aa_flags is None else aa_flags.tolist(),
+        },
     }
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from s2ap.coerce import build, stable_hash, to_dict
 from s2ap.config import ExperimentConfig, changed, read
 from s2ap.data import DATASETS, DataInfo, augments, is_import_path, resolve_data
@@ -172,14 +174,30 @@ def fast_settings(cfg: ExperimentConfig, device_type: str) -> dict[str, bool]:
     }
 
 
+def provenance(device_type: str) -> dict[str, Any]:
+    """Where the numbers came from: the same code and seed give other numbers on other
+    kernels, so every run row records the torch version, the GPU's name (CUDA) or the CPU
+    capability torch dispatches to (``AVX2``, ``AVX512``...), its thread count and whether
+    deterministic algorithms were on."""
+    cuda = device_type == "cuda" and torch.cuda.is_available()
+    name = torch.cuda.get_device_name() if cuda else f"cpu {torch.backends.cpu.get_cpu_capability()}"
+    return {
+        "torch_version": torch.__version__,
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+    }
+
+
 def identity(cfg: ExperimentConfig, device_type: str | None = None) -> dict[str, Any]:
     """The result columns that follow from the config alone: every run row (and a search's
     stopped or failed trials) carries them. S2AP's knobs are null when S2AP is off, so an
     Orig. row never looks like it had a gamma. With ``device_type`` the fast-path columns
-    are the settings used there; without it, the configured ones (null = auto)."""
+    are the settings used there and the :func:`provenance` columns are filled; without it,
+    the configured ones (null = auto) and no provenance."""
     on = cfg.s2ap.enabled
     fast = (
-        fast_settings(cfg, device_type)
+        fast_settings(cfg, device_type) | provenance(device_type)
         if device_type is not None
         else {"amp": cfg.amp, "channels_last": cfg.channels_last, "compile": cfg.compile}
     )
@@ -203,5 +221,6 @@ def identity(cfg: ExperimentConfig, device_type: str | None = None) -> dict[str,
         "best_mask": cfg.prune.best_mask if searches else None,
         "augment": augments(cfg.data),
         "adasap_prune_every": cfg.adasap.prune_every if cfg.prune.method == "adasap" else None,
+        "pgd_steps": cfg.eval.pgd_steps,
         **fast,
     }

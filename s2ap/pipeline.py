@@ -154,7 +154,7 @@ class Pipeline:
         wall = time.perf_counter() - start
         final = self.state.final_row(self.identity, self.cfg.s2ap, L.density(self.model)[0], wall)
         if self.is_main and self.run_dir is not None:
-            results.write_rows([final], results.RUN_SCHEMA, self.run_dir / results.FINAL_FILE)
+            results.write_run(self.run_dir, final, self.state.final.get(results.PREDICTIONS))
         return final
 
     def pretrain(self) -> None:
@@ -194,7 +194,7 @@ class Pipeline:
             _save_tensors(export_masks(self.model), self.run_dir / "masks.pt")  # keyed as pruned_dense.pt
         # Table 5: the pruned pretrained model before any finetuning.
         metrics = self.probes.test_metrics(autoattack=False)
-        for name, measured in (("mask_clean_acc", "clean_acc"), ("mask_robust_acc", "pgd_acc")):
+        for name, measured in (("mask_clean_acc", "clean_acc_full"), ("mask_robust_acc", "pgd_acc_full")):
             self.state.final[name] = metrics[measured]
             self.state.final[f"{name}_n"] = metrics[f"{measured}_n"]
         self.state.final["mask_robust_attack"] = "pgd"
@@ -300,14 +300,13 @@ class Pipeline:
         if self.is_main and self.run_dir is not None:
             results.write_rows(self.state.rows, results.EPOCH_SCHEMA, self.run_dir / results.EPOCHS_FILE)
         log.info(
-            "%s epoch %d/%d: loss %.4f acc %.3f val clean %.3f val pgd %.3f%s (%.1fs)",
+            "%s epoch %d/%d: loss %.4f acc %.3f %s%s (%.1fs)",
             row["phase"],
             row["epoch"] + 1,
             epochs,
             row["train_loss"],
             row["train_acc"],
-            row["val_clean_acc"],
-            row["val_pgd_acc"],
+            results.describe_validation(row),
             f" hamming {row['hamming']:.4f}" if row["hamming"] is not None else "",
             row["time_s"],
         )

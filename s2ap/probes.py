@@ -21,7 +21,7 @@ from s2ap.attacks import PGD
 from s2ap.config import ExperimentConfig
 from s2ap.data import Splits
 from s2ap.distributed import DistInfo
-from s2ap.evaluate import clean_accuracy, evaluate, pgd_accuracy
+from s2ap.evaluate import PREDICTIONS, clean_accuracy, evaluate, pgd_accuracy
 from s2ap.layers import ScoredLayer
 from s2ap.metrics import lambda_max, loss_difference
 from s2ap.objectives import Objective
@@ -88,10 +88,10 @@ class Probes:
         """Clean, PGD, AutoAttack (when asked) and corruption accuracy on the test split, each
         ``X`` with its points ``X_n`` (see :func:`s2ap.evaluate.evaluate`)."""
         e = self.cfg.eval
-        n_aa = e.autoattack_n
-        if n_aa is not None:
-            n_aa = max(1, -(-n_aa // self.dist.world))
-        eval_cfg = replace(e, autoattack=autoattack, autoattack_n=n_aa)
+        points = e.test_points
+        if points is not None:
+            points = max(1, -(-points // self.dist.world))
+        eval_cfg = replace(e, autoattack=autoattack, test_points=points)
         loader = self._eval_loader(self.splits.test, self.cfg.data.test_limit)
         n = len(loader.dataset)  # type: ignore[arg-type]
         # Evaluation randomness depends on nothing that ran before it (resumable runs).
@@ -104,6 +104,12 @@ class Probes:
             out |= {"aa_acc": 0.0 if autoattack else None, "aa_acc_n": 0 if autoattack else None}
             out |= {"robust_attack": "autoattack" if autoattack else "pgd", "gradient_masking": False}
             out |= {"corruption_acc": None, "corruption_acc_n": None}
+            out[PREDICTIONS] = {k: [] for k in ("index", "label", "clean", "pgd")}
+            out[PREDICTIONS]["aa"] = [] if autoattack else None
+        # Positions in this rank's shard -> indices in the test split, every rank's points.
+        shard = loader.dataset.indices  # type: ignore[attr-defined]
+        out[PREDICTIONS]["index"] = [int(shard[i]) for i in out[PREDICTIONS]["index"]]
+        out[PREDICTIONS] = self.dist.gather_columns(out[PREDICTIONS])
         if self.dist.world == 1:
             return out
         # Each rank's accuracies weighted by the points they were measured on; the points add up.

@@ -87,6 +87,12 @@ RUN_SCHEMA = pa.schema(
         pa.field("amp", pa.bool_()),  # bf16 autocast used (null: auto, in a trial that never ran)
         pa.field("channels_last", pa.bool_()),  # NHWC memory format used
         pa.field("compile", pa.bool_()),  # torch.compile of the training model
+        # Where the numbers came from (s2ap.experiment.provenance): the same seed moves between
+        # machines, so a row says which kernels produced it.
+        pa.field("torch_version", pa.string()),
+        pa.field("device_name", pa.string()),  # the GPU's name, or "cpu AVX2" (torch's CPU capability)
+        pa.field("threads", pa.int64()),  # torch.get_num_threads()
+        pa.field("deterministic", pa.bool_()),  # torch.are_deterministic_algorithms_enabled()
         pa.field("status", pa.string()),  # ok | error
         pa.field("error", pa.string()),
         pa.field("density", pa.float64()),
@@ -95,6 +101,7 @@ RUN_SCHEMA = pa.schema(
         pa.field("flops_reduction", pa.float64()),  # dense FLOPs / compact FLOPs, as measured
         pa.field("robust_attack", pa.string()),  # what robust_acc is: autoattack | pgd
         pa.field("mask_robust_attack", pa.string()),  # what mask_robust_acc is: pgd
+        pa.field("pgd_steps", pa.int64()),  # PGD steps of pgd_acc and mask_robust_acc (eval.pgd_steps)
     ]
     + [f for name in ACCURACIES for f in _accuracy_fields(name)]
     + [
@@ -135,6 +142,43 @@ EPOCH_SCHEMA = pa.schema(
 )
 
 
+# One row per headline test point of a run (``predictions.parquet`` beside ``final.parquet``;
+# a search's ``predictions.parquet`` beside ``trials.parquet`` adds the trial's id): what the
+# paired differences of the report are computed from.
+PREDICTIONS_FILE = "predictions.parquet"
+PREDICTIONS = "predictions"  # the key of those outcomes in s2ap.evaluate.evaluate's result
+PREDICTION_SCHEMA = pa.schema(
+    IDENTITY
+    + [
+        pa.field("index", pa.int64(), nullable=False),  # position in the test split (after test_limit)
+        pa.field("label", pa.int64(), nullable=False),
+        pa.field("clean", pa.bool_(), nullable=False),  # classified correctly
+        pa.field("pgd", pa.bool_(), nullable=False),  # still correct under PGD (pgd_acc's attack)
+        pa.field("aa", pa.bool_()),  # still correct under AutoAttack; null when not run
+    ]
+)
+
+
+def prediction_rows(identity: Mapping[str, Any], columns: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The rows of ``predictions.parquet`` from :func:`s2ap.evaluate.evaluate`'s ``predictions``."""
+    if not columns:
+        return []
+    head = {f.name: identity.get(f.name) for f in IDENTITY}
+    aa = columns.get("aa")
+    return [
+        {**head, "index": i, "label": y, "clean": c, "pgd": p, "aa": None if aa is None else aa[k]}
+        for k, (i, y, c, p) in enumerate(
+            zip(columns["index"], columns["label"], columns["clean"], columns["pgd"], strict=True)
+        )
+    ]
+
+
+def write_run(folder: Path, final: Mapping[str, Any], predictions: Mapping[str, Any] | None) -> Path:
+    """A finished run's ``final.parquet`` row and its ``predictions.parquet`` beside it."""
+    write_rows(prediction_rows(final, predictions), PREDICTION_SCHEMA, folder / PREDICTIONS_FILE)
+    return write_rows([final], RUN_SCHEMA, folder / "final.parquet")
+
+
 class Columns:
     """A schema's column names as attributes: ``RUN.robust_acc == "robust_acc"``.
 
@@ -169,6 +213,7 @@ class Columns:
 
 RUN = Columns(RUN_SCHEMA)
 EPOCH = Columns(EPOCH_SCHEMA)
+PREDICTION = Columns(PREDICTION_SCHEMA)
 
 
 def with_intervals(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -197,6 +242,21 @@ def format_gamma(gamma: float) -> str:
 def gamma_choice(gamma: float, tried: int) -> str:
     """The note beside a selected S2AP result: which gamma, chosen among how many."""
     return f" [γ={format_gamma(gamma)} of {tried}]"
+
+
+def describe_measured(label: str, value: Any, n: Any) -> str:
+    """An accuracy known only by its value and points (a live report, an epoch's validation),
+    printed like :func:`describe_accuracy`, its Wilson interval computed here."""
+    if value is None or value != value or not n:
+        return describe(label, value, None, None, None)
+    interval = accuracy_interval(float(value), int(n))
+    return describe(label, float(value), interval.lo, interval.hi, int(n))
+
+
+def describe_validation(row: Mapping[str, Any]) -> str:
+    """An epoch row's validation figures: ``val clean 0.96 [0.86, 0.99] n=48, val PGD ...``."""
+    clean = describe_measured("val clean", row.get("val_clean_acc"), row.get("val_clean_acc_n"))
+    return f"{clean}, {describe_measured('val PGD', row.get('val_pgd_acc'), row.get('val_pgd_acc_n'))}"
 
 
 def code_version() -> str:

@@ -24,6 +24,17 @@ class BestTrial(BaseModel):
     value: float | None
     robust_acc: float | None = Field(None, description="Test robust accuracy of that trial")
     clean_acc: float | None = None
+    # Each figure's points and 95% Wilson interval: no accuracy without its n.
+    value_n: int | None = Field(None, description="Validation points behind value")
+    value_lo: float | None = None
+    value_hi: float | None = None
+    robust_acc_n: int | None = Field(None, description="Test points behind robust_acc")
+    robust_acc_lo: float | None = None
+    robust_acc_hi: float | None = None
+    robust_attack: str | None = Field(None, description="What robust_acc is: autoattack or pgd")
+    clean_acc_n: int | None = None
+    clean_acc_lo: float | None = None
+    clean_acc_hi: float | None = None
     config: dict[str, Any] = Field(description="Its grid and searched values, by dotted key")
 
 

@@ -15,14 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from s2ap import selection, storage
-from s2ap.results import EPOCHS_FILE, TRIALS_FILE
+from s2ap.results import EPOCHS_FILE, PREDICTIONS_FILE, TRIALS_FILE
 
-TABLES = {"trials": TRIALS_FILE, "epochs": EPOCHS_FILE}
+TABLES = {"trials": TRIALS_FILE, "epochs": EPOCHS_FILE, "predictions": PREDICTIONS_FILE}
 # What "best so far" ranks by: the search's own rule (s2ap.selection), on validation data
 # (test accuracies are reported, never used to choose).
 BEST_METRIC = selection.METRIC
 TIE_METRIC = selection.TIE_METRIC
 _REPORTED = ("robust_acc", "clean_acc")
+# Each reported figure's points and interval, and which attack robust_acc is.
+_WITH = tuple(f"{c}{end}" for c in (BEST_METRIC, *_REPORTED) for end in ("_n", "_lo", "_hi")) + (
+    "robust_attack",
+)
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,9 @@ def read_progress(
         return None
     names = set(storage.read_schema(path).names)
     keys = [k for k in dict.fromkeys(config_keys) if k in names]
-    wanted = [c for c in ("trial_id", "status", BEST_METRIC, TIE_METRIC, *_REPORTED) if c in names] + keys
+    wanted = [
+        c for c in ("trial_id", "status", BEST_METRIC, TIE_METRIC, *_REPORTED, *_WITH) if c in names
+    ] + keys
     rows = storage.read_table(path, columns=wanted).to_pylist()
     counts = {"done": len(rows), "ok": 0, "stopped": 0, "errored": 0}
     for row in rows:
@@ -86,8 +92,23 @@ def best_trial(rows: Iterable[Mapping[str, Any]], keys: Iterable[str]) -> dict[s
         "value": _number(best.get(BEST_METRIC)),
         "robust_acc": _number(best.get("robust_acc")),
         "clean_acc": _number(best.get("clean_acc")),
+        **_intervals(best),
         "config": {k: _plain(best.get(k)) for k in keys},
     }
+
+
+def _intervals(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``value`` / ``robust_acc`` / ``clean_acc`` each with ``_n`` (points) and ``_lo`` / ``_hi``
+    (95% Wilson interval, from the row), and which attack ``robust_acc`` is."""
+    out: dict[str, Any] = {"robust_attack": row.get("robust_attack")}
+    for name, column in (("value", BEST_METRIC), ("robust_acc", "robust_acc"), ("clean_acc", "clean_acc")):
+        n = _number(row.get(f"{column}_n"))
+        out[f"{name}_n"] = None if n is None else int(n)
+        out[f"{name}_lo"], out[f"{name}_hi"] = (
+            _number(row.get(f"{column}_lo")),
+            _number(row.get(f"{column}_hi")),
+        )
+    return out
 
 
 def config_keys(spec: Mapping[str, Any]) -> list[str]:

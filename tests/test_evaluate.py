@@ -146,8 +146,18 @@ def test_evaluate_keys_without_autoattack(
         "pgd_acc_full",
         "corruption_acc",
     )
-    assert set(result) == {*accuracies, *(f"{k}_n" for k in accuracies), "robust_attack", "gradient_masking"}
+    assert set(result) == {
+        *accuracies,
+        *(f"{k}_n" for k in accuracies),
+        "robust_attack",
+        "gradient_masking",
+        "predictions",
+    }
     assert result["aa_acc"] is None and result["corruption_acc"] is None
+    points = result["predictions"]
+    assert points["index"] == list(range(len(y))) and points["label"] == y.tolist() and points["aa"] is None
+    assert sum(points["clean"]) == round(result["clean_acc"] * len(y))
+    assert sum(points["pgd"]) == round(result["pgd_acc"] * len(y))
     assert result["robust_acc"] == result["pgd_acc"] and result["robust_attack"] == "pgd"
     # Without AutoAttack the headline is every test point.
     assert result["clean_acc_n"] == result["pgd_acc_n"] == result["clean_acc_full_n"] == len(y)
@@ -158,7 +168,7 @@ def test_evaluate_keys_without_autoattack(
 
 def test_evaluate_with_autoattack_subset(trained: tuple[nn.Module, Tensor, Tensor]) -> None:
     model, x, y = trained
-    cfg = EvalConfig(pgd_steps=10, autoattack=True, autoattack_n=12)
+    cfg = EvalConfig(pgd_steps=10, autoattack=True, test_points=12)
     result = evaluate(model, _loader(x, y), cfg, AttackConfig(eps=EPS, step_size=EPS / 4), "cpu")
     assert result["aa_acc"] is not None
     assert result["robust_acc"] == result["aa_acc"] and result["robust_attack"] == "autoattack"
@@ -168,6 +178,17 @@ def test_evaluate_with_autoattack_subset(trained: tuple[nn.Module, Tensor, Tenso
     for key in ("clean_acc", "pgd_acc"):
         assert round(result[key] * 12) == pytest.approx(result[key] * 12)
     assert result["clean_acc_full_n"] == result["pgd_acc_full_n"] == len(y) > 12
+    points = result["predictions"]
+    assert len(points["index"]) == len(points["aa"]) == 12
+    assert sum(points["aa"]) == round(result["aa_acc"] * 12)
+
+
+def test_test_points_cut_the_headline_without_autoattack(trained: tuple[nn.Module, Tensor, Tensor]) -> None:
+    model, x, y = trained
+    cfg = EvalConfig(pgd_steps=3, autoattack=False, test_points=10)
+    result = evaluate(model, _loader(x, y), cfg, AttackConfig(eps=EPS, step_size=EPS / 4), "cpu")
+    assert result["clean_acc_n"] == result["pgd_acc_n"] == result["robust_acc_n"] == 10
+    assert len(result["predictions"]["clean"]) == 10 and result["clean_acc_full_n"] == len(y)
 
 
 class _Constant(nn.Module):

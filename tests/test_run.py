@@ -20,7 +20,7 @@ TINY = {
     "pretrain": {"epochs": 2, "lr": 0.05},
     "prune": {"method": "hydra", "sparsity": 0.8, "epochs": 2},
     "finetune": {"epochs": 1, "lr": 0.01},
-    "eval": {"pgd_steps": 3, "autoattack": True, "autoattack_n": 24, "val_limit": 48},
+    "eval": {"pgd_steps": 3, "autoattack": True, "test_points": 24, "val_limit": 48},
 }
 INTERVAL = r"(\d\.\d\d) \[(\d\.\d\d), (\d\.\d\d)\] n=(\d+)"
 
@@ -52,6 +52,17 @@ def test_headline_figures_share_their_points_and_print_their_intervals(
     epochs = pd.read_parquet(tmp_path / "run" / "epochs.parquet")
     assert (epochs.val_clean_acc_n == 48).all() and (epochs.val_pgd_acc_n == 48).all()
 
+    # One row per headline point, and its outcomes add up to the headline figures.
+    points = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
+    assert len(points) == row.robust_acc_n == 24
+    assert points["index"].tolist() == list(range(24))
+    assert (points.config_hash == row.config_hash).all() and (points.seed == row.seed).all()
+    for k, col in (("clean_acc", "clean"), ("pgd_acc", "pgd"), ("aa_acc", "aa")):
+        assert points[col].sum() == round(row[k] * 24), k
+    # Where the numbers came from.
+    assert row.torch_version and row.device_name.startswith("cpu") and row.threads == 1
+    assert row.deterministic in (True, False) and row.pgd_steps == 3
+
     printed = capsys.readouterr().out
     for label, k in (("clean", "clean_acc"), ("PGD", "pgd_acc"), ("AutoAttack", "aa_acc")):
         match = re.search(rf"{label} {INTERVAL}", printed)
@@ -64,3 +75,17 @@ def test_headline_figures_share_their_points_and_print_their_intervals(
             24,
         )
     assert "robust = AutoAttack" in printed
+
+
+def test_the_old_point_count_key_is_refused_with_a_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "old.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "eval": {"autoattack": False, "autoattack_n": 24}}))
+    assert main([str(config), "--out", str(tmp_path / "run"), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: eval.autoattack_n: renamed: use eval.test_points"]
+    # The same through --set.
+    config.write_text(yaml.safe_dump(TINY))
+    assert main([str(config), "--set", "eval.autoattack_n=5", "-q"]) == 2
+    assert capsys.readouterr().err.strip() == "error: eval.autoattack_n: renamed: use eval.test_points"

@@ -1,7 +1,9 @@
 """Reading run tables and preparing them for the report.
 
 A path is a ``final.parquet`` / ``trials.parquet`` file or a folder holding one; an
-``epochs.parquet`` beside it fills per-epoch curves a run row lacks. Preparing keeps the
+``epochs.parquet`` beside it fills per-epoch curves a run row lacks, and a
+``predictions.parquet`` beside it gives each run row its robust outcome per test point
+(:data:`s2ap.report.compare.POINTS`), which the paired Δ is computed from. Preparing keeps the
 successful runs, one row per (config, seed), turns accuracies into percentages and labels
 each method with the variant axes that make runs incomparable.
 """
@@ -18,7 +20,8 @@ import pandas as pd
 
 from s2ap import results, storage
 from s2ap.errors import ConfigError
-from s2ap.results import EPOCH, RUN
+from s2ap.report.compare import POINTS
+from s2ap.results import EPOCH, PREDICTION, RUN
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +96,7 @@ def load_runs(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame |
             raise ReportError(f"{shown} lacks columns: {', '.join(missing)}")
         if table.empty:
             raise ReportError(f"{shown} has no rows")
+        table[POINTS] = _points(table, storage.join(storage.parent(file), results.PREDICTIONS_FILE))
         runs.append(table)
         if epoch_file is not None:
             try:
@@ -102,6 +106,32 @@ def load_runs(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame |
     df = pd.concat(runs, ignore_index=True) if len(runs) > 1 else runs[0]
     ep = pd.concat(epochs, ignore_index=True) if epochs else None
     return df, ep
+
+
+def _points(table: pd.DataFrame, where: str) -> list[dict[int, float] | None]:
+    """Each run row's robust outcome per headline test point (AutoAttack where it ran, else
+    PGD: what ``robust_acc`` counts), keyed by trial id in a search, else by (config, seed)."""
+    if not storage.is_file(where):
+        return [None] * len(table)
+    try:
+        points = storage.read_table(where).to_pandas()
+    except Exception as exc:  # optional, like the epochs table: warn, do not fail
+        logger.warning("ignoring unreadable %s: %s", storage.redact(where), exc)
+        return [None] * len(table)
+    key = (
+        ["trial_id"]
+        if "trial_id" in points.columns and "trial_id" in table.columns
+        else [RUN.config_hash, RUN.seed]
+    )
+    if not set(key) <= set(table.columns):
+        return [None] * len(table)
+    robust = points[PREDICTION.aa].astype("boolean").fillna(points[PREDICTION.pgd].astype("boolean"))
+    points = points.assign(robust=robust.astype(float))
+    found = {
+        k if len(key) > 1 else k[0]: dict(zip(grp[PREDICTION.index].astype(int), grp["robust"], strict=True))
+        for k, grp in points.groupby(key, sort=False)
+    }
+    return [found.get(tuple(r) if len(key) > 1 else r[0]) for r in table[key].itertuples(index=False)]
 
 
 def _method_label(row: pd.Series) -> str:

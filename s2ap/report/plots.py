@@ -206,7 +206,7 @@ def _draw_deltas(ax: Axes, c: Comparison) -> None:
     x = np.arange(len(d.diffs))
     ax.axhline(0, color="grey", lw=0.8)
     if d.interval is not None:
-        ax.axhspan(d.interval.lo, d.interval.hi, color="tab:blue", alpha=0.2, label="95% t-interval")
+        ax.axhspan(d.interval.lo, d.interval.hi, color="tab:blue", alpha=0.2, label="95% interval")
     ax.axhline(d.mean, color="tab:blue", lw=1.2, label=f"mean {d.mean:+.2f} ({verdict(d)})")
     ax.scatter(x, d.diffs, color="black", zorder=3, label="one seed")
     ax.set_xticks(x)

@@ -1,7 +1,8 @@
 """Table 1 and Table 5 as markdown, one row per (model, dataset, sparsity).
 
 Per method, the Orig. and S2AP sides over their seeds and the paired difference Δ = S2AP −
-Orig. of the robust accuracy with its 95% t-interval across seeds (:mod:`s2ap.report.compare`).
+Orig. of the robust accuracy with its 95% interval over seeds and test points, or "not
+comparable" (:mod:`s2ap.report.compare`).
 An S2AP cell of a gamma search shows the gamma :func:`~s2ap.report.selection.select_gamma`
 picks on validation data; the notes state that rule and each side's selection budget.
 """
@@ -91,10 +92,14 @@ def _table(
         rows.append(row)
     notes = [
         f"{what}, in %, over seeds: mean ± sample std (ddof=1); a single seed shows its 95% Wilson "
-        "interval [lo, hi] on its test points instead.",
-        "Δ robust = S2AP − Orig. robust accuracy, paired by seed, mean with its 95% Student t-interval "
-        'across the seeds both ran; "not resolved" when the interval contains 0, "one seed: no spread" '
-        "with a single pair. The interval covers seed-to-seed variation on the same test points.",
+        "interval [lo, hi] on its test points instead; n = test points per run.",
+        "Δ robust = S2AP − Orig. robust accuracy over the seeds both ran. With per-point outcomes "
+        "(predictions.parquet) it is paired by seed and test point, and its 95% interval counts both "
+        "(variance components of seeds, points and their interaction, Satterthwaite df; one seed: "
+        "paired over points, with McNemar's exact p). Without them (marked 'across seeds only') it is "
+        "a Student t-interval across seeds, which leaves the test points' own noise out. "
+        '"not resolved" when the interval contains 0; "not comparable" when the sides differ in '
+        "attack, PGD steps or test points.",
         '"k/n pre-S2AP masks": S2AP runs whose returned mask was chosen before S2AP began (warm-up). '
         "[γ=… of N]: the γ shown, chosen among N values. – : no runs.",
         f"Selection: {RULE}.",

@@ -24,7 +24,7 @@ from ray.tune.experiment import Trial
 
 import s2ap.tune.results as tables
 from s2ap.errors import error_line
-from s2ap.results import describe_accuracy
+from s2ap.results import describe_accuracy, describe_measured
 from s2ap.tune.cells import CELL_KEY, Cell, cell_of
 from s2ap.tune.layout import record_times, trial_store
 from s2ap.tune.spec import SearchSpec
@@ -197,19 +197,17 @@ class LiveView(Callback):
 
     def _ended(self, trial: Trial) -> str:
         r = trial.last_result or {}
-        val = r.get("val_pgd_acc")
+        val = describe_measured("val PGD", r.get("val_pgd_acc"), r.get("val_pgd_acc_n"))
         if r.get("diverged"):
             return f"ERROR  {self._label(trial)}: {r['diverged']}"
         if r.get("final"):
             final = {k.removeprefix("final_"): v for k, v in r.items() if k.startswith("final_")}
             kind = "AutoAttack" if final.get("robust_attack") == "autoattack" else "PGD"
             return (
-                f"done   {self._label(trial)}: val PGD {_pct(val)}, test "
+                f"done   {self._label(trial)}: {describe_accuracy(final, 'final_val_pgd_acc', 'val PGD')}, test "
                 f"{describe_accuracy(final, 'clean_acc', 'clean')}, {describe_accuracy(final, 'robust_acc', kind)}"
             )
-        return (
-            f"stop   {self._label(trial)} at search epoch {r.get('search_epoch')} (val PGD {_pct(val)}, ASHA)"
-        )
+        return f"stop   {self._label(trial)} at search epoch {r.get('search_epoch')} ({val}, ASHA)"
 
     def _status(self, trials: list[Trial]) -> str:
         counts: dict[str, int] = {}
@@ -227,12 +225,16 @@ class LiveView(Callback):
                 and score is not None
                 and (best is None or score > best[1])
             ):
-                best = (t, score)
+                best = (t, score, r.get("val_pgd_acc_n"))
         return (
             f"{counts.get(Trial.RUNNING, 0)} running, {counts.get(Trial.PENDING, 0)} pending, "
             f"{counts.get(Trial.TERMINATED, 0)} ended, {counts.get(Trial.ERROR, 0)} errored"
             + (f" | {progress}" if progress else "")
-            + (f" | best val PGD {best[1]:.4f} ({self._label(best[0])})" if best else "")
+            + (
+                f" | best {describe_measured('val PGD', best[1], best[2])} ({self._label(best[0])})"
+                if best
+                else ""
+            )
         )
 
 
@@ -248,11 +250,8 @@ def fmt(v: Any) -> str:
 def _where(result: Mapping[str, Any]) -> str:
     if "phase" not in result:
         return "starting"
-    return f"{result['phase']} {int(result.get('epoch', 0)) + 1} (val PGD {_pct(result.get('val_pgd_acc'))})"
-
-
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{float(value):.4f}"
+    val = describe_measured("val PGD", result.get("val_pgd_acc"), result.get("val_pgd_acc_n"))
+    return f"{result['phase']} {int(result.get('epoch', 0)) + 1} ({val})"
 
 
 def _clock(seconds: float) -> str:

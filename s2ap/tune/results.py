@@ -1,4 +1,5 @@
-"""A search's two tables, ``trials.parquet`` and ``epochs.parquet``, with explicit schemas.
+"""A search's tables, ``trials.parquet``, ``epochs.parquet`` and ``predictions.parquet``,
+with explicit schemas.
 
 ``trials.parquet``: one row per finished trial: its identity (trial id, grid cell), status
 (``ok``, ``error`` or ``stopped`` when ASHA ended it early), every experiment config value
@@ -9,6 +10,10 @@ as its own column named by its dotted path (``prune.sparsity``), the final metri
 latest checkpoint (its ``state.pt``'s rows), never from the stream of reports: after a
 worker fault Train may restart a trial from an older checkpoint, so the stream can hold an
 epoch twice, while the checkpoint holds each epoch once, from the run that counted.
+
+``predictions.parquet``: one row per headline test point per finished trial (its
+``predictions.parquet``, with the trial id and grid cell): the per-point outcomes the
+report pairs by seed and test point.
 
 This module reads files only; it never imports Ray, so the tables can be rebuilt offline.
 """
@@ -139,6 +144,12 @@ def epochs_schema() -> pa.Schema:
     return pa.schema(head + [f for f in results.EPOCH_SCHEMA if f.name not in taken])
 
 
+def predictions_schema() -> pa.Schema:
+    """``predictions.parquet`` beside ``trials.parquet``: each finished trial's test points
+    (:data:`s2ap.results.PREDICTION_SCHEMA`) under its trial id and grid cell."""
+    return pa.schema(TRIAL_FIELDS[:3] + list(results.PREDICTION_SCHEMA))
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -185,8 +196,8 @@ def _cast(value: Any, dtype: pa.DataType) -> Any:
 
 def trial_rows(
     spec: SearchSpec, record: TrialRecord, search_dir: str, cell_keys: Mapping[int, str]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The trials row and the epoch rows of one finished trial."""
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The trials row, the epoch rows and the prediction rows of one finished trial."""
     store = trial_store(search_dir, record.trial_id)
     found = latest_checkpoint(*checkpoint_roots(search_dir, record.trial_id))
     reported = record.last_result.get("checkpoint_path")  # a path inside the storage filesystem
@@ -199,6 +210,7 @@ def trial_rows(
     folder, meta = found if found is not None else (None, {})
     final_row = _read_rows(storage.join(folder, FINAL_FILE))[0] if folder and meta.get("final") else {}
     epochs = _read_rows(storage.join(folder, EPOCHS_FILE)) if folder else []
+    points = _read_rows(storage.join(folder, results.PREDICTIONS_FILE)) if final_row else []
     reason = read_divergence(store)
     if reason is not None or record.state == "ERROR":
         status, error = "error", reason or record.error or "trial failed"
@@ -247,7 +259,8 @@ def trial_rows(
                 "search_epoch": search_epoch(cfg, str(e["phase"]), int(e["epoch"])),
             }
         )
-    return row, epoch_rows
+    head = {"trial_id": record.trial_id, "search": spec.name, "grid_cell": cell}
+    return row, epoch_rows, [{**p, **head} for p in points]
 
 
 def _stamp(seconds: float | None) -> datetime | None:
@@ -264,15 +277,18 @@ def write_tables(
 ) -> tuple[str, str, list[dict[str, Any]]]:
     """Rebuild and atomically replace both tables from every finished trial."""
     cell_keys = {c.id: c.key for c in spec.cells()}
-    trials, epochs = [], []
+    trials, epochs, points = [], [], []
     for record in sorted(records, key=lambda r: r.trial_id):
         try:
-            row, rows = trial_rows(spec, record, str(search_dir), cell_keys)
+            row, rows, predicted = trial_rows(spec, record, str(search_dir), cell_keys)
         except Exception:  # one unreadable trial must not hide the others
             log.exception("could not collect trial %s", record.trial_id)
             continue
         trials.append(row)
         epochs.extend(rows)
+        points.extend(predicted)
+    p_table = to_table(points, predictions_schema())
+    storage.write_table(p_table, storage.join(search_dir, results.PREDICTIONS_FILE))
     t_path = storage.write_table(to_table(trials, trials_schema()), storage.join(search_dir, TRIALS_FILE))
     e_path = storage.write_table(to_table(epochs, epochs_schema()), storage.join(search_dir, EPOCHS_FILE))
     return t_path, e_path, trials

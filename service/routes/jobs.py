@@ -139,9 +139,10 @@ def cancel_job(job_id: str, jobs: JobsDep) -> Job:
 def get_results(
     job_id: str,
     jobs: JobsDep,
-    table: Annotated[Literal["trials", "epochs"], Query(description="Which table")] = "trials",
+    table: Annotated[Literal["trials", "epochs", "predictions"], Query(description="Which table")] = "trials",
 ) -> StreamingResponse:
-    """``trials`` (one row per finished trial) or ``epochs`` (one row per trial epoch).
+    """``trials`` (one row per finished trial), ``epochs`` (one row per trial epoch) or
+    ``predictions`` (one row per finished trial's headline test point: label and outcomes).
     Read it with ``pd.read_parquet(io.BytesIO(response.content))``. 409 until a trial ends."""
     return StreamingResponse(
         jobs.results(job_id, table),  # 404 / 409 raised before the first byte

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from s2ap.stats import accuracy_interval
 from service.ui.views import Tables, cell_label
 
 if TYPE_CHECKING:
@@ -117,9 +118,26 @@ def _lines(
     return seen, last
 
 
+def _bands(ax: Axes, rows: pd.DataFrame, x: str, y: str) -> str:
+    """Each trial's 95% Wilson interval around its curve (from ``y`` and ``y_n``, in %);
+    returns the point counts for the axis label ("" when the table has none)."""
+    if f"{y}_n" not in rows or rows[f"{y}_n"].isna().all():
+        return ""
+    for _, grp in rows.dropna(subset=[f"{y}_n"]).sort_values(x).groupby("trial_id", sort=True):
+        ends = [accuracy_interval(float(v), int(n)) for v, n in zip(grp[y], grp[f"{y}_n"], strict=True)]
+        colour = _colour(int(grp["grid_cell"].iloc[0]))
+        lo, hi = [100 * i.lo for i in ends], [100 * i.hi for i in ends]
+        ax.fill_between(grp[x].to_numpy(dtype=float), lo, hi, color=colour, alpha=0.08, lw=0)
+    counts = sorted({int(n) for n in rows[f"{y}_n"].dropna()})
+    return f", n={'/'.join(map(str, counts))}"
+
+
 def learning_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> Figure:
-    title = "Learning curves: validation PGD accuracy per search epoch"
-    alt = "validation PGD accuracy per search epoch, one line per trial, coloured by grid cell"
+    title = "Learning curves: validation PGD accuracy per search epoch (bands: 95% Wilson intervals)"
+    alt = (
+        "validation PGD accuracy per search epoch, one line per trial, coloured by grid cell, "
+        "each with its 95% interval on the validation points as a band"
+    )
     if epochs is None or epochs.empty or "val_pgd_acc" not in epochs:
         return Figure(title, alt, absent="no epoch has been recorded yet")
     rows = epochs[(epochs["search_epoch"] > 0) & epochs["val_pgd_acc"].notna()]
@@ -137,6 +155,7 @@ def learning_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) ->
 
         ax = fig.add_subplot()
         seen, last = _lines(ax, rows, "search_epoch", "val_pgd_acc", labels, scale=100.0)
+        points = _bands(ax, rows, "search_epoch", "val_pgd_acc")
         for state, marker, colour, size in (("stopped", "x", "black", 8), ("error", "v", "crimson", 7)):
             ends = [point for tid, point in last.items() if status.get(tid) == state]
             if ends:
@@ -156,7 +175,7 @@ def learning_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) ->
             )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("search epoch (pruning, then finetuning)")
-        ax.set_ylabel("validation PGD accuracy (%)")
+        ax.set_ylabel(f"validation PGD accuracy (%{points})")
         ax.grid(alpha=0.3)
         extra = [Line2D([], [], ls="", marker="x", color="black", mew=2, label="stopped by ASHA")]
         if "error" in status.values():

@@ -337,8 +337,8 @@ async def cancel(request: Request, job_id: str, session: SignedIn) -> Response:
 
 @router.get("/jobs/{job_id}/{table}.parquet")
 async def download_table(request: Request, job_id: str, table: str, session: SignedIn) -> Response:
-    if table not in ("trials", "epochs"):
-        return _error(request, session, 404, f"no table {table!r}: trials or epochs")
+    if table not in ("trials", "epochs", "predictions"):
+        return _error(request, session, 404, f"no table {table!r}: trials, epochs or predictions")
     try:
         data = await run_in_threadpool(_jobs(request).results, job_id, table)
     except ApiError as exc:

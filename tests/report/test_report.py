@@ -117,14 +117,14 @@ def test_table1_has_hand_computed_cells(
     assert row[3] == "71.00 ± 1.41 / 32.00 ± 2.83 (2 seeds)"
     # One seed: its binomial interval, no spread; gamma chosen on validation among two.
     assert row[4] == "75.00 / 35.00 [30.00, 40.00] (1 seed) (0/1 pre-S2AP masks) [γ=0.001 of 2]"
-    assert row[5] == "+5.00 (one seed: no spread)"  # seed 0: 35 - 30
+    assert row[5] == "+5.00 (one seed: no spread; no per-point outcomes)"  # seed 0: 35 - 30
     assert row[6] == "81.00 ± 1.00 / 42.00 ± 2.00 (3 seeds)"
     assert row[7] == "82.00 ± 1.00 / 46.00 ± 1.00 (3 seeds) (2/3 pre-S2AP masks)"
     # Paired by seed: 5, 3, 4 -> mean 4, sd 1, 4 ± t(0.975, 2) / sqrt(3) = 4 ± 2.484
-    assert row[8] == "+4.00 [+1.52, +6.48] (3 seeds)"
+    assert row[8] == "+4.00 [+1.52, +6.48] (3 seeds, across seeds only)"
     unresolved = _row(md, "95%")
     # 3, -3, 2 -> mean 0.667, sd 3.215, half-width 4.3027 * 3.215 / sqrt(3) = 7.985
-    assert unresolved[8] == "+0.67 [-7.32, +8.65] (3 seeds) not resolved"
+    assert unresolved[8] == "+0.67 [-7.32, +8.65] (3 seeds, across seeds only) not resolved"
     sparse = _row(md, "99%")
     assert sparse[3:6] == ["–", "–", "–"]
     assert sparse[6] == "60.00 / 20.00 (1 seed)"
@@ -140,7 +140,7 @@ def test_table1_has_hand_computed_cells(
     assert row5[3:] == [
         "32.00 ± 2.00 (3 seeds)",
         "36.00 ± 1.00 (3 seeds) (2/3 pre-S2AP masks)",
-        "+4.00 [+1.52, +6.48] (3 seeds)",
+        "+4.00 [+1.52, +6.48] (3 seeds, across seeds only)",
     ]
     assert "robust = PGD with eval.pgd_steps steps, not AutoAttack" in t5
 
@@ -184,7 +184,7 @@ def test_missing_plot_data_is_skipped_with_a_reason(
     assert _row(md, "90%")[3:6] == [
         "80.00 / 40.00 (1 seed)",
         "80.00 / 40.00 (1 seed) (0/1 pre-S2AP masks)",
-        "+0.00 (one seed: no spread)",
+        "+0.00 (one seed: no spread; no per-point outcomes)",
     ]
     assert "Selection budget: one γ per setting, fixed in advance" in md
 

@@ -117,7 +117,7 @@ def test_submit_follow_and_fetch_results_over_http(
 ) -> None:
     pd = pytest.importorskip("pandas")
     from s2ap import results
-    from s2ap.tune.results import epochs_schema, to_table
+    from s2ap.tune.results import epochs_schema, predictions_schema, to_table
 
     with httpx.Client(base_url=server.url, headers=auth(), timeout=30) as c:
         r = c.post("/jobs", json=SPEC)
@@ -144,6 +144,13 @@ def test_submit_follow_and_fetch_results_over_http(
         r = c.get(f"/jobs/{job_id}/results", params={"table": "epochs"})
         assert r.status_code == 200 and r.headers["content-type"] == "application/vnd.apache.parquet"
         assert list(pd.read_parquet(io.BytesIO(r.content))["trial_id"]) == ["t1"]
+        # The per-point outcomes download the same way.
+        assert c.get(f"/jobs/{job_id}/results", params={"table": "predictions"}).status_code == 409
+        point = {"trial_id": "t1", "search": "tiny", "grid_cell": 0, "config_hash": "h", "seed": 0}
+        point |= {"code_version": "v", "index": 0, "label": 3, "clean": True, "pgd": False}
+        results.write_table(to_table([point], predictions_schema()), out.parent / "predictions.parquet")
+        r = c.get(f"/jobs/{job_id}/results", params={"table": "predictions"})
+        assert r.status_code == 200 and list(pd.read_parquet(io.BytesIO(r.content))["pgd"]) == [False]
         assert c.get(f"/jobs/{job_id}/logs").text == f"fake log of {job_id}\n"
         fake.finish(job_id)
         for _ in range(100):

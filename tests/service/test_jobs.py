@@ -11,10 +11,12 @@ import pytest
 import yaml
 
 from s2ap import results
+from s2ap.stats import wilson
 from s2ap.tune.results import to_table, trials_schema
 from service.cluster.runner import ClusterUnavailable, RayJobState
 from service.errors import ApiError
 from service.jobs import SUBMIT_GRACE_S, JobManager
+from service.models import BestTrial
 from service.progress import best_trial
 from tests.helpers.service import FakeRunner
 
@@ -137,8 +139,11 @@ def _trial_row(
         "search_epochs_run": 2,
         "attempts": 1,
         "final_val_pgd_acc": val_pgd,
-        "robust_acc": 0.3,
-        "clean_acc": 0.9,
+        **results.with_intervals(
+            {"robust_acc": 0.3, "robust_acc_n": 360, "clean_acc": 0.9, "clean_acc_n": 360}
+            | {"final_val_pgd_acc": val_pgd, "final_val_pgd_acc_n": 144}
+        ),
+        "robust_attack": "pgd",
         "config_hash": "h",
         "seed": 0,
         "code_version": results.code_version(),
@@ -160,7 +165,8 @@ def test_progress_and_best_trial_follow_trials_parquet(
     manager.refresh(manager.get(job.id))
     now = manager.get(job.id)
     assert now.trials == {"done": 3, "ok": 2, "stopped": 1, "errored": 0}
-    assert now.best == {
+    assert now.best is not None
+    assert {k: now.best[k] for k in ("trial_id", "metric", "value", "robust_acc", "clean_acc", "config")} == {
         "trial_id": "b",
         "metric": "final_val_pgd_acc",
         "value": 0.55,
@@ -168,6 +174,14 @@ def test_progress_and_best_trial_follow_trials_parquet(
         "clean_acc": 0.9,
         "config": {"prune.sparsity": 0.9, "s2ap.gamma": 0.004},
     }
+    # Every figure of the best trial carries its points and 95% Wilson interval.
+    for name, n in (("value", 144), ("robust_acc", 360)):
+        interval = wilson(round(now.best[name] * n), n)
+        assert now.best[f"{name}_n"] == n, name
+        assert (now.best[f"{name}_lo"], now.best[f"{name}_hi"]) == pytest.approx((interval.lo, interval.hi))
+    assert now.best["clean_acc_n"] == 360 and now.best["clean_acc_lo"] < 0.9 < now.best["clean_acc_hi"]
+    assert now.best["robust_attack"] == "pgd"
+    assert BestTrial(**now.best).value_n == 144  # the API's model carries them too
     assert b"".join(manager.results(job.id, "trials"))[:4] == b"PAR1"
     with pytest.raises(ApiError) as info:
         manager.results(job.id, "epochs")

@@ -26,12 +26,17 @@ def trial(trial_id: str, **last: Any) -> Any:
 
 def test_live_view_shows_lines_only_where_this_run_sends_them(caplog: pytest.LogCaptureFixture) -> None:
     view = LiveView(load_spec(SPEC, nodes=None))
-    test = {"clean_acc": (0.9, 0.8, 0.96), "robust_acc": (0.4, 0.3, 0.5)}  # value, 95% interval
+    test = {
+        "clean_acc": (0.9, 0.8, 0.96),
+        "robust_acc": (0.4, 0.3, 0.5),
+        "final_val_pgd_acc": (0.5, 0.4, 0.6),
+    }
     finals = {
         f"final_{k}{end}": v for k, vs in test.items() for end, v in zip(("", "_lo", "_hi"), vs, strict=True)
     }
     finals |= {"final_clean_acc_n": 100, "final_robust_acc_n": 100, "final_robust_attack": "autoattack"}
-    done = trial("t1", final=True, val_pgd_acc=0.5, **finals)
+    finals |= {"final_final_val_pgd_acc_n": 144}
+    done = trial("t1", final=True, val_pgd_acc=0.5, val_pgd_acc_n=144, **finals)
     out = io.StringIO()
     with live_view_to(out):
         view.on_trial_start(0, [done], done)
@@ -39,8 +44,15 @@ def test_live_view_shows_lines_only_where_this_run_sends_them(caplog: pytest.Log
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and lines[0].startswith("[00:00] start  trial t1 [cell 1, s2ap.gamma=0.004]")
     assert (
-        "val PGD 0.5000, test clean 0.90 [0.80, 0.96] n=100, AutoAttack 0.40 [0.30, 0.50] n=100" in lines[1]
+        "val PGD 0.50 [0.40, 0.60] n=144, test clean 0.90 [0.80, 0.96] n=100, AutoAttack 0.40 [0.30, 0.50] n=100"
+        in lines[1]
     )
+    # A running or stopped trial's validation figure carries its points and interval too.
+    running = trial("t2", phase="prune", epoch=1, val_pgd_acc=0.9097, val_pgd_acc_n=144)
+    running.status = "RUNNING"
+    status = view._status([running, done])
+    assert "prune 2 (val PGD 0.91 [0.85, 0.95] n=144)" in status
+    assert "best val PGD 0.50 [0.42, 0.58] n=144" in status
 
     # Quiet: nothing shows, even where the process logs INFO (``-v``); the view itself holds
     # no switch, so a view pickled by an earlier run (``--resume``) obeys this run's choice.

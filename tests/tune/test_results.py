@@ -77,6 +77,9 @@ def checkpoint(run: Path, name: str, stamp: float, n_epochs: int, final: bool = 
             results.RUN_SCHEMA,
             folder / "final.parquet",
         )
+        outcomes = {"index": [0, 1, 2], "label": [3, 1, 4], "clean": [True] * 3, "pgd": [True, False, True]}
+        rows = results.prediction_rows({"config_hash": "h", "seed": 0, "code_version": "v"}, outcomes)
+        results.write_rows(rows, results.PREDICTION_SCHEMA, folder / results.PREDICTIONS_FILE)
     return folder
 
 
@@ -136,6 +139,10 @@ def test_tables_hold_each_epoch_once_from_the_run_that_counted(tmp_path: Path) -
     assert pl.read_parquet(e_path).height == len(epochs) == 4 + 2 + 2
 
     assert list(trials["status"]) == ["ok", "stopped", "error"]
+    # The finished trial's test points, beside trials.parquet under its trial id.
+    points = pd.read_parquet(tmp_path / "predictions.parquet")
+    assert points.trial_id.tolist() == ["a"] * 3 and points.grid_cell.tolist() == [0] * 3
+    assert points.pgd.tolist() == [True, False, True] and points.aa.isna().all()
     assert list(trials["stopped_early"]) == [False, True, False]
     assert trials.loc["c", "error"] == "training diverged: loss is nan"
     assert list(trials["epochs_run"]) == [4, 2, 2]

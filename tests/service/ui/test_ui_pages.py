@@ -281,11 +281,13 @@ def test_a_finished_job_shows_its_trials_intervals_figures_and_comparison(servic
     assert "S2AP off" in rows[0][1] and "0.011" in html
     assert html.count("n=360") >= 8  # test clean and robust of the four finished trials
     assert html.count('src="data:image/svg+xml;base64,') == 3
+    assert "bands: 95% Wilson intervals" in html  # learning curves carry their intervals
     compare = re.search(r'<table class="compare".*?</table>', html, re.S)
     assert compare and "one seed: no spread" in compare.group(0) and "[γ=0.011 of 3]" in compare.group(0)
     assert "validation PGD" in html and "test accuracies never select" in html
     assert f"fake log of {job_id}" in html
     assert f'href="/ui/jobs/{job_id}/trials.parquet"' in html and "report.zip" in html
+    assert f'href="/ui/jobs/{job_id}/predictions.parquet"' in html
 
 
 def test_downloads_are_the_tables_and_the_report(service: Service) -> None:
