@@ -217,6 +217,10 @@ class S2APConfig(Checked):
     # ||z_l|| > gamma ||s_l||; eta = the phase's lr), "algorithm1_reset" (the same step from
     # z = 0 every iteration), or "surface" (every layer on its ball: gamma ||s_l|| g_l / ||g_l||).
     projection: Literal["algorithm1", "algorithm1_reset", "surface"] = "algorithm1"
+    # Where line 6's ascent gradient comes from: "fresh" (Algorithm 1 as printed: the gradient
+    # at s, or at s + z_prev) or "previous" (the gradient the previous iteration's update used,
+    # at s + z one step earlier: no pass spent on the ascent). Also for AWP in finetuning.
+    ascent: Literal["fresh", "previous"] = "fresh"
 
     @property
     def active(self) -> bool:
@@ -242,6 +246,9 @@ class EvalConfig(Checked):
     loss_diff_steps: int = bounded(20, ge=1)
     corruption_root: str | None = None  # CIFAR-10-C folder
     corruption_severity: int = bounded(3, ge=1, le=5)
+    # Table 5: the pruned model's test accuracy before finetuning (mask_* columns). It ranks no
+    # trial: null = on for a single run, off inside a search (set true to measure it there).
+    mask_test: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,10 @@ class Pipeline:
         L.freeze_masks(self.model)
         if self.is_main and self.run_dir is not None:
             _save_tensors(export_masks(self.model), self.run_dir / "masks.pt")  # keyed as pruned_dense.pt
-        # Table 5: the pruned pretrained model before any finetuning.
+        # Table 5: the pruned pretrained model before any finetuning (eval.mask_test; a search
+        # sets it off unless told otherwise).
+        if self.cfg.eval.mask_test is False:
+            return
         metrics = self.probes.test_metrics(autoattack=False)
         for name, measured in (("mask_clean_acc", "clean_acc_full"), ("mask_robust_acc", "pgd_acc_full")):
             self.state.final[name] = metrics[measured]

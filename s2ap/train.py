@@ -10,6 +10,9 @@ it is AWP on the kept weights, the plain method when it is None):
     [p <- p + z]      L(p + z) on x'; grad at p + z  # only with a perturbation
     [p <- p]          base optimizer step with the last gradient
 
+With ``s2ap.ascent: previous`` the ascent takes the gradient the last update used, so ``z`` is
+known before the first pass: that pass computes only the loss, and no pass runs at ``p + z_prev``.
+
 :class:`Trainer` holds what a phase trains with; :class:`Epoch` is one epoch's context.
 
 Only the pass at ``p`` updates batch-norm running statistics: the passes at perturbed points

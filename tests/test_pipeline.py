@@ -67,6 +67,8 @@ def test_end_to_end_digits_writes_run_folder(tmp_path: Path) -> None:
     assert list(row.hamming) == pytest.approx(list(prune.hamming))
     assert len(row.loss_diff) == 1 and row.loss_diff[0] >= 0
     assert row.robust_acc == row.pgd_acc and pd.isna(row.aa_acc)
+    # A single run measures Table 5's mask accuracy by default (eval.mask_test null).
+    assert row.mask_robust_attack == "pgd" and row.mask_robust_acc_n == row.mask_clean_acc_n > 0
     # The fast-path settings the run used: on CPU neither bf16 autocast nor channels_last.
     assert (row.amp, row.channels_last, row["compile"]) == (False, False, False)
 
@@ -119,7 +121,11 @@ class Stop(Exception):
 
 
 @pytest.mark.slow  # multi-epoch training, twice
-@pytest.mark.parametrize("extra", [{}, {"data.augment": True}], ids=["plain", "augment"])
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"data.augment": True}, {"s2ap.ascent": "previous", "eval.mask_test": False}],
+    ids=["plain", "augment", "previous"],
+)
 def test_resume_after_interruption_gives_the_same_result(extra: dict, tmp_path: Path) -> None:
     """Also with the carried-over perturbation (the default projection) and augmentation."""
     cfg = tiny(**{"s2ap.enabled": True, **extra})
@@ -142,6 +148,8 @@ def test_resume_after_interruption_gives_the_same_result(extra: dict, tmp_path: 
         assert torch.equal(a.mask, b.mask) and torch.equal(a.weight, b.weight)
     for key in ("clean_acc", "pgd_acc", "mask_robust_acc", "best_mask_epoch", "hamming"):
         assert full_final[key] == resumed_final[key], key
+    if extra.get("eval.mask_test") is False:  # no Table-5 evaluation asked for: no mask columns
+        assert full_final.get("mask_robust_acc") is None and full_final.get("mask_robust_attack") is None
     ea = pd.read_parquet(tmp_path / "full" / "epochs.parquet").drop(columns="time_s")
     eb = pd.read_parquet(tmp_path / "cut" / "epochs.parquet").drop(columns="time_s")
     pd.testing.assert_frame_equal(ea, eb)

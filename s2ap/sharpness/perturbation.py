@@ -19,6 +19,14 @@ the tensors there and says whether the caller must compute the gradient again. U
 straight-through estimator that gradient equals the one at ``s`` whenever ``z_prev`` changes
 no mask entry and no score sign (the ``fingerprint``), so the extra pass is skipped then.
 
+``ascent="previous"`` (``s2ap.ascent``) is the cheap variant: line 6's ascent direction is the
+gradient the previous iteration's update used (the one at ``s + z`` a step earlier), kept at
+:meth:`Perturbation.restore`, so no pass is spent on the ascent. ``z`` is then known before the
+step's first pass (:meth:`LayerwisePerturbation.plan_ascent`): the pass at ``s`` computes only
+the loss, and one forward/backward at ``s + z`` gives the update's gradient (or, where ``s + z``
+has the fingerprint of ``s``, the pass at ``s`` gives it and is the only one). The first
+iteration with nothing kept takes a fresh step.
+
 The paper's Algorithm 1 steps at ``s + z`` and subtracts ``z`` afterwards; for SGD without
 weight decay the two orders give the same update. Restoring first (as SAM does) means the
 base optimizer's weight decay and momentum see the unperturbed scores, and the removal is
@@ -36,7 +44,8 @@ from torch import Tensor, nn
 from s2ap.sharpness.projection import PROJECTIONS, Projection, make_projection
 
 Support = Callable[[int], Tensor | None]
-__all__ = ["PROJECTIONS", "LayerwisePerturbation", "Perturbation", "Support"]
+ASCENTS = ("fresh", "previous")
+__all__ = ["ASCENTS", "PROJECTIONS", "LayerwisePerturbation", "Perturbation", "Support"]
 
 
 def _everywhere(i: int) -> Tensor | None:
@@ -66,6 +75,7 @@ class Perturbation:
         self._saved: list[Tensor] | None = None
         self._held: list[Tensor] | None = None  # the fingerprint where the gradient in .grad is
         self._away = False  # moved to the ascent point, not yet climbed
+        self._pending: list[Tensor | None] | None = None  # this step's z, formed before its first pass
 
     def begin(self) -> None:
         """Called when an epoch starts using this perturbation (before its first batch)."""
@@ -110,7 +120,8 @@ class Perturbation:
         else:
             self._save()
         self.last_norms = []
-        for p, z in zip(self.params, self.ascent(), strict=True):
+        zs, self._pending = self._pending or self.ascent(), None
+        for p, z in zip(self.params, zs, strict=True):
             if z is None:
                 self.last_norms.append(0.0)
                 continue
@@ -155,9 +166,15 @@ class LayerwisePerturbation(Perturbation):
         fingerprint: Callable[[], list[Tensor]] | None = None,
         projection: str = "surface",
         eta: float = 0.0,
+        ascent: str = "fresh",
     ) -> None:
         super().__init__(params, support, fingerprint)
+        if ascent not in ASCENTS:
+            raise ValueError(f"ascent must be one of {', '.join(ASCENTS)}, got {ascent!r}")
         self.gamma = gamma
+        self.ascent_from = ascent
+        # ``previous``: the gradient the last update used, per tensor (None: none kept yet).
+        self.kept: list[Tensor | None] | None = None
         self.reference = reference
         self.projection: Projection = make_projection(projection, eta, len(self.params))
         # plan_ascent's answer for this step: the fingerprints at p and p + z_prev, and
@@ -179,6 +196,8 @@ class LayerwisePerturbation(Perturbation):
 
     @torch.no_grad()
     def plan_ascent(self) -> bool:
+        if self.ascent_from == "previous" and self.kept is not None:
+            return self._plan_from_kept()
         # Where a carried z_prev changes no mask entry and no score sign, the gradient at
         # s + z_prev is the one at s (the fingerprint); else the ascent needs its own pass.
         carried = self.projection.carried
@@ -193,6 +212,21 @@ class LayerwisePerturbation(Perturbation):
             p.copy_(s)
         away = here is None or there is None or not _equal(here, there)
         self._plan = (here, there, away)
+        return away
+
+    def _plan_from_kept(self) -> bool:
+        # ``previous``: z from the kept gradient, formed now. The pass at p is forward only
+        # unless p + z has p's fingerprint, when p's gradient is the one at p + z.
+        zs = list(self.ascent())
+        saved = [p.detach().clone() for p in self.params]
+        here = self.fingerprint() if self.fingerprint is not None else None
+        self._move_by(zs, supported=False)
+        there = self.fingerprint() if self.fingerprint is not None else None
+        for p, s in zip(self.params, saved, strict=True):
+            p.copy_(s)
+        away = here is None or there is None or not _equal(here, there)
+        self._plan = (None if away else here, None, False)
+        self._pending = zs
         return away
 
     @torch.no_grad()
@@ -211,13 +245,33 @@ class LayerwisePerturbation(Perturbation):
         self._held, self.moved = there, True
         return True
 
-    def _move_by(self, carried: list[Tensor | None]) -> None:
+    def _move_by(self, carried: list[Tensor | None], supported: bool = True) -> None:
         for i, (p, z) in enumerate(zip(self.params, carried, strict=True)):
             if z is not None:
-                p.add_(self._supported(i, z))
+                p.add_(self._supported(i, z) if supported else z)
+
+    def ascent_gradients(self) -> list[Tensor | None]:
+        """Each layer's ascent gradient where it may move: the one in ``.grad`` (``fresh``),
+        or the one the last update used (``previous``, once there is one)."""
+        if self.ascent_from == "previous" and self.kept is not None:
+            return [None if g is None else self._supported(i, g) for i, g in enumerate(self.kept)]
+        return [self.gradient(i) for i in range(len(self.params))]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        if self.ascent_from == "previous" and self._saved is not None:
+            # The gradient this step's update uses: the next step's ascent direction.
+            self.kept = self._global(
+                [None if p.grad is None else p.grad.detach().clone() for p in self.params]
+            )
+        super().restore()
+
+    def _global(self, grads: list[Tensor | None]) -> list[Tensor | None]:
+        """``grads`` as every rank has them (they are already, where DDP averaged them)."""
+        return grads
 
     def ascent(self) -> Iterator[Tensor | None]:
-        grads = [self.gradient(i) for i in range(len(self.params))]
+        grads = self.ascent_gradients()
         self.projection.prepare(grads)
         carried = self.projection.carried
         for i, g in enumerate(grads):
@@ -233,17 +287,26 @@ class LayerwisePerturbation(Perturbation):
             yield z
 
     def state_dict(self) -> dict[str, Any]:
-        if self.projection.carried is None:
-            return {}
-        return {"z": [None if z is None else z.detach().cpu().clone() for z in self.projection.carried]}
+        out: dict[str, Any] = {}
+        if self.projection.carried is not None:
+            out["z"] = _to_cpu(self.projection.carried)
+        if self.kept is not None:
+            out["kept_grad"] = _to_cpu(self.kept)
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state.get("z")
-        if saved is None or self.projection.carried is None:
-            return
-        self.projection.carried[:] = [
-            None if z is None else z.to(p.device) for z, p in zip(saved, self.params, strict=True)
-        ]
+        saved, kept = state.get("z"), state.get("kept_grad")
+        if saved is not None and self.projection.carried is not None:
+            self.projection.carried[:] = self._on_device(saved)
+        if kept is not None and self.ascent_from == "previous":
+            self.kept = self._on_device(kept)
+
+    def _on_device(self, tensors: list[Tensor | None]) -> list[Tensor | None]:
+        return [None if t is None else t.to(p.device) for t, p in zip(tensors, self.params, strict=True)]
+
+
+def _to_cpu(tensors: list[Tensor | None]) -> list[Tensor | None]:
+    return [None if t is None else t.detach().cpu().clone() for t in tensors]
 
 
 def _equal(a: list[Tensor], b: list[Tensor]) -> bool:

@@ -50,9 +50,11 @@ class SharpnessSchedule:
         self.finetune: Perturbation | None = None
         if s2ap.active:
             search = score_perturbation if s2ap.perturb == "scores" else search_weight_perturbation
-            self.search = search(layers, s2ap.gamma, s2ap.projection, search_lr)
+            self.search = search(layers, s2ap.gamma, s2ap.projection, search_lr, s2ap.ascent)
             if s2ap.finetune_awp:
-                self.finetune = weight_perturbation(layers, s2ap.gamma, s2ap.projection, finetune_lr)
+                self.finetune = weight_perturbation(
+                    layers, s2ap.gamma, s2ap.projection, finetune_lr, s2ap.ascent
+                )
 
     def for_epoch(self, phase: str, epoch: int) -> Perturbation | None:
         chosen = self.own(phase, epoch)
@@ -66,7 +68,8 @@ class SharpnessSchedule:
         return chosen
 
     def state_dict(self) -> dict[str, Any]:
-        """The carried-over perturbations (``algorithm1``), for the run state."""
+        """The carried-over perturbations (``algorithm1``) and the kept ascent gradients
+        (``s2ap.ascent: previous``), for the run state."""
         out = {}
         for name, p in (("search", self.search), ("finetune", self.finetune)):
             state = {} if p is None else p.state_dict()

@@ -12,10 +12,15 @@ from s2ap.sharpness.perturbation import LayerwisePerturbation
 
 
 def score_perturbation(
-    layers: Sequence[ScoredLayer], gamma: float, projection: str = "surface", eta: float = 0.0
+    layers: Sequence[ScoredLayer],
+    gamma: float,
+    projection: str = "surface",
+    eta: float = 0.0,
+    ascent: str = "fresh",
 ) -> LayerwisePerturbation:
-    """S2AP: perturb each layer's scores within ``gamma * ||s_l||`` (``projection`` and the
-    ascent step ``eta``: :class:`~s2ap.sharpness.perturbation.LayerwisePerturbation`).
+    """S2AP: perturb each layer's scores within ``gamma * ||s_l||`` (``projection``, the
+    ascent step ``eta`` and where the ascent gradient comes from, ``ascent``:
+    :class:`~s2ap.sharpness.perturbation.LayerwisePerturbation`).
 
     Under the straight-through estimator the network sees the scores only through the
     binary mask, and the score gradient is ``dL/dW * w * sign(s)``. When ``s + z`` keeps
@@ -38,4 +43,5 @@ def score_perturbation(
         fingerprint=fingerprint,
         projection=projection,
         eta=eta,
+        ascent=ascent,
     )

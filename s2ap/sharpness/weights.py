@@ -42,7 +42,11 @@ def _weights(layers: Sequence[ScoredLayer]) -> list[nn.Parameter]:
 
 
 def weight_perturbation(
-    layers: Sequence[ScoredLayer], gamma: float, projection: str = "surface", eta: float = 0.0
+    layers: Sequence[ScoredLayer],
+    gamma: float,
+    projection: str = "surface",
+    eta: float = 0.0,
+    ascent: str = "fresh",
 ) -> LayerwisePerturbation:
     """AWP on the kept weights (Algorithm 2): ``||nu_l|| <= gamma * ||w_l * m_l||``."""
     weights = _weights(layers)
@@ -54,6 +58,7 @@ def weight_perturbation(
         support=kept,
         projection=projection,
         eta=eta,
+        ascent=ascent,
     )
 
 
@@ -67,7 +72,12 @@ class SearchWeightPerturbation(LayerwisePerturbation):
     """
 
     def __init__(
-        self, layers: Sequence[ScoredLayer], gamma: float, projection: str = "surface", eta: float = 0.0
+        self,
+        layers: Sequence[ScoredLayer],
+        gamma: float,
+        projection: str = "surface",
+        eta: float = 0.0,
+        ascent: str = "fresh",
     ) -> None:
         weights = _weights(layers)
         super().__init__(
@@ -77,6 +87,7 @@ class SearchWeightPerturbation(LayerwisePerturbation):
             support=_kept(layers, weights),
             projection=projection,
             eta=eta,
+            ascent=ascent,
         )
         self.begin()
 
@@ -85,13 +96,18 @@ class SearchWeightPerturbation(LayerwisePerturbation):
         for w in self.params:
             w.requires_grad_(True)
 
-    def ascent(self) -> Iterator[Tensor | None]:
+    def _global(self, grads: list[Tensor | None]) -> list[Tensor | None]:
         if is_distributed():
             world = dist.get_world_size()
-            for p in self.params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad.div_(world)
+            for g in grads:
+                if g is not None:
+                    dist.all_reduce(g)
+                    g.div_(world)
+        return grads
+
+    def ascent(self) -> Iterator[Tensor | None]:
+        if self.ascent_from == "fresh" or self.kept is None:  # .grad holds this rank's gradient
+            self._global([p.grad for p in self.params])
         yield from super().ascent()
 
     @torch.no_grad()
@@ -102,10 +118,14 @@ class SearchWeightPerturbation(LayerwisePerturbation):
 
 
 def search_weight_perturbation(
-    layers: Sequence[ScoredLayer], gamma: float, projection: str = "surface", eta: float = 0.0
+    layers: Sequence[ScoredLayer],
+    gamma: float,
+    projection: str = "surface",
+    eta: float = 0.0,
+    ascent: str = "fresh",
 ) -> SearchWeightPerturbation:
     """``s2ap.perturb: weights``: perturb the kept weights instead of the scores."""
-    return SearchWeightPerturbation(layers, gamma, projection, eta)
+    return SearchWeightPerturbation(layers, gamma, projection, eta, ascent)
 
 
 def neuron_importance(weight: Tensor, channel: bool, criterion: str = "l2") -> Tensor:

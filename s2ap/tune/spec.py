@@ -224,9 +224,12 @@ class SearchSpec(Checked):
 
     def trial_config(self, config: Mapping[str, Any]) -> ExperimentConfig:
         """One trial's experiment: the base with the trial's grid and searched values (its Tune
-        config; the cell key is skipped) and the device of the resources, validated once."""
+        config; the cell key is skipped) and the device of the resources, validated once.
+        ``eval.mask_test`` left null is off in a trial (nothing ranks trials by it)."""
         values = {k: v for k, v in config.items() if k not in (CELL_KEY, "out_dir")}
         values.setdefault("device", self.device)
+        if self.base.eval.mask_test is None:  # Table 5's mask evaluation ranks no trial: off
+            values.setdefault("eval.mask_test", False)
         return experiment.with_overrides(self.base, values)
 
     def max_warmup(self) -> int:

@@ -89,9 +89,22 @@ def test_tiny_spec_parses_into_cells() -> None:
     assert cfg.prune.sparsity == 0.9 and cfg.s2ap.gamma == 0.004 and cfg.device == "cpu"
 
 
+def test_the_table5_mask_evaluation_is_off_in_a_trial_unless_the_spec_asks_for_it() -> None:
+    """It ranks no trial: left null, a trial skips it (a single run does it, see
+    tests/test_pipeline.py); set in the base, overrides or the grid, it is kept."""
+    spec = load_spec(tiny(), nodes=None)
+    assert spec.base.eval.mask_test is None
+    assert spec.trial_config({"prune.sparsity": 0.9}).eval.mask_test is False
+    assert spec.trial_config({"eval.mask_test": True}).eval.mask_test is True
+    on = load_spec(tiny(overrides={"eval.mask_test": True}), nodes=None)
+    assert on.trial_config({"prune.sparsity": 0.9}).eval.mask_test is True
+
+
 def test_method_fidelity_settings_are_grid_axes() -> None:
     """surface vs algorithm1 (and the other new settings) are one-line ablations."""
     spec = load_spec(tiny(grid={"s2ap.projection": ["surface", "algorithm1"]}), nodes=None)
+    cheap = load_spec(tiny(grid={"s2ap.ascent": ["fresh", "previous"]}), nodes=None)
+    assert [cheap.trial_config(c.values).s2ap.ascent for c in cheap.cells()] == ["fresh", "previous"]
     cells = spec.cells()
     assert [c.values for c in cells] == [{"s2ap.projection": "surface"}, {"s2ap.projection": "algorithm1"}]
     assert spec.trial_config(cells[0].values).s2ap.projection == "surface"
