@@ -107,7 +107,7 @@ class ModelConfig(Checked):
 class AttackConfig(Checked):
     """L-inf PGD used for training and for per-epoch validation."""
 
-    # L-inf radius on inputs in [0, 1] (8/255: the paper's CIFAR-10 / SVHN setting); also the
+    # L-inf radius on inputs in [0, 1] (8/255, step 2/255, PGD-10: the paper's, Sect. 4.1); also the
     # radius of the final PGD and AutoAttack evaluation
     eps: float = bounded(8 / 255, ge=0)
     step_size: float = bounded(2 / 255, ge=0)  # per PGD step, in the same units as eps
@@ -122,7 +122,7 @@ class AttackConfig(Checked):
 class ObjectiveConfig(Checked):
     # The training loss: TRADES (Zhang et al., 2019: clean cross-entropy + beta * KL to the
     # attacked point), PGD adversarial training (Madry et al., 2018: cross-entropy on the
-    # attacked point), or clean cross-entropy with no attack.
+    # attacked point), or clean cross-entropy with no attack. The paper trains with TRADES (Sect. 4.1).
     name: Literal["trades", "pgd", "clean"] = "trades"
     beta: float = bounded(6.0, ge=0)  # TRADES trade-off
 
