@@ -36,15 +36,18 @@ class DataConfig(Checked):
     # image_size / root / download its signature names, returning (train, val, test) or
     # (train, test) datasets of (image, label); val is then split off train).
     name: str = "digits"
-    root: str = "data"
-    download: bool = False
+    root: str = "data"  # folder of the sets read from disk (cifar10, svhn, folders of images); ~ expanded
+    download: bool = False  # fetch CIFAR-10 / SVHN into data.root when they are not there
+    # Fraction of the training set held out for validation (a seeded permutation; the first
+    # points), for sets without a validation split of their own.
     val_fraction: float = bounded(0.1, gt=0, lt=1)
-    batch_size: int = bounded(128, ge=1)
-    eval_batch_size: int = bounded(256, ge=1)
+    batch_size: int = bounded(128, ge=1)  # training batch; with DDP the global batch, split over ranks
+    eval_batch_size: int = bounded(256, ge=1)  # batch of the validation and test evaluations
     image_size: int | None = bounded(None, ge=1)  # resize to this side; None keeps the native size
     train_limit: int | None = bounded(None, ge=1)  # use only the first N training points (after shuffling)
+    # use only the first N test points (so smaller limits are nested in larger); None = all
     test_limit: int | None = bounded(None, ge=1)
-    num_workers: int = bounded(0, ge=0)
+    num_workers: int = bounded(0, ge=0)  # DataLoader worker processes for training; 0 = the main process
     # Training-set augmentation: random crop (zero padding 4) and horizontal flip, drawn per
     # epoch from the seed (HYDRA's and HARP's CIFAR-10 / SVHN setting). null: on for cifar10
     # and svhn, off for every other set. Validation and test data are never augmented.
@@ -57,8 +60,8 @@ class DataConfig(Checked):
     # datasets): the class count, and the per-channel normalisation (null: measured on the
     # training set; model.mean/std still override it for the model).
     num_classes: int | None = bounded(None, ge=2)
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = bounded(None, gt=0)
+    mean: tuple[float, ...] | None = None  # per-channel mean, inputs in [0, 1]; null: measured
+    std: tuple[float, ...] | None = bounded(None, gt=0)  # per-channel std, with data.mean; null: measured
 
     def check(self) -> None:
         if (self.mean is None) != (self.std is None) or (
@@ -84,7 +87,7 @@ class ModelConfig(Checked):
     checkpoint: str | None = None  # the network's own plain state dict, loaded before pruning
     # Input normalisation in front of the network (inputs stay in [0, 1]); null: the data set's.
     mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = bounded(None, gt=0)
+    std: tuple[float, ...] | None = bounded(None, gt=0)  # per channel, with model.mean; null: the data set's
 
     def check(self) -> None:
         if (self.mean is None) != (self.std is None) or (
@@ -104,41 +107,54 @@ class ModelConfig(Checked):
 class AttackConfig(Checked):
     """L-inf PGD used for training and for per-epoch validation."""
 
+    # L-inf radius on inputs in [0, 1] (8/255, step 2/255, PGD-10: the paper's, Sect. 4.1); also the
+    # radius of the final PGD and AutoAttack evaluation
     eps: float = bounded(8 / 255, ge=0)
-    step_size: float = bounded(2 / 255, ge=0)
+    step_size: float = bounded(2 / 255, ge=0)  # per PGD step, in the same units as eps
+    # PGD steps of the training attack (TRADES' too); validation and test have their own
+    # (eval.val_pgd_steps, eval.pgd_steps)
     steps: int = bounded(10, ge=0)
+    # start from a random point in the eps-ball (TRADES: a small Gaussian around x); false: from x
     random_start: bool = True
 
 
 @dataclass(frozen=True)
 class ObjectiveConfig(Checked):
+    # The training loss: TRADES (Zhang et al., 2019: clean cross-entropy + beta * KL to the
+    # attacked point), PGD adversarial training (Madry et al., 2018: cross-entropy on the
+    # attacked point), or clean cross-entropy with no attack. The paper trains with TRADES (Sect. 4.1).
     name: Literal["trades", "pgd", "clean"] = "trades"
     beta: float = bounded(6.0, ge=0)  # TRADES trade-off
 
 
 @dataclass(frozen=True)
 class PhaseConfig(Checked):
-    epochs: int = bounded(0, ge=0, le=10_000)
-    lr: float = bounded(0.1, gt=0)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = bounded(0.9, ge=0, lt=1)
-    weight_decay: float = bounded(5e-4, ge=0)
+    epochs: int = bounded(0, ge=0, le=10_000)  # passes over the training set; 0 skips the phase
+    lr: float = bounded(0.1, gt=0)  # the learning rate the schedule starts from
+    optimizer: Literal["sgd", "adam"] = "sgd"  # SGD with momentum, or Adam (which ignores momentum)
+    momentum: float = bounded(0.9, ge=0, lt=1)  # SGD's momentum
+    weight_decay: float = bounded(5e-4, ge=0)  # L2 penalty on what the phase trains, in the optimizer
+    # Learning rate per epoch: cosine annealing to 0 over the phase's epochs, constant, or
+    # step (x0.1 after 50% and again after 75% of the epochs).
     schedule: Literal["cosine", "constant", "step"] = "cosine"
 
 
 @dataclass(frozen=True)
 class PretrainConfig(PhaseConfig):
-    epochs: int = bounded(100, ge=0, le=10_000)
+    epochs: int = bounded(100, ge=0, le=10_000)  # adversarial training of the dense network; 0 skips it
     checkpoint: str | None = None  # a dense state dict to start from instead of training
 
 
 @dataclass(frozen=True)
 class PruneConfig(PhaseConfig):
-    epochs: int = bounded(20, ge=0, le=10_000)
-    lr: float = bounded(0.1, gt=0)
-    weight_decay: float = bounded(1e-4, ge=0)
-    method: str = "hydra"
+    epochs: int = bounded(20, ge=0, le=10_000)  # epochs of the mask search (Algorithm 1's loop)
+    lr: float = bounded(0.1, gt=0)  # learning rate of the importance scores (and S2AP's step eta)
+    weight_decay: float = bounded(1e-4, ge=0)  # on the scores
+    method: str = "hydra"  # a registered pruning method: hydra, harp, lwm, rlth or adasap
     sparsity: float = bounded(0.9, gt=0, lt=1)  # fraction of prunable weights removed
+    # The scores' start: scaled (HYDRA: sqrt(6 / fan_in) * w / max|w| per layer, so the first
+    # mask is layer-wise magnitude pruning), magnitude (|w|) or kaiming (random); lwm and rlth
+    # fix their own (magnitude, kaiming).
     score_init: Literal["scaled", "magnitude", "kaiming"] = "scaled"
     # Which scores the search returns: those of the iteration with the lowest training robust
     # loss, taken before that iteration's update (Algorithm 1, lines 13-15), the epoch with the
@@ -173,6 +189,8 @@ class HarpConfig(Checked):
 class RlthConfig(Checked):
     """Robust lottery tickets (Fu et al., 2021): scores searched in frozen random weights."""
 
+    # The frozen random weights: Kaiming-normal (fan-in), or its signed constant
+    # sign(w) * sqrt(2 / fan_in) (Ramanujan et al., 2020); drawn from the run's seed.
     weight_init: Literal["kaiming_normal", "signed_constant"] = "kaiming_normal"
 
 
@@ -199,12 +217,16 @@ class AdaSAPConfig(Checked):
 
 @dataclass(frozen=True)
 class FinetuneConfig(PhaseConfig):
+    # adversarial training of the kept weights, the mask fixed (Algorithm 2); 0 skips it
     epochs: int = bounded(100, ge=0, le=10_000)
-    lr: float = bounded(0.01, gt=0)
+    lr: float = bounded(0.01, gt=0)  # the learning rate the schedule starts from
 
 
 @dataclass(frozen=True)
 class S2APConfig(Checked):
+    # S2AP on: after warmup_epochs of the plain method, the mask search minimises the robust
+    # loss at perturbed scores (Algorithm 1), and finetuning uses AWP (finetune_awp); false:
+    # the plain method
     enabled: bool = False
     gamma: float = bounded(0.001, ge=0)  # layer-wise bound ||z_l|| <= gamma * ||s_l||
     warmup_epochs: int = bounded(5, ge=0)  # pruning epochs of the plain method before S2AP starts
@@ -231,8 +253,10 @@ class S2APConfig(Checked):
 @dataclass(frozen=True)
 class EvalConfig(Checked):
     RENAMED: ClassVar[dict[str, str]] = {"autoattack_n": "test_points"}
-    pgd_steps: int = bounded(50, ge=1)
-    pgd_restarts: int = bounded(1, ge=1)
+    pgd_steps: int = bounded(50, ge=1)  # PGD steps of the final test evaluation (pgd_acc), at attack.eps
+    pgd_restarts: int = bounded(1, ge=1)  # random restarts of that PGD; a point falls at its first success
+    # Standard AutoAttack (Croce & Hein, 2020) on the headline points; robust_acc is then
+    # AutoAttack's accuracy, else PGD's.
     autoattack: bool = True
     # Test points of the headline: clean, PGD and AutoAttack (when run) all on the first N;
     # None = all. The rest of the test split only feeds the *_full figures.
@@ -240,12 +264,12 @@ class EvalConfig(Checked):
     val_pgd_steps: int = bounded(10, ge=1)  # PGD steps for the per-epoch validation robust accuracy
     val_limit: int | None = bounded(None, ge=1)  # validation points used per epoch; None = all
     lambda_max_every: int = bounded(0, ge=0)  # power iteration every N pruning iterations; 0 = off
-    lambda_max_iters: int = bounded(10, ge=1)
-    lambda_max_batch: int = bounded(64, ge=1)
+    lambda_max_iters: int = bounded(10, ge=1)  # power-iteration steps per estimate (Eq. 10-11)
+    lambda_max_batch: int = bounded(64, ge=1)  # the first N validation points, the same batch each time
     loss_diff_rhos: tuple[float, ...] = bounded((), gt=0)  # e.g. (0.001, 0.0025, 0.005, 0.0075, 0.01)
-    loss_diff_steps: int = bounded(20, ge=1)
+    loss_diff_steps: int = bounded(20, ge=1)  # APGD steps of the loss-difference ascent (Eq. 12), per rho
     corruption_root: str | None = None  # CIFAR-10-C folder
-    corruption_severity: int = bounded(3, ge=1, le=5)
+    corruption_severity: int = bounded(3, ge=1, le=5)  # the CIFAR-10-C severity evaluated
     # Table 5: the pruned model's test accuracy before finetuning (mask_* columns). It ranks no
     # trial: null = on for a single run, off inside a search (set true to measure it there).
     mask_test: bool | None = None
@@ -253,13 +277,14 @@ class EvalConfig(Checked):
 
 @dataclass(frozen=True)
 class ExperimentConfig(Checked):
+    # The run's seed: the validation split, initialisation, batch order and attack starts
     seed: int = bounded(0, ge=0, le=2**32 - 1, note="a 32-bit seed, as NumPy takes")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
     # The GPU fast path (s2ap/experiment.py: fast_settings). null = auto: on with CUDA, off on CPU.
     amp: bool | None = None  # bf16 autocast for the attack steps and training (CUDA only)
     channels_last: bool | None = None  # NHWC weights and activations (CUDA only)
     compile: bool = False  # torch.compile of the training model (opt-in until measured to help)
-    out_dir: str = "runs/experiment"
+    out_dir: str = "runs/experiment"  # the run folder when s2ap.run gets no --out; not in the config hash
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)

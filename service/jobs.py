@@ -93,6 +93,7 @@ class JobManager:
             earlier = self.store.get_by_key(idempotency_key)
             if earlier is not None:
                 return self._replay(earlier, request_hash)
+        job_id = new_job_id()
         try:
             valid = validate(
                 parse_body(body, content_type),
@@ -100,12 +101,12 @@ class JobManager:
                 nodes=self._nodes(),
                 max_grid_cells=self.settings.max_grid_cells,
                 storage=self.settings.storage,
+                job_storage=self.job_storage(job_id),
             )
         except SpecProblem as exc:
             # One line like the CLI's: "base.prune.sparsity: must be in (0, 1), got 2.0".
             raise ApiError(422, exc.code, str(exc), exc.field or "body") from None
 
-        job_id = new_job_id()
         job_dir = self.settings.jobs_dir / job_id
         try:
             return self._create(job_id, job_dir, valid, request_hash, idempotency_key)
@@ -129,7 +130,7 @@ class JobManager:
             trials={"done": 0, "ok": 0, "stopped": 0, "errored": 0},
             spec=valid.resolved,
             spec_path=str(spec_path),
-            results_dir=self.results_dir(job_id),
+            results_dir=str(valid.spec.search_dir),  # <job storage>/<name>: the spec says it
             request_hash=request_hash,
             idempotency_key=idempotency_key,
         )
@@ -165,18 +166,23 @@ class JobManager:
             )
         return Submitted(earlier, False)
 
-    def results_dir(self, job_id: str) -> str:
-        """Where a job's search writes: under ``S2AP_STORAGE`` (a folder or an object store
-        URI) when set, else in the job's folder in the data directory."""
+    def job_storage(self, job_id: str) -> str:
+        """The ``storage`` of a job's stored spec, so its search writes to ``<this>/<name>``:
+        under ``S2AP_STORAGE`` (a folder or an object store URI) when set, else in the job's
+        folder in the data directory. The submitted spec's own ``storage`` is only checked."""
         if self.settings.storage is not None:
             return storage.join(self.settings.storage, JOBS_DIR, job_id, RESULTS_DIR)
         return str(self.settings.jobs_dir / job_id / RESULTS_DIR)
 
     def entrypoint(self, job: JobRecord) -> str:
-        """Exactly the CLI a user would run: ``python -m s2ap.tune SPEC --out DIR``; with the
+        """Exactly the CLI a user would run: ``python -m s2ap.tune SPEC``, the spec naming
+        where it writes (``--out DIR`` only for a job stored before specs did); with the
         embedded Ray head the data is on this machine, so the search checks its data sets and
         models before any trial (``--preflight``) though the job joins a cluster."""
-        command = [self.job_python, "-m", "s2ap.tune", job.spec_path, "--out", job.results_dir]
+        command = [self.job_python, "-m", "s2ap.tune", job.spec_path]
+        spec_dir = storage.join(str(job.spec.get("storage", "")), str(job.spec.get("name", "")))
+        if job.results_dir != spec_dir:
+            command += ["--out", job.results_dir]
         return shlex.join(command + (["--preflight"] if self.settings.ray_address is None else []))
 
     def _nodes(self) -> list[dict[str, float]] | None:

@@ -277,10 +277,14 @@ def _rewrite(key: str, value: Any, root: Path, field: str) -> Any:
     return value
 
 
-def confine_paths(data: Mapping[str, Any], root: Path, storage: str | None = None) -> dict[str, Any]:
+def confine_paths(
+    data: Mapping[str, Any], root: Path, storage: str | None = None, job_storage: str | None = None
+) -> dict[str, Any]:
     """A copy of the spec with every path absolute and inside ``root`` (else SpecProblem).
-    With the service's ``storage`` (``S2AP_STORAGE``) set, a spec without its own
-    ``pretrain_cache`` shares the one there."""
+    A spec without its own ``pretrain_cache`` shares the one in the service's ``storage``
+    (``S2AP_STORAGE``) when that is set, else the one in its own ``storage``. With
+    ``job_storage`` (where the service puts this job's search) the confined ``storage`` gives
+    way to it: the spec then names the folder its search writes to, decided here, once."""
     out: dict[str, Any] = plain_copy(data)
     base = out.get("base")
     if isinstance(base, str):
@@ -314,8 +318,10 @@ def confine_paths(data: Mapping[str, Any], root: Path, storage: str | None = Non
         )
     if out.get("pretrain_cache") is not None:
         out["pretrain_cache"] = confine(out["pretrain_cache"], root, "pretrain_cache")
-    elif storage is not None and "pretrain_cache" not in out:
-        out["pretrain_cache"] = _join(storage, "pretrain_cache")
+    elif "pretrain_cache" not in out:  # decided before the job's own storage replaces the spec's
+        out["pretrain_cache"] = _join(storage if storage is not None else out["storage"], "pretrain_cache")
+    if job_storage is not None:
+        out["storage"] = job_storage
     optuna = out.get("optuna_storage")
     if optuna is not None:
         if not isinstance(optuna, str) or not optuna.startswith("sqlite:///"):
@@ -355,8 +361,10 @@ def validate(
     nodes: Sequence[Mapping[str, float]] | None = None,
     max_grid_cells: int = 10_000,
     storage: str | None = None,
+    job_storage: str | None = None,
 ) -> ValidSpec:
-    """The whole submission check: shape, paths, then ``load_spec`` (no Ray import)."""
+    """The whole submission check: shape, paths, then ``load_spec`` (no Ray import). A job's
+    spec gets ``job_storage`` as its ``storage`` once the submitted one passed its check."""
     from s2ap.tune.spec import load_spec, spec_to_dict
 
     if not isinstance(data, Mapping):
@@ -369,7 +377,7 @@ def validate(
             f"the grid spans {cells} cells; this service accepts at most {max_grid_cells}",
             "grid",
         )
-    confined = confine_paths(data, root, storage)
+    confined = confine_paths(data, root, storage, job_storage)
     for field, message in model_policy.refused(confined):  # before validation imports anything
         section = "data" if "data.name" in f".{field}" else "model"
         raise SpecProblem(f"{section}_not_allowed", message, field)

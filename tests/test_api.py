@@ -18,16 +18,10 @@ import s2ap
 from s2ap.errors import ConfigError
 from s2ap.layers import ScoredLayer, scored_layers
 from s2ap.models import build_model, export_masks, export_state_dict, mask_layers
+from tests.helpers.configs import one_epoch_run
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = {
-    "data": {"batch_size": 32},
-    "attack": {"eps": 0.1, "step_size": 0.05, "steps": 1},
-    "pretrain": {"epochs": 1, "lr": 0.05},
-    "prune": {"method": "hydra", "sparsity": 0.75, "epochs": 1},
-    "finetune": {"epochs": 0},
-    "eval": {"autoattack": False, "pgd_steps": 1, "val_limit": 16},
-}
+CONFIG = one_epoch_run()
 
 
 class HandWritten(nn.Module):

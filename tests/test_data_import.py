@@ -19,6 +19,7 @@ from s2ap.errors import ConfigError
 from s2ap.experiment import from_dict, load
 from s2ap.models import from_config
 from s2ap.run import main
+from tests.helpers.configs import one_epoch_run
 
 SOURCE = """
 import torch
@@ -138,15 +139,7 @@ def test_the_cli_refuses_a_failing_callable_in_one_line(
     assert errors == [f"error: data.name: {data_module}:boom(download=False) raised OSError: no such disk"]
 
 
-TINY = {
-    "seed": 0,
-    "data": {"batch_size": 16},
-    "attack": {"eps": 0.1, "step_size": 0.05, "steps": 1},
-    "pretrain": {"epochs": 1, "lr": 0.05},
-    "prune": {"method": "hydra", "sparsity": 0.5, "epochs": 1},
-    "finetune": {"epochs": 0},
-    "eval": {"pgd_steps": 1, "autoattack": False, "val_limit": 16},
-}
+TINY = {"seed": 0, **one_epoch_run({"data.batch_size": 16, "prune.sparsity": 0.5})}
 
 
 @pytest.mark.slow

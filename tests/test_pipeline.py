@@ -16,18 +16,10 @@ from s2ap.data import load_splits
 from s2ap.experiment import from_dict, with_overrides
 from s2ap.models import build_model
 from s2ap.pipeline import Pipeline, run_experiment
+from tests.helpers.configs import tiny_run
 from tests.helpers.net import free_port
 
-TINY = {
-    "seed": 0,
-    "data": {"name": "digits", "image_size": 8, "batch_size": 64, "train_limit": 192, "test_limit": 96},
-    "attack": {"steps": 2},
-    "pretrain": {"epochs": 2, "lr": 0.05},
-    "prune": {"method": "hydra", "sparsity": 0.8, "epochs": 3},
-    "finetune": {"epochs": 1, "lr": 0.01},
-    "s2ap": {"enabled": False, "gamma": 0.05, "warmup_epochs": 1},
-    "eval": {"pgd_steps": 3, "autoattack": False, "val_limit": 48},
-}
+TINY = tiny_run()
 
 
 def tiny(**overrides) -> object:
@@ -177,11 +169,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> N
 
 @pytest.mark.slow
 def test_two_process_ddp_gives_same_masks_as_single_process(tmp_path: Path) -> None:
-    cfg_dict = {
-        **TINY,
-        "s2ap": {"enabled": True, "gamma": 0.05, "warmup_epochs": 1},
-        "finetune": {"epochs": 1, "lr": 0.01},
-    }
+    cfg_dict = tiny_run({"s2ap.enabled": True})
     single = Pipeline(from_dict(cfg_dict), tmp_path / "single")
     single.run()
     out = tmp_path / "ddp"

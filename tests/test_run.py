@@ -12,16 +12,9 @@ import yaml
 
 from s2ap.results import ACCURACIES
 from s2ap.run import main
+from tests.helpers.configs import tiny_run
 
-TINY = {
-    "seed": 0,
-    "data": {"name": "digits", "image_size": 8, "batch_size": 64, "train_limit": 192, "test_limit": 96},
-    "attack": {"steps": 2},
-    "pretrain": {"epochs": 2, "lr": 0.05},
-    "prune": {"method": "hydra", "sparsity": 0.8, "epochs": 2},
-    "finetune": {"epochs": 1, "lr": 0.01},
-    "eval": {"pgd_steps": 3, "autoattack": True, "test_points": 24, "val_limit": 48},
-}
+TINY = tiny_run({"prune.epochs": 2, "eval.autoattack": True, "eval.test_points": 24}, without_keys=("s2ap",))
 INTERVAL = r"(\d\.\d\d) \[(\d\.\d\d), (\d\.\d\d)\] n=(\d+)"
 
 

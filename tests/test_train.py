@@ -20,15 +20,9 @@ from s2ap.pruning import build_method
 from s2ap.sharpness import score_perturbation, weight_perturbation
 from s2ap.tensor_data import device_loader
 from s2ap.train import Epoch, Trainer, build_optimizer, on_device
+from tests.helpers.configs import tiny_run
 
-TINY = {
-    "seed": 0,
-    "data": {"name": "digits", "image_size": 8, "batch_size": 64, "train_limit": 192, "test_limit": 96},
-    "attack": {"steps": 2},
-    "prune": {"method": "hydra", "sparsity": 0.8, "epochs": 3},
-    "s2ap": {"enabled": False, "gamma": 0.05, "warmup_epochs": 1},
-    "eval": {"pgd_steps": 3, "autoattack": False, "val_limit": 48},
-}
+TINY = tiny_run(without_keys=("pretrain", "finetune"))
 CLEAN = build_objective(ObjectiveConfig(name="clean"), AttackConfig())
 
 

@@ -23,17 +23,21 @@ from s2ap.models import build_model, export_state_dict
 from s2ap.models.external import read_state_dict
 from s2ap.run import main
 from s2ap.state import RunState
+from tests.helpers.configs import one_epoch_run
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-TINY = {
-    "seed": 0,
-    "data": {"name": "synthetic", "batch_size": 32, "train_limit": 64, "test_limit": 32},
-    "attack": {"steps": 1},
-    "pretrain": {"epochs": 1, "lr": 0.05},
-    "prune": {"method": "hydra", "sparsity": 0.7, "epochs": 1},
-    "finetune": {"epochs": 1, "lr": 0.01},
-    "eval": {"pgd_steps": 1, "autoattack": False, "val_limit": 16},
-}
+TINY = one_epoch_run(
+    {
+        "seed": 0,
+        "data.name": "synthetic",
+        "data.train_limit": 64,
+        "data.test_limit": 32,
+        "prune.sparsity": 0.7,
+        "finetune.epochs": 1,
+        "finetune.lr": 0.01,
+    },
+    without_keys=("attack.eps", "attack.step_size"),
+)
 
 
 def run_cli(

@@ -21,17 +21,28 @@ from s2ap.pruning.compact import count_flops
 from s2ap.sharpness import (
     AdaptiveWeightPerturbation,
 )
+from tests.helpers.configs import tiny_run
 
-TINY = {
-    "seed": 0,
-    "data": {"name": "digits", "image_size": 8, "train_limit": 128, "test_limit": 64},
-    "attack": {"steps": 1},
-    "pretrain": {"epochs": 1},
-    "prune": {"epochs": 2},
-    "finetune": {"epochs": 1},
-    "s2ap": {"warmup_epochs": 1, "gamma": 0.01},
-    "eval": {"autoattack": False, "pgd_steps": 2, "val_limit": 32},
-}
+TINY = tiny_run(
+    {
+        "data.train_limit": 128,
+        "data.test_limit": 64,
+        "attack.steps": 1,
+        "pretrain.epochs": 1,
+        "prune.epochs": 2,
+        "s2ap.gamma": 0.01,
+        "eval.pgd_steps": 2,
+        "eval.val_limit": 32,
+    },
+    without_keys=(
+        "data.batch_size",
+        "pretrain.lr",
+        "prune.method",
+        "prune.sparsity",
+        "finetune.lr",
+        "s2ap.enabled",
+    ),
+)
 SIZES = {"resnet50": 32}
 
 

@@ -139,7 +139,8 @@ def test_submit_follow_and_fetch_results_over_http(
                 "epoch": 0,
             }
         ]
-        out = Path(detail["spec"]["storage"]).parent.parent / "jobs" / job_id / "search" / "epochs.parquet"
+        # The stored spec names where the search writes: its storage, then its name.
+        out = Path(detail["spec"]["storage"]) / detail["spec"]["name"] / "epochs.parquet"
         results.write_table(to_table(rows, epochs_schema()), out)
         r = c.get(f"/jobs/{job_id}/results", params={"table": "epochs"})
         assert r.status_code == 200 and r.headers["content-type"] == "application/vnd.apache.parquet"

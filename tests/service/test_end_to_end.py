@@ -511,7 +511,8 @@ def test_job_succeeds_and_both_tables_load_in_pandas(
 
     detail = client.get(f"/jobs/{job_id}").json()
     assert detail["spec"]["name"] == "quickstart"
-    assert detail["spec"]["storage"] == str(data_dir.resolve() / "runs" / "tune")  # confined, absolute
+    # The spec names where the search wrote (the job's folder), not the submitted runs/tune.
+    assert detail["spec"]["storage"] == str(data_dir.resolve() / "jobs" / job_id / "search")
     logs = client.get(f"/jobs/{job_id}/logs", params={"lines": 50})
     assert logs.status_code == 200 and logs.headers["content-type"].startswith("text/plain")
     assert "trials" in logs.text

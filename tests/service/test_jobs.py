@@ -3,7 +3,9 @@ a crash, rollback when Ray refuses, progress and best trial from ``trials.parque
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,14 @@ def test_submit_stores_the_resolved_spec_and_runs_the_cli(
     job = manager.submit(body, "application/yaml", None).job
     assert job.status == "queued" and job.trials_total == 4
     spec_file = Path(job.spec_path)
-    assert yaml.safe_load(spec_file.read_text())["storage"] == str(manager.root / "runs" / "tune")
+    stored = yaml.safe_load(spec_file.read_text())
+    # The stored spec names the folder the job writes to (the service decides it once); the
+    # submitted storage (the default runs/tune) still places the shared pretraining cache.
+    assert stored["storage"] == str(manager.settings.jobs_dir / job.id / "search")
+    assert job.results_dir == str(Path(stored["storage"]) / stored["name"])
+    assert stored["pretrain_cache"] == str(manager.root / "runs" / "tune" / "pretrain_cache")
     # The embedded Ray head runs on this machine: the search checks its data before any trial.
-    assert (
-        runner.entrypoints[job.id] == f"python -m s2ap.tune {spec_file} --out {job.results_dir} --preflight"
-    )
+    assert runner.entrypoints[job.id] == f"python -m s2ap.tune {spec_file} --preflight"
     joined = JobManager(
         manager.settings.with_(ray_address="http://head:8265"), manager.store, runner, job_python="python"
     )
@@ -202,8 +207,10 @@ def test_with_s2ap_storage_on_s3_results_progress_and_downloads_come_from_the_bu
     settings = settings.with_(storage=f"{s3_bucket}/service").check()
     manager = JobManager(settings, JobStore(settings.db_path), runner, job_python="python")
     job = manager.submit(body, "application/yaml", None).job
-    assert job.results_dir == f"{s3_bucket}/service/jobs/{job.id}/search"
-    assert runner.entrypoints[job.id].endswith(f"--out {job.results_dir} --preflight")
+    stored = yaml.safe_load(Path(job.spec_path).read_text())
+    assert stored["storage"] == f"{s3_bucket}/service/jobs/{job.id}/search"
+    assert job.results_dir == f"{stored['storage']}/{stored['name']}"
+    assert runner.entrypoints[job.id] == f"python -m s2ap.tune {job.spec_path} --preflight"
     assert (
         yaml.safe_load(Path(job.spec_path).read_text())["pretrain_cache"]
         == f"{s3_bucket}/service/pretrain_cache"
@@ -275,3 +282,34 @@ def test_states_map_from_ray(body: bytes, manager: JobManager, runner: FakeRunne
     runner.jobs[job.id] = RayJobState("STOPPED", end_time=123.0)
     manager.refresh(manager.get(job.id))
     assert (manager.get(job.id).status, manager.get(job.id).finished_at) == ("cancelled", 123.0)
+
+
+def test_a_submitted_storage_is_checked_then_replaced_by_the_jobs_own(
+    manager: JobManager, runner: FakeRunner, tiny_spec: Callable[..., dict[str, Any]]
+) -> None:
+    """The service decides where a job writes once: a storage inside the data directory is
+    accepted and replaced by the job's folder; one outside is refused as before."""
+    for outside in ("/etc", "../elsewhere", "s3://bucket/x", "~/runs"):
+        with pytest.raises(ApiError) as info:
+            manager.submit(yaml.safe_dump(tiny_spec(storage=outside)).encode(), "application/yaml", None)
+        assert (info.value.status, info.value.code, info.value.field) == (
+            422,
+            "path_outside_data_dir",
+            "storage",
+        )
+    assert not runner.entrypoints and not list(manager.settings.jobs_dir.glob("*"))
+    job = manager.submit(
+        yaml.safe_dump(tiny_spec(storage="mine/tune")).encode(), "application/yaml", None
+    ).job
+    stored = yaml.safe_load(Path(job.spec_path).read_text())
+    assert stored["storage"] == str(manager.settings.jobs_dir / job.id / "search") == job.spec["storage"]
+    assert stored["pretrain_cache"] == str(manager.root / "mine" / "tune" / "pretrain_cache")
+    assert not (manager.root / "mine").exists()  # nothing is written to the submitted storage
+
+
+def test_a_job_stored_before_its_spec_named_its_folder_still_runs_with_out(
+    manager: JobManager, body: bytes
+) -> None:
+    job = manager.submit(body, "application/yaml", None).job
+    older = dataclasses.replace(job, spec={**job.spec, "storage": str(manager.root / "runs" / "tune")})
+    assert manager.entrypoint(older).endswith(f" --out {job.results_dir} --preflight")

@@ -21,23 +21,14 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from s2ap import storage  # noqa: E402
 from s2ap.tune.__main__ import main  # noqa: E402
+from tests.helpers.configs import search_base  # noqa: E402
 from tests.helpers.net import free_port  # noqa: E402
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
 
-# The tiny digits experiment of test_ray.py: pretraining (cached), pruning, finetuning.
-BASE: dict[str, Any] = {
-    "seed": 0,
-    "data": {"name": "digits", "image_size": 8, "train_limit": 512, "test_limit": 64, "batch_size": 32},
-    "attack": {"steps": 1},
-    "objective": {"name": "pgd"},
-    "pretrain": {"epochs": 2, "lr": 0.01, "optimizer": "adam"},
-    "prune": {"epochs": 2, "sparsity": 0.5},
-    "finetune": {"epochs": 1, "lr": 0.01},
-    "s2ap": {"enabled": True, "gamma": 0.005, "warmup_epochs": 1},
-    "eval": {"pgd_steps": 2, "autoattack": False, "val_pgd_steps": 1, "val_limit": 64},
-}
+# The tiny digits search test_ray.py runs: pretraining (cached), pruning, finetuning.
+BASE: dict[str, Any] = search_base()
 
 
 @pytest.fixture(autouse=True)

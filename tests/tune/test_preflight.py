@@ -18,18 +18,19 @@ from s2ap.errors import ConfigError  # noqa: E402
 from s2ap.tune.preflight import check_search  # noqa: E402
 from s2ap.tune.search import SearchOutcome, failure_lines  # noqa: E402
 from s2ap.tune.spec import load_spec  # noqa: E402
+from tests.helpers.configs import search_base  # noqa: E402
 
-BASE: dict[str, Any] = {
-    "seed": 0,
-    "data": {"name": "digits", "image_size": 8, "train_limit": 64, "test_limit": 32, "batch_size": 32},
-    "attack": {"steps": 1},
-    "objective": {"name": "pgd"},
-    "pretrain": {"epochs": 1, "lr": 0.01, "optimizer": "adam"},
-    "prune": {"epochs": 1, "sparsity": 0.5},
-    "finetune": {"epochs": 1, "lr": 0.01},
-    "s2ap": {"enabled": True, "gamma": 0.005, "warmup_epochs": 0},
-    "eval": {"pgd_steps": 1, "autoattack": False, "val_pgd_steps": 1, "val_limit": 16},
-}
+BASE: dict[str, Any] = search_base(
+    {
+        "data.train_limit": 64,
+        "data.test_limit": 32,
+        "pretrain.epochs": 1,
+        "prune.epochs": 1,
+        "s2ap.warmup_epochs": 0,
+        "eval.pgd_steps": 1,
+        "eval.val_limit": 16,
+    }
+)
 
 
 def spec_dict(tmp_path: Path, **base_changes: Any) -> dict[str, Any]:

@@ -25,22 +25,13 @@ pd = pytest.importorskip("pandas")
 
 from s2ap.tune.layout import checkpoint_roots, latest_checkpoint, read_epochs, read_workers  # noqa: E402
 from s2ap.tune.spec import load_spec  # noqa: E402
+from tests.helpers.configs import search_base  # noqa: E402
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
 
 # Learns within a few epochs (Adam pretraining), so sparsity visibly matters.
-BASE: dict[str, Any] = {
-    "seed": 0,
-    "data": {"name": "digits", "image_size": 8, "train_limit": 512, "test_limit": 64, "batch_size": 32},
-    "attack": {"steps": 1},
-    "objective": {"name": "pgd"},
-    "pretrain": {"epochs": 2, "lr": 0.01, "optimizer": "adam"},
-    "prune": {"epochs": 2, "sparsity": 0.5},
-    "finetune": {"epochs": 1, "lr": 0.01},
-    "s2ap": {"enabled": True, "gamma": 0.005, "warmup_epochs": 1},
-    "eval": {"pgd_steps": 2, "autoattack": False, "val_pgd_steps": 1, "val_limit": 64},
-}
+BASE: dict[str, Any] = search_base()
 
 
 def spec_dict(tmp_path: Path, base: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:

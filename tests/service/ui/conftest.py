@@ -197,7 +197,10 @@ class Service:
             return str(r.json()["id"])
 
     def results_dir(self, job_id: str) -> str:
-        return storage.join(self.storage or str(self.data_dir), "jobs", job_id, "search")
+        """Where the job's stored spec says its search writes (its storage, then its name)."""
+        with self.api() as c:
+            spec = c.get(f"/jobs/{job_id}").json()["spec"]
+        return storage.join(spec["storage"], spec["name"])
 
     def finish(self, job_id: str) -> None:
         """The job's tables written, its Ray job succeeded, and the poller has seen both."""
