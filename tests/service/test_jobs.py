@@ -142,8 +142,8 @@ def _trial_row(
         "config_hash": "h",
         "seed": 0,
         "code_version": results.code_version(),
-        "s2ap.gamma": gamma,
-        "prune.sparsity": sparsity,
+        "s2ap_gamma": gamma,
+        "prune_sparsity": sparsity,
     }
 
 
@@ -261,3 +261,18 @@ def test_states_map_from_ray(body: bytes, manager: JobManager, runner: FakeRunne
     runner.jobs[job.id] = RayJobState("STOPPED", end_time=123.0)
     manager.refresh(manager.get(job.id))
     assert (manager.get(job.id).status, manager.get(job.id).finished_at) == ("cancelled", 123.0)
+
+
+def test_progress_reads_a_trials_table_with_the_old_dotted_column_names(
+    body: bytes, manager: JobManager, runner: FakeRunner
+) -> None:
+    """A table written before the columns were snake_case (``s2ap.gamma``) still gives the
+    best trial's spec values."""
+    job = manager.submit(body, "application/yaml", None).job
+    rows = [_trial_row("a", "ok", 0.40, 0.002, 0.8), _trial_row("b", "ok", 0.55, 0.004, 0.9)]
+    table = to_table(rows, trials_schema())
+    old = {"s2ap_gamma": "s2ap.gamma", "prune_sparsity": "prune.sparsity"}
+    table = table.rename_columns([old.get(n, n) for n in table.column_names])
+    results.write_table(table, Path(job.results_dir) / "trials.parquet")
+    manager.refresh(manager.get(job.id))
+    assert manager.get(job.id).best["config"] == {"prune.sparsity": 0.9, "s2ap.gamma": 0.004}
