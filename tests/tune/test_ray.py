@@ -127,7 +127,7 @@ def test_one_worker_trial_resumes_after_its_process_is_killed_and_reused_actors_
     )
     start_local_ray(num_cpus=2)
     outcome, killed, at_epoch = search_killing(spec, rank=0, after_epoch=3)
-    trials = pd.read_parquet(outcome.trials_path).set_index("prune.sparsity")
+    trials = pd.read_parquet(outcome.trials_path).set_index("prune_sparsity")
     epochs = pd.read_parquet(outcome.epochs_path)
     dense, sparse, third = trials.loc[0.5], trials.loc[0.999], trials.loc[0.6]
 
