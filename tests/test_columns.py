@@ -154,6 +154,10 @@ def test_an_old_table_with_dotted_names_is_read_under_the_new_names(search: Path
     assert mapped.column_names == pq.read_table(search).column_names
     runs, _ = load_runs([old])  # the report reads it
     assert "s2ap_gamma" in runs.columns and "s2ap.gamma" not in runs.columns
+    from service.ui.views import read_table
+
+    page = read_table(str(old))  # and the web page
+    assert page is not None and "s2ap_gamma" in page.columns and "s2ap.gamma" not in page.columns
 
 
 def test_a_table_with_both_spellings_of_a_column_is_refused_in_one_line(tmp_path: Path, search: Path) -> None:
