@@ -189,6 +189,19 @@ def provenance(device_type: str) -> dict[str, Any]:
     }
 
 
+def applies(cfg: ExperimentConfig, key: str) -> bool:
+    """Whether the dotted config ``key`` can change this config's result. S2AP's knobs need
+    S2AP on, AdaSAP's the AdaSAP method, ``prune.best_mask`` a mask search that chooses; a
+    setting that does not apply is null in every table (:func:`identity`, a search's trials)."""
+    if key.startswith("s2ap.") and key != "s2ap.enabled":
+        return cfg.s2ap.enabled
+    if key.startswith("adasap."):
+        return cfg.prune.method == "adasap"
+    if key == "prune.best_mask":
+        return phases(cfg).prune > 0 and method_class(cfg).best_mask_applies
+    return True
+
+
 def identity(cfg: ExperimentConfig, device_type: str | None = None) -> dict[str, Any]:
     """The result columns that follow from the config alone: every run row (and a search's
     stopped or failed trials) carries them. S2AP's knobs are null when S2AP is off, so an

@@ -32,8 +32,8 @@ FINAL_FILE = "final.parquet"
 EPOCHS_FILE = "epochs.parquet"
 TRIALS_FILE = "trials.parquet"
 
-# A trials row holds the whole flattened config (``s2ap.gamma``: the configured value) and the
-# run's identity (``gamma``: null when S2AP is off); readers take the identity column.
+# A trials row holds the whole flattened config, one snake_case column per dotted key
+# (``s2ap_gamma``, :func:`column_name`; null where the setting does not apply, as ``gamma``).
 IDENTITY = [
     pa.field("config_hash", pa.string(), nullable=False),
     pa.field("seed", pa.int64(), nullable=False),
@@ -215,6 +215,23 @@ class Columns:
 RUN = Columns(RUN_SCHEMA)
 EPOCH = Columns(EPOCH_SCHEMA)
 PREDICTION = Columns(PREDICTION_SCHEMA)
+
+
+def column_name(key: str) -> str:
+    """The table column of a dotted config key: ``column_name("s2ap.gamma") == "s2ap_gamma"``."""
+    return key.replace(".", "_")
+
+
+def with_column_names(table: pa.Table) -> pa.Table:
+    """A table written when config columns were dotted (``s2ap.gamma``), under today's names;
+    a table with both spellings of one column is refused with one line."""
+    names = [column_name(n) for n in table.column_names]
+    if names == table.column_names:
+        return table
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"table has dotted and snake_case copies of the columns {', '.join(twice)}")
+    return table.rename_columns(names)
 
 
 def with_intervals(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from s2ap import selection, storage
-from s2ap.results import EPOCHS_FILE, PREDICTIONS_FILE, TRIALS_FILE
+from s2ap.results import EPOCHS_FILE, PREDICTIONS_FILE, TRIALS_FILE, column_name
 
 TABLES = {"trials": TRIALS_FILE, "epochs": EPOCHS_FILE, "predictions": PREDICTIONS_FILE}
 # What "best so far" ranks by: the search's own rule (s2ap.selection), on validation data
@@ -63,11 +63,15 @@ def read_progress(
     if version is None or version == known:
         return None
     names = set(storage.read_schema(path).names)
-    keys = [k for k in dict.fromkeys(config_keys) if k in names]
-    wanted = [
-        c for c in ("trial_id", "status", BEST_METRIC, TIE_METRIC, *_REPORTED, *_WITH) if c in names
-    ] + keys
-    rows = storage.read_table(path, columns=wanted).to_pylist()
+    # A spec key (dotted) names its column (column_name); a table written before the columns
+    # were snake_case holds the dotted name itself.
+    columns = {
+        k: next((c for c in (column_name(k), k) if c in names), None) for k in dict.fromkeys(config_keys)
+    }
+    keys = [k for k, c in columns.items() if c is not None]
+    wanted = [c for c in ("trial_id", "status", BEST_METRIC, TIE_METRIC, *_REPORTED, *_WITH) if c in names]
+    table = storage.read_table(path, columns=wanted + [columns[k] for k in keys])
+    rows = [{**r, **{k: r[columns[k]] for k in keys}} for r in table.to_pylist()]
     counts = {"done": len(rows), "ok": 0, "stopped": 0, "errored": 0}
     for row in rows:
         status = row.get("status")

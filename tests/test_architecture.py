@@ -11,7 +11,7 @@ The floors, lowest first (the README's Architecture section draws the same plan)
 4. experiment (the registries' checks), train (the one loop), probes, pretrain_cache
 5. pipeline, state, best_mask
 6. tune: the search on Ray
-7. run, config_reference, api: the command lines and the Python entry point
+7. run, config_reference, columns_reference, api: the command lines and the Python entry point
 8. the service's parts: cluster/ (the one Ray import), settings, store, specs, progress, errors, throttle, body_limit, log_paths
 9. the service's job manager and request dependencies: jobs, deps
 10. what serves: the JSON routes, the web page (ui/), the app and its command line
@@ -35,7 +35,7 @@ FLOORS = {
     4: ["s2ap.experiment", "s2ap.train", "s2ap.probes", "s2ap.pretrain_cache"],
     5: ["s2ap.pipeline", "s2ap.state", "s2ap.best_mask"],
     6: ["s2ap.tune"],
-    7: ["s2ap.run", "s2ap.config_reference", "s2ap.api"],
+    7: ["s2ap.run", "s2ap.config_reference", "s2ap.columns_reference", "s2ap.api"],
     8: ["service.cluster", "service.settings", "service.store", "service.models", "service.model_policy",
         "service.specs", "service.progress", "service.errors", "service.throttle", "service.body_limit",
         "service.log_paths"],

@@ -76,10 +76,14 @@ def _resolve(raw: str) -> tuple[str, str | None]:
 
 def _read(where: str) -> pd.DataFrame:
     try:
-        return storage.read_table(where).to_pandas()
+        table = storage.read_table(where)
     except Exception as exc:  # pyarrow raises several types for a broken or foreign file
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ReportError(f"{storage.redact(where)} is not a readable Parquet file ({reason})") from None
+    try:  # a table written when config columns were dotted reads under today's names
+        return results.with_column_names(table).to_pandas()
+    except ValueError as exc:
+        raise ReportError(f"{storage.redact(where)}: {exc}") from None
 
 
 def load_runs(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame | None]:

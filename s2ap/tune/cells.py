@@ -48,8 +48,9 @@ def cell_of(config: Mapping[str, Any]) -> int:
 
 
 def is_inert(cfg: ExperimentConfig, key: str) -> bool:
-    """A searched key that cannot change this config's result (S2AP's knobs with S2AP off)."""
-    return key.startswith("s2ap.") and key != "s2ap.enabled" and not cfg.s2ap.enabled
+    """A searched key that cannot change this config's result (S2AP's knobs with S2AP off);
+    the rule that makes such a setting null in the tables (:func:`s2ap.experiment.applies`)."""
+    return not experiment.applies(cfg, key)
 
 
 def grid_cells(

@@ -3,8 +3,10 @@ with explicit schemas.
 
 ``trials.parquet``: one row per finished trial: its identity (trial id, grid cell), status
 (``ok``, ``error`` or ``stopped`` when ASHA ended it early), every experiment config value
-as its own column named by its dotted path (``prune.sparsity``), the final metrics of
-:data:`s2ap.results.RUN_SCHEMA`, and where and how often its workers ran.
+as its own snake_case column (``prune.sparsity`` -> ``prune_sparsity``,
+:func:`s2ap.results.column_name`; null where the setting does not apply), the final metrics of
+:data:`s2ap.results.RUN_SCHEMA`, ``selected`` (its cell's best trial by
+:mod:`s2ap.selection`), and where and how often its workers ran.
 
 ``epochs.parquet``: one row per trial per epoch that counted. Rows come from the trial's
 latest checkpoint (its ``state.pt``'s rows), never from the stream of reports: after a
@@ -35,7 +37,7 @@ import pyarrow as pa
 
 from s2ap import results, selection, storage
 from s2ap.config import ExperimentConfig
-from s2ap.experiment import identity
+from s2ap.experiment import applies, identity
 from s2ap.results import EPOCHS_FILE, FINAL_FILE, TRIALS_FILE
 from s2ap.tune.cells import cell_of
 from s2ap.tune.clock import search_epoch
@@ -82,23 +84,28 @@ def _arrow_type(tp: Any) -> pa.DataType:
     return pa.string()
 
 
-def config_fields(cls: type = ExperimentConfig, prefix: str = "") -> list[pa.Field]:
-    """One column per leaf of the experiment config, named by its dotted path."""
-    out: list[pa.Field] = []
+def config_paths(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, pa.DataType]]:
+    """Every leaf of the experiment config: its dotted path and its column's Arrow type."""
+    out: list[tuple[str, pa.DataType]] = []
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         name = f"{prefix}{f.name}"
         tp = hints[f.name]
         if is_dataclass(tp):
-            out.extend(config_fields(tp, f"{name}."))  # type: ignore[arg-type]
+            out.extend(config_paths(tp, f"{name}."))  # type: ignore[arg-type]
         else:
-            out.append(pa.field(name, _arrow_type(tp)))
+            out.append((name, _arrow_type(tp)))
     return out
+
+
+def config_fields() -> list[pa.Field]:
+    """One column per leaf of the experiment config, named ``column_name(path)``: ``s2ap_gamma``."""
+    return [pa.field(results.column_name(path), dtype) for path, dtype in config_paths()]
 
 
 @functools.cache
 def _config_leaves() -> frozenset[str]:
-    return frozenset(f.name for f in config_fields())
+    return frozenset(path for path, _ in config_paths())
 
 
 TRIAL_FIELDS = [
@@ -107,6 +114,7 @@ TRIAL_FIELDS = [
     pa.field("grid_cell", pa.int64(), nullable=False),
     pa.field("cell_key", pa.string()),
     pa.field("status", pa.string(), nullable=False),  # ok | error | stopped
+    pa.field("selected", pa.bool_()),  # its cell's best trial (s2ap.selection)
     pa.field("stopped_early", pa.bool_(), nullable=False),
     pa.field("error", pa.string()),
     pa.field("epochs_run", pa.int64(), nullable=False),  # epochs that counted, every phase
@@ -183,6 +191,15 @@ def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def config_columns(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config's columns of a trials row: ``s2ap_gamma`` and the rest, each null where the
+    setting does not apply (:func:`s2ap.experiment.applies`: no gamma on an S2AP-off row)."""
+    return {
+        results.column_name(path): value if applies(cfg, path) else None
+        for path, value in _flatten(cfg.to_dict()).items()
+    }
+
+
 def _cast(value: Any, dtype: pa.DataType) -> Any:
     """Fit a value to its column (string columns hold JSON for anything that is not text)."""
     if value is None:
@@ -224,7 +241,7 @@ def trial_rows(
     times = read_times(store)
     wall = times["ended"] - times["started"] if {"started", "ended"} <= set(times) else None
     row: dict[str, Any] = {
-        **_flatten(cfg.to_dict()),
+        **config_columns(cfg),
         **identity(cfg),
         **final_row,
         "trial_id": record.trial_id,
@@ -287,6 +304,9 @@ def write_tables(
         trials.append(row)
         epochs.extend(rows)
         points.extend(predicted)
+    chosen = {id(row) for row in selection.best_per_cell(trials).values()}
+    for row in trials:
+        row["selected"] = id(row) in chosen
     p_table = to_table(points, predictions_schema())
     storage.write_table(p_table, storage.join(search_dir, results.PREDICTIONS_FILE))
     t_path = storage.write_table(to_table(trials, trials_schema()), storage.join(search_dir, TRIALS_FILE))

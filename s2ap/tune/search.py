@@ -30,7 +30,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 import s2ap.tune.results as tables
 from s2ap import storage
 from s2ap.errors import ConfigError
-from s2ap.results import describe_accuracy
+from s2ap.results import column_name, describe_accuracy
 from s2ap.stats import Interval
 from s2ap.tune.callbacks import LiveView, ResultsWriter, fmt, live_view_to
 from s2ap.tune.cluster import WORKER_ENV, connect
@@ -227,7 +227,7 @@ def summary_lines(spec: SearchSpec, outcome: SearchOutcome) -> list[str]:
         if row is None:
             lines.append(f"{head}: no finished trial")
             continue
-        params = ", ".join(f"{k}={fmt(row.get(k))}" for k in searched if k in cell.space)
+        params = ", ".join(f"{k}={fmt(row.get(column_name(k)))}" for k in searched if k in cell.space)
         tried = sum(1 for r in rows if r["status"] == "ok" and int(r["grid_cell"]) == cell.id)
         robust = "AutoAttack" if row.get("robust_attack") == "autoattack" else "PGD"
         figures = [("clean", "clean_acc"), ("PGD", "pgd_acc")]

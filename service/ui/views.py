@@ -29,7 +29,7 @@ from s2ap.report.compare import format_delta, format_side
 from s2ap.report.load import ReportError, prepare
 from s2ap.report.selection import RULE as GAMMA_RULE
 from s2ap.report.tables import comparisons, sparsity_label
-from s2ap.results import RUN, format_gamma, gamma_choice
+from s2ap.results import RUN, format_gamma, gamma_choice, with_column_names
 from s2ap.selection import RULE as SELECTION_RULE
 from s2ap.selection import best_per_cell
 from s2ap.stats import accuracy_interval
@@ -139,7 +139,7 @@ def read_versioned(path: str) -> tuple[pd.DataFrame | None, str | None]:
             _cache.move_to_end(key)
             return _cache[key], version
     try:
-        df = storage.read_table(path).to_pandas()
+        df = with_column_names(storage.read_table(path)).to_pandas()  # old dotted names mapped
     except FileNotFoundError:
         return None, None
     with _cache_lock:

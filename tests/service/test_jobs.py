@@ -152,8 +152,8 @@ def _trial_row(
         "config_hash": "h",
         "seed": 0,
         "code_version": results.code_version(),
-        "s2ap.gamma": gamma,
-        "prune.sparsity": sparsity,
+        "s2ap_gamma": gamma,
+        "prune_sparsity": sparsity,
     }
 
 
@@ -313,3 +313,18 @@ def test_a_job_stored_before_its_spec_named_its_folder_still_runs_with_out(
     job = manager.submit(body, "application/yaml", None).job
     older = dataclasses.replace(job, spec={**job.spec, "storage": str(manager.root / "runs" / "tune")})
     assert manager.entrypoint(older).endswith(f" --out {job.results_dir} --preflight")
+
+
+def test_progress_reads_a_trials_table_with_the_old_dotted_column_names(
+    body: bytes, manager: JobManager, runner: FakeRunner
+) -> None:
+    """A table written before the columns were snake_case (``s2ap.gamma``) still gives the
+    best trial's spec values."""
+    job = manager.submit(body, "application/yaml", None).job
+    rows = [_trial_row("a", "ok", 0.40, 0.002, 0.8), _trial_row("b", "ok", 0.55, 0.004, 0.9)]
+    table = to_table(rows, trials_schema())
+    old = {"s2ap_gamma": "s2ap.gamma", "prune_sparsity": "prune.sparsity"}
+    table = table.rename_columns([old.get(n, n) for n in table.column_names])
+    results.write_table(table, Path(job.results_dir) / "trials.parquet")
+    manager.refresh(manager.get(job.id))
+    assert manager.get(job.id).best["config"] == {"prune.sparsity": 0.9, "s2ap.gamma": 0.004}

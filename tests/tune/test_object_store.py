@@ -104,7 +104,7 @@ def test_search_on_s3_writes_tables_there_resumes_from_the_bucket_and_writes_not
     trials = s3_table(f"{search}/trials.parquet")
     epochs = s3_table(f"{search}/epochs.parquet")
     assert len(trials) == 2 and set(trials["status"]) == {"ok"}
-    cut = trials.set_index("finetune.epochs").loc[40]
+    cut = trials.set_index("finetune_epochs").loc[40]
     assert (
         cut["attempts"] == 2 and cut["epochs_run"] == 2 + 40
     )  # resumed, each epoch once (pretraining cached)

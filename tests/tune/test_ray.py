@@ -118,7 +118,7 @@ def test_one_worker_trial_resumes_after_its_process_is_killed_and_reused_actors_
     )
     start_local_ray(num_cpus=2)
     outcome, killed, at_epoch = search_killing(spec, rank=0, after_epoch=3)
-    trials = pd.read_parquet(outcome.trials_path).set_index("prune.sparsity")
+    trials = pd.read_parquet(outcome.trials_path).set_index("prune_sparsity")
     epochs = pd.read_parquet(outcome.epochs_path)
     dense, sparse, third = trials.loc[0.5], trials.loc[0.999], trials.loc[0.6]
 
@@ -173,9 +173,9 @@ def test_ddp_search_survives_a_killed_worker_writes_tables_and_asha_stops_a_tria
     assert len(trials) == len(trials_duck) == trials_pl.height == 2
     assert len(epochs) == len(epochs_duck) == epochs_pl.height > 0
     assert list(trials.columns) == list(trials_duck.columns) == trials_pl.columns
-    assert trials_pl.schema["prune.sparsity"].is_float() and trials_pl.schema["epochs_run"].is_integer()
+    assert trials_pl.schema["prune_sparsity"].is_float() and trials_pl.schema["epochs_run"].is_integer()
 
-    trials = trials.set_index("prune.sparsity")
+    trials = trials.set_index("prune_sparsity")
     dense, sparse = trials.loc[0.5], trials.loc[0.999]
     # The killed DDP trial restarted both workers from its checkpoint and finished.
     assert trials["pids"].map(len).min() >= 2  # DDP: Train workers, not the Tune actor
@@ -188,7 +188,7 @@ def test_ddp_search_survives_a_killed_worker_writes_tables_and_asha_stops_a_tria
     assert sorted(s["resumed_from"] is not None for s in starts) == [False, False, True, True]
     assert dense["search_epochs_run"] == 3 and dense["epochs_run"] == 5  # every epoch, each once
     assert 0.0 <= dense["robust_acc"] <= 1.0 and dense["final_val_pgd_acc"] is not None
-    assert dense["s2ap.gamma"] == dense["gamma"]  # searched value: flat column = run column
+    assert dense["s2ap_gamma"] == dense["gamma"]  # searched value: flat column = run column
     # ASHA stopped the sparse trial at the grace period, after one S2AP epoch.
     assert sparse["status"] == "stopped" and sparse["stopped_early"]
     assert sparse["search_epochs_run"] == 2 and sparse["attempts"] == 1
@@ -198,6 +198,14 @@ def test_ddp_search_survives_a_killed_worker_writes_tables_and_asha_stops_a_tria
     # Pretraining ran once (the second trial loaded it from the cache).
     assert (epochs["phase"] == "pretrain").sum() == BASE["pretrain"]["epochs"]
     assert outcome.best[0]["trial_id"] == dense["trial_id"] and 1 not in outcome.best
+    # Plain column names in SQL: the selected trial per cell, by the shared rule.
+    duckdb = pytest.importorskip("duckdb")
+    picked = duckdb.sql(
+        f"select grid_cell, trial_id, s2ap_gamma = gamma from '{outcome.trials_path}' "
+        "where selected and s2ap_enabled and prune_sparsity = 0.5"
+    ).fetchall()
+    assert picked == [(0, dense["trial_id"], True)]
+    assert not sparse["selected"]  # a stopped trial is never a cell's best
 
 
 def test_two_node_cluster_runs_trials_on_both_nodes_and_records_divergence(tmp_path: Path) -> None:
@@ -224,7 +232,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes_and_records_divergence(tmp_p
     finally:
         ray.shutdown()
         cluster.shutdown()
-    trials = pd.read_parquet(outcome.trials_path).set_index("finetune.lr")
+    trials = pd.read_parquet(outcome.trials_path).set_index("finetune_lr")
     assert trials.loc[0.01, "status"] == "ok"
     assert trials.loc[1.0e30, "status"] == "error"
     assert "diverged" in trials.loc[1.0e30, "error"] and "nan" in trials.loc[1.0e30, "error"].lower()
@@ -269,7 +277,7 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     trials = pd.read_parquet(out / "trials.parquet")
     assert len(trials) == 2 and trials["trial_id"].is_unique
     assert set(trials["status"]) == {"ok"}
-    assert sorted(trials["finetune.epochs"]) == [1, 40]
+    assert sorted(trials["finetune_epochs"]) == [1, 40]
     cut = trials.set_index("finetune.epochs").loc[40]
     assert (
         cut["attempts"] == 2 and cut["epochs_run"] == 2 + 40

@@ -26,7 +26,7 @@ def trial(
         "trial_id": trial_id,
         "grid_cell": cell,
         "status": "ok",
-        "s2ap.gamma": gamma,
+        "s2ap_gamma": gamma,
         "final_val_pgd_acc": val_pgd,
         "final_val_pgd_acc_n": 100,
         "clean_acc": 0.9375,

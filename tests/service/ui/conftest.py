@@ -76,10 +76,10 @@ def trial_row(tid: str, cell: int, gamma: float | None, warmup: int | None, stat
         "gamma": gamma,
         "warmup_epochs": warmup,
         "prune_epochs": PRUNE_EPOCHS,
-        "s2ap.enabled": on,
-        "s2ap.gamma": gamma if gamma is not None else 0.005,
-        "s2ap.warmup_epochs": warmup if warmup is not None else 1,
-        "prune.sparsity": 0.9,
+        "s2ap_enabled": on,
+        "s2ap_gamma": gamma,
+        "s2ap_warmup_epochs": warmup,
+        "prune_sparsity": 0.9,
     }
     if done:
         row.update(
