@@ -301,7 +301,8 @@ async def job_page(request: Request, job_id: str, session: SignedIn) -> Response
         figures=figures,
         log_text=log_text,
         log_error=log_error,
-        spec_text=dump_yaml(job.spec),
+        # The resolved spec as the log shows it: the data directory and storage by short names.
+        spec_text=_jobs(request).short_paths(dump_yaml(job.spec)),
     )
 
 
