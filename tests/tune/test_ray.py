@@ -278,7 +278,7 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     assert len(trials) == 2 and trials["trial_id"].is_unique
     assert set(trials["status"]) == {"ok"}
     assert sorted(trials["finetune_epochs"]) == [1, 40]
-    cut = trials.set_index("finetune.epochs").loc[40]
+    cut = trials.set_index("finetune_epochs").loc[40]
     assert (
         cut["attempts"] == 2 and cut["epochs_run"] == 2 + 40
     )  # restarted; every epoch once (pretraining cached)
