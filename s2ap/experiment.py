@@ -182,7 +182,7 @@ def provenance(device_type: str) -> dict[str, Any]:
     cuda = device_type == "cuda" and torch.cuda.is_available()
     name = torch.cuda.get_device_name() if cuda else f"cpu {torch.backends.cpu.get_cpu_capability()}"
     return {
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # a plain str: TorchVersion does not load with weights_only
         "device_name": name,
         "threads": torch.get_num_threads(),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
