@@ -65,7 +65,7 @@ def test_gamma_zero_perturbation_step_equals_plain_step() -> None:
         batches = ShardedBatches(len(splits.train), 64, True, DistInfo())
         loader = torch.utils.data.DataLoader(splits.train, batch_sampler=batches)
         opt = build_optimizer(params, "sgd", 0.1, 0.9, 1e-4)
-        pert = None if gamma is None else score_perturbation([ly for _, ly in L.scored_layers(model)], gamma)
+        pert = None if gamma is None else score_perturbation([ly for _, ly in L.scored_layers(model)], gamma, "surface")
         torch.manual_seed(1)
         trainer = Trainer(model, build_objective(cfg.objective, cfg.attack), opt, torch.device("cpu"))
         trainer.epoch(loader, batches, Epoch(perturbation=pert))
@@ -92,7 +92,7 @@ def test_a_step_with_s2ap_uses_the_gradient_at_the_perturbed_scores() -> None:
 
     weights = [p.detach().clone() for n, p in model.named_parameters() if not n.endswith("scores")]
     opt = build_optimizer(params, "sgd", lr, 0.0, 0.0)
-    pert = score_perturbation([layer for _, layer in L.scored_layers(model)], gamma)
+    pert = score_perturbation([layer for _, layer in L.scored_layers(model)], gamma, "surface")
     _, _, changed = Trainer(model, CLEAN, opt).step(x, y, perturbation=pert)
     assert changed
     for (_, layer), want in zip(L.scored_layers(model), expected, strict=True):

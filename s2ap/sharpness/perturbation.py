@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from s2ap.sharpness.projection import PROJECTIONS, Projection, make_projection
+from s2ap.sharpness.projection import DEFAULT_PROJECTION, PROJECTIONS, Projection, make_projection
 
 Support = Callable[[int], Tensor | None]
 ASCENTS = ("fresh", "previous")
@@ -164,7 +164,7 @@ class LayerwisePerturbation(Perturbation):
         reference: Callable[[int], Tensor],
         support: Support = _everywhere,
         fingerprint: Callable[[], list[Tensor]] | None = None,
-        projection: str = "surface",
+        projection: str = DEFAULT_PROJECTION,
         eta: float = 0.0,
         ascent: str = "fresh",
     ) -> None:

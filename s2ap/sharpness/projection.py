@@ -77,12 +77,19 @@ class Algorithm1(Algorithm1Reset):
 
 
 PROJECTIONS = ("algorithm1", "algorithm1_reset", "surface")
+# The library's default is the config's (``s2ap.projection``): Algorithm 1 as printed.
+DEFAULT_PROJECTION = "algorithm1"
 
 
 def make_projection(name: str, eta: float, layers: int) -> Projection:
     """The projection called ``name`` (``eta``: the ascent step of the Algorithm 1 ones)."""
     if name == "surface":
         return Surface()
+    if name in PROJECTIONS and not eta > 0:
+        raise ValueError(
+            f"projection {name!r} needs the ascent step eta > 0 (Algorithm 1 uses the phase's "
+            f"learning rate), got eta={eta!r}; or use projection='surface', which needs none"
+        )
     if name == "algorithm1_reset":
         return Algorithm1Reset(eta)
     if name == "algorithm1":

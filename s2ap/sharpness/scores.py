@@ -9,12 +9,13 @@ from torch import Tensor
 
 from s2ap.layers import ScoredLayer
 from s2ap.sharpness.perturbation import LayerwisePerturbation
+from s2ap.sharpness.projection import DEFAULT_PROJECTION
 
 
 def score_perturbation(
     layers: Sequence[ScoredLayer],
     gamma: float,
-    projection: str = "surface",
+    projection: str = DEFAULT_PROJECTION,
     eta: float = 0.0,
     ascent: str = "fresh",
 ) -> LayerwisePerturbation:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from s2ap.distributed import is_distributed
 from s2ap.layers import ScoredLayer
 from s2ap.sharpness.perturbation import LayerwisePerturbation, Perturbation, Support, _everywhere
+from s2ap.sharpness.projection import DEFAULT_PROJECTION
 
 
 def _kept(layers: Sequence[ScoredLayer], weights: Sequence[Tensor]) -> Support:
@@ -44,7 +45,7 @@ def _weights(layers: Sequence[ScoredLayer]) -> list[nn.Parameter]:
 def weight_perturbation(
     layers: Sequence[ScoredLayer],
     gamma: float,
-    projection: str = "surface",
+    projection: str = DEFAULT_PROJECTION,
     eta: float = 0.0,
     ascent: str = "fresh",
 ) -> LayerwisePerturbation:
@@ -75,7 +76,7 @@ class SearchWeightPerturbation(LayerwisePerturbation):
         self,
         layers: Sequence[ScoredLayer],
         gamma: float,
-        projection: str = "surface",
+        projection: str = DEFAULT_PROJECTION,
         eta: float = 0.0,
         ascent: str = "fresh",
     ) -> None:
@@ -120,7 +121,7 @@ class SearchWeightPerturbation(LayerwisePerturbation):
 def search_weight_perturbation(
     layers: Sequence[ScoredLayer],
     gamma: float,
-    projection: str = "surface",
+    projection: str = DEFAULT_PROJECTION,
     eta: float = 0.0,
     ascent: str = "fresh",
 ) -> SearchWeightPerturbation:

@@ -155,7 +155,7 @@ def test_the_kept_gradient_is_in_the_state_and_a_resumed_step_is_bit_exact() -> 
 
 def test_the_setting_reaches_both_perturbations_and_the_identity() -> None:
     cfg = from_dict({"s2ap": {"enabled": True, "ascent": "previous"}})
-    schedule = SharpnessSchedule(cfg.s2ap, scored(pruning_net("cnn")[0]))
+    schedule = SharpnessSchedule(cfg.s2ap, scored(pruning_net("cnn")[0]), search_lr=0.1, finetune_lr=0.01)
     assert schedule.search.ascent_from == schedule.finetune.ascent_from == "previous"  # type: ignore[union-attr]
     default = from_dict({"s2ap": {"enabled": True}})
     assert default.s2ap.ascent == "fresh" and default.hash() != cfg.hash()

@@ -56,7 +56,7 @@ def test_s2ap_perturbation_norm_and_exact_removal(gamma: float) -> None:
     x, y = torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,))
     F.cross_entropy(model(x), y).backward()
     before = [layer.scores.detach().clone() for layer in layers]
-    pert = score_perturbation(layers, gamma)
+    pert = score_perturbation(layers, gamma, "surface")
     pert.climb()
     for layer, s0 in zip(layers, before, strict=True):
         z = layer.scores.detach() - s0
@@ -77,7 +77,7 @@ def test_awp_perturbs_only_kept_weights_within_bound() -> None:
     x, y = torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,))
     F.cross_entropy(model(x), y).backward()
     before = [layer.weight.detach().clone() for layer in layers]
-    pert = weight_perturbation(layers, 0.01)
+    pert = weight_perturbation(layers, 0.01, "surface")
     pert.climb()
     for layer, w0 in zip(layers, before, strict=True):
         nu = layer.weight.detach() - w0
@@ -91,7 +91,7 @@ def test_awp_perturbs_only_kept_weights_within_bound() -> None:
 def test_search_weight_perturbation_bound_support_and_cleanup() -> None:
     _, net = bound("hydra")
     layers = [layer for _, layer in L.scored_layers(net)]
-    pert = search_weight_perturbation(layers, 0.01)
+    pert = search_weight_perturbation(layers, 0.01, "surface")
     x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 10, (8,))
     F.cross_entropy(net(x), y).backward()
     before = [layer.weight.detach().clone() for layer in layers]
@@ -141,7 +141,7 @@ def test_adasap_perturbation_puts_each_neuron_on_its_own_ball(adaptive: bool) ->
 def test_climb_and_restore_come_in_pairs() -> None:
     model = small_model()
     build_method(method_cfg("hydra", 0.9)).prepare(model)
-    pert = score_perturbation(scored(model), 0.01)
+    pert = score_perturbation(scored(model), 0.01, "surface")
     with pytest.raises(RuntimeError, match="before climb"):
         pert.restore()
     F.cross_entropy(model(torch.rand(4, 3, 16, 16)), torch.randint(0, 10, (4,))).backward()
@@ -154,7 +154,7 @@ def test_climb_and_restore_come_in_pairs() -> None:
 def test_a_layer_without_gradient_stays_where_it_is() -> None:
     p, q = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
     (p * torch.tensor([1.0, 2.0, 3.0])).sum().backward()  # q gets no gradient
-    pert = LayerwisePerturbation([p, q], 0.5, reference=lambda i: [p, q][i].detach())
+    pert = LayerwisePerturbation([p, q], 0.5, reference=lambda i: [p, q][i].detach(), projection="surface")
     pert.climb()
     assert torch.equal(q.detach(), torch.ones(2)) and pert.last_norms[1] == 0.0
     assert pert.last_norms[0] == pytest.approx(0.5 * 3**0.5, rel=1e-6)
@@ -169,11 +169,11 @@ def test_s2ap_reports_when_it_cannot_change_the_update() -> None:
     build_method(method_cfg("hydra", 0.5)).prepare(model)
     layers = scored(model)
     F.cross_entropy(model(torch.rand(8, 3, 16, 16)), torch.randint(0, 10, (8,))).backward()
-    tiny = score_perturbation(layers, 1e-12)
+    tiny = score_perturbation(layers, 1e-12, "surface")
     tiny.climb()
     assert tiny.unchanged
     tiny.restore()
-    large = score_perturbation(layers, 0.5)
+    large = score_perturbation(layers, 0.5, "surface")
     large.climb()
     assert not large.unchanged
     large.restore()

@@ -9,10 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from s2ap import layers as L
+from s2ap.config import S2APConfig
 from s2ap.experiment import from_dict
 from s2ap.models import build_model
 from s2ap.pruning import build_method
 from s2ap.sharpness import LayerwisePerturbation, SharpnessSchedule, score_perturbation
+from s2ap.sharpness.projection import DEFAULT_PROJECTION, Algorithm1
+from s2ap.sharpness.weights import search_weight_perturbation, weight_perturbation
 
 
 def pruning_cnn(seed: int = 0) -> tuple[nn.Module, list[L.ScoredLayer]]:
@@ -84,7 +87,7 @@ def test_algorithm1_carries_z_over_iterations_and_reset_does_not() -> None:
     fresh = score_perturbation(layers, 0.5, "algorithm1", eta=1e-4)
     fresh.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(fresh.z, carry.z, strict=True))
-    assert reset.state_dict() == {} and score_perturbation(layers, 0.5).state_dict() == {}
+    assert reset.state_dict() == {} and score_perturbation(layers, 0.5, "surface").state_dict() == {}
 
 
 def test_carried_z_takes_the_gradient_at_s_plus_z_only_when_it_can_differ() -> None:
@@ -122,6 +125,20 @@ def test_schedule_uses_the_phase_lr_as_eta_and_keeps_its_state() -> None:
     }
     with pytest.raises(ValueError, match="projection must be one of"):
         score_perturbation(layers, 0.01, "sphere")
+
+
+def test_the_library_default_projection_is_the_configs() -> None:
+    """Called without a projection, the library forms z as a run with default settings does
+    (Algorithm 1 as printed); without the ascent step it says so instead of perturbing nothing."""
+    _, layers = pruning_cnn()
+    default = S2APConfig().projection
+    assert DEFAULT_PROJECTION == default == "algorithm1"
+    assert isinstance(score_perturbation(layers, 0.01, eta=0.1).projection, Algorithm1)
+    assert isinstance(weight_perturbation(layers, 0.01, eta=0.1).projection, Algorithm1)
+    assert isinstance(search_weight_perturbation(layers, 0.01, eta=0.1).projection, Algorithm1)
+    for name in ("algorithm1", "algorithm1_reset"):
+        with pytest.raises(ValueError, match="needs the ascent step eta > 0"):
+            score_perturbation(layers, 0.01, name)
 
 
 def _sign_perturbation(p: torch.nn.Parameter) -> LayerwisePerturbation:

@@ -18,7 +18,9 @@ def layers():
 
 def test_s2ap_after_its_warmup_awp_when_finetuning_never_when_pretraining() -> None:
     ls = layers()
-    schedule = SharpnessSchedule(S2APConfig(enabled=True, gamma=0.01, warmup_epochs=2), ls)
+    schedule = SharpnessSchedule(
+        S2APConfig(enabled=True, gamma=0.01, warmup_epochs=2), ls, search_lr=0.1, finetune_lr=0.01
+    )
     assert schedule.for_epoch("pretrain", 5) is None
     assert schedule.for_epoch("prune", 0) is None and schedule.for_epoch("prune", 1) is None
     s2ap = schedule.for_epoch("prune", 2)
@@ -38,20 +40,25 @@ def test_s2ap_after_its_warmup_awp_when_finetuning_never_when_pretraining() -> N
     ],
 )
 def test_no_perturbation_when_s2ap_is_off_or_gamma_is_zero(cfg: S2APConfig) -> None:
-    schedule = SharpnessSchedule(cfg, layers())
+    schedule = SharpnessSchedule(cfg, layers(), search_lr=0.1, finetune_lr=0.01)
     assert all(schedule.for_epoch(p, e) is None for p in ("pretrain", "prune", "finetune") for e in range(8))
 
 
 def test_finetune_awp_can_be_switched_off() -> None:
     schedule = SharpnessSchedule(
-        S2APConfig(enabled=True, gamma=0.01, warmup_epochs=0, finetune_awp=False), layers()
+        S2APConfig(enabled=True, gamma=0.01, warmup_epochs=0, finetune_awp=False), layers(), search_lr=0.1
     )
     assert schedule.for_epoch("prune", 0) is not None and schedule.for_epoch("finetune", 0) is None
 
 
 def test_perturbing_weights_during_the_search_makes_them_climbable() -> None:
     ls = layers()
-    schedule = SharpnessSchedule(S2APConfig(enabled=True, gamma=0.01, warmup_epochs=1, perturb="weights"), ls)
+    schedule = SharpnessSchedule(
+        S2APConfig(enabled=True, gamma=0.01, warmup_epochs=1, perturb="weights"),
+        ls,
+        search_lr=0.1,
+        finetune_lr=0.01,
+    )
     for layer in ls:
         layer.weight.requires_grad_(False)  # the search trains only the scores
     pert = schedule.for_epoch("prune", 1)
@@ -67,7 +74,13 @@ def test_a_methods_own_perturbation_wins_in_every_phase() -> None:
         asked.append((phase, epoch))
         return own if phase != "pretrain" else None
 
-    schedule = SharpnessSchedule(S2APConfig(enabled=True, gamma=0.01, warmup_epochs=0), layers(), own=method)
+    schedule = SharpnessSchedule(
+        S2APConfig(enabled=True, gamma=0.01, warmup_epochs=0),
+        layers(),
+        own=method,
+        search_lr=0.1,
+        finetune_lr=0.01,
+    )
     assert schedule.for_epoch("pretrain", 0) is None
     assert schedule.for_epoch("prune", 0) is own and schedule.for_epoch("finetune", 3) is own
     assert asked == [("pretrain", 0), ("prune", 0), ("finetune", 3)]
