@@ -14,7 +14,7 @@ written once and shared by the pipeline, the search and its tables.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from s2ap.coerce import build, stable_hash, to_dict
 from s2ap.config import ExperimentConfig, changed, read
 from s2ap.data import DATASETS, DataInfo, augments, is_import_path, resolve_data
 from s2ap.errors import ConfigError
-from s2ap.models import MODELS
+from s2ap.models import MODELS, from_config
 from s2ap.models.external import is_external, resolve
 from s2ap.pruning import METHODS, PruningMethod
 
@@ -130,6 +130,33 @@ class Phases:
     @property
     def after_pretraining(self) -> int:
         return self.prune + self.finetune
+
+
+def bound_model(
+    cfg: ExperimentConfig,
+    info: DataInfo,
+    method: PruningMethod,
+    net: torch.nn.Module | None = None,
+    place: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+) -> torch.nn.Module:
+    """The run's masked network (``net`` scored in place, else built from ``cfg.model`` for
+    ``info``'s data), moved by ``place`` (to the run's device), then bound to ``method``: its
+    checks and hooks, whose state (HARP's rates) lives on the model's device. The one build
+    the pipeline and the search's pre-Ray check share; seeding is the caller's."""
+    size = cfg.data.image_size or info.image_size
+    model = from_config(
+        cfg.model,
+        num_classes=info.num_classes,
+        in_channels=info.in_channels,
+        image_size=size,
+        mean=info.mean,
+        std=info.std,
+        granularity=method.granularity,
+        net=net,
+    )
+    model = place(model)
+    method.bind(model, (1, info.in_channels, size, size))
+    return model
 
 
 def phases(cfg: ExperimentConfig) -> Phases:

@@ -37,10 +37,10 @@ from s2ap.config import ExperimentConfig, PhaseConfig
 from s2ap.data import Splits, load_splits
 from s2ap.distributed import DistInfo, ShardedBatches, resolve_device
 from s2ap.errors import ConfigError
-from s2ap.experiment import fast_settings, identity, phases, resolved
+from s2ap.experiment import bound_model, fast_settings, identity, phases, resolved
 from s2ap.io import atomic_write, atomic_write_text
 from s2ap.metrics import hamming
-from s2ap.models import export_masks, export_state_dict, from_config, mask_layers
+from s2ap.models import export_masks, export_state_dict, mask_layers
 from s2ap.objectives import build_objective
 from s2ap.probes import Probes
 from s2ap.pruning import PruningMethod, build_method
@@ -114,22 +114,10 @@ class Pipeline:
     def _build_model(self, net: nn.Module | None = None) -> nn.Module:
         """The masked network (``net`` scored in place, else built), seeded, on the device,
         bound to the pruning method."""
-        info, cfg = self.splits.info, self.cfg
-        size = cfg.data.image_size or info.image_size
-        torch.manual_seed(derive_seed(cfg.seed, "init"))
-        model = from_config(
-            cfg.model,
-            num_classes=info.num_classes,
-            in_channels=info.in_channels,
-            image_size=size,
-            mean=info.mean,
-            std=info.std,
-            granularity=self.method.granularity,
-            net=net,
+        torch.manual_seed(derive_seed(self.cfg.seed, "init"))
+        return bound_model(
+            self.cfg, self.splits.info, self.method, net, lambda m: on_device(m, self.fast, self.device)
         )
-        model = on_device(model, self.fast, self.device)
-        self.method.bind(model, (1, info.in_channels, size, size))  # checks + hooks, also on resume
-        return model
 
     # ------------------------------------------------------------------ the run, top to bottom
 

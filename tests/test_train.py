@@ -65,7 +65,11 @@ def test_gamma_zero_perturbation_step_equals_plain_step() -> None:
         batches = ShardedBatches(len(splits.train), 64, True, DistInfo())
         loader = torch.utils.data.DataLoader(splits.train, batch_sampler=batches)
         opt = build_optimizer(params, "sgd", 0.1, 0.9, 1e-4)
-        pert = None if gamma is None else score_perturbation([ly for _, ly in L.scored_layers(model)], gamma, "surface")
+        pert = (
+            None
+            if gamma is None
+            else score_perturbation([ly for _, ly in L.scored_layers(model)], gamma, "surface")
+        )
         torch.manual_seed(1)
         trainer = Trainer(model, build_objective(cfg.objective, cfg.attack), opt, torch.device("cpu"))
         trainer.epoch(loader, batches, Epoch(perturbation=pert))

@@ -153,9 +153,9 @@ def _method_label(row: pd.Series) -> str:
 # Settings that make runs incomparable when a table holds several of their values: each value
 # becomes its own method label, so no table row or panel pools them. The first ones apply to
 # Orig. and S2AP runs alike; an S2AP-only knob (projection) is null on Orig. runs, which then
-# serve as the baseline of every value.
+# serve as the baseline of every value (of every combination, with several such axes).
 BOTH_SIDES = (RUN.best_mask, RUN.augment, RUN.adasap_prune_every)
-S2AP_ONLY = (RUN.projection,)
+S2AP_ONLY = (RUN.projection, RUN.ascent)
 
 
 def _split_variants(df: pd.DataFrame) -> pd.DataFrame:

@@ -23,8 +23,7 @@ import torch
 from s2ap.config import ExperimentConfig
 from s2ap.data import DataInfo, load_splits
 from s2ap.errors import ConfigError
-from s2ap.experiment import with_overrides
-from s2ap.models import from_config
+from s2ap.experiment import bound_model, with_overrides
 from s2ap.pruning import build_method
 from s2ap.tune.cells import Cell, in_spec
 from s2ap.tune.space import corners
@@ -50,19 +49,8 @@ def check_experiment(cfg: ExperimentConfig, data: dict[str, DataInfo], built: se
     info = data[key]
     if _model_key(cfg) in built:
         return
-    method = build_method(cfg)
-    size = cfg.data.image_size or info.image_size
     with torch.random.fork_rng():  # the check must not move any seed the run draws from
-        model = from_config(
-            cfg.model,
-            num_classes=info.num_classes,
-            in_channels=info.in_channels,
-            image_size=size,
-            mean=info.mean,
-            std=info.std,
-            granularity=method.granularity,
-        )
-        method.bind(model, (1, info.in_channels, size, size))
+        bound_model(cfg, info, build_method(cfg))
     built.add(_model_key(cfg))
 
 

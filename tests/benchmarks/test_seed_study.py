@@ -22,21 +22,25 @@ def load() -> ModuleType:
     return module
 
 
-def _search(folder: Path) -> None:
+ORIG_VS_S2AP = ({"s2ap": False}, {"s2ap": True})
+
+
+def _search(folder: Path, arms: tuple[dict, ...] = ORIG_VS_S2AP, moved: int = 0) -> None:
+    """3 seeds x ``arms``: the second arm gets 2 of 40 more points right in every seed (the
+    same 2), ``moved`` more in seed 0 (another run of the same trials)."""
     rows, points = [], []
     for seed in range(3):
-        for s2ap in (False, True):
-            right = set(range(20 + seed + (2 if s2ap else 0)))
+        for k, arm in enumerate(arms):
+            right = set(range(20 + seed + (2 if k else 0) + (moved if seed == 0 else 0)))
             row = {
-                "trial_id": f"t{seed}{int(s2ap)}",
-                "config_hash": f"h{int(s2ap)}",
+                "trial_id": f"t{seed}{k}",
+                "config_hash": f"h{k}",
                 "seed": seed,
                 "code_version": "test",
                 "model": "cnn",
                 "dataset": "digits",
                 "method": "hydra",
                 "sparsity": 0.9,
-                "s2ap": s2ap,
                 "status": "ok",
                 "clean_acc": 0.9,
                 "clean_acc_n": N,
@@ -49,6 +53,7 @@ def _search(folder: Path) -> None:
                 "device_name": "cpu AVX2",
                 "threads": 1,
                 "deterministic": False,
+                **arm,
             }
             rows.append(row)
             hit = [i in right for i in range(N)]
@@ -77,3 +82,17 @@ def test_the_section_is_rewritten_from_a_search_folder(tmp_path: Path) -> None:
     assert "(3 seeds × 40 points) not resolved" in text
     assert "cnn / digits at 90%: Δ robust +5.00 [" in text and "**not resolved" in text
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_against_an_earlier_run_says_how_far_the_same_trials_moved(tmp_path: Path) -> None:
+    study = load()
+    _search(tmp_path / "before")
+    _search(tmp_path / "now", moved=1)  # seed 0's trials each got one more point right
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{study.START}\n{study.END}\n")
+    args = ["--search", str(tmp_path / "now"), "--readme", str(readme), "--figure", str(tmp_path / "d.png")]
+    assert study.main([*args, "--against", str(tmp_path / "before"), "--against-label", "abc123"]) == 0
+    text = readme.read_text()
+    assert "Against the run at abc123, same spec and seeds: 4 of 6 trials gave the same" in text
+    assert "largest per-trial difference is 2.50 points robust and 0.00 clean" in text
+    assert "(one test point is 2.50 points)" in text

@@ -345,6 +345,20 @@ def test_variant_axes_are_never_pooled() -> None:
     rows.append({**base, "s2ap": False, "seed": 0, "projection": None, "augment": True, "config_hash": "x"})
     df = prepare(pd.DataFrame(rows[:1] + rows[3:]), None)
     assert sorted(df["method"]) == ["hydra [augment=False]", "hydra [augment=True]"]
+    # The cheap ascent is an S2AP-only axis too: fresh and previous are never pooled, and with
+    # two such axes every combination gets its own Orig. baseline.
+    rows = [
+        {**base, "s2ap": False, "seed": 0, "projection": None, "ascent": None, "config_hash": "o"},
+        {**base, "s2ap": True, "seed": 0, "projection": "surface", "ascent": "fresh", "config_hash": "f"},
+        {**base, "s2ap": True, "seed": 0, "projection": "surface", "ascent": "previous", "config_hash": "p"},
+    ]
+    df = prepare(pd.DataFrame(rows), None)
+    assert sorted(zip(df["method"], df["s2ap"], strict=True)) == [
+        ("hydra [ascent=fresh]", False),
+        ("hydra [ascent=fresh]", True),
+        ("hydra [ascent=previous]", False),
+        ("hydra [ascent=previous]", True),
+    ]
 
 
 def test_a_report_reads_its_tables_straight_from_an_s3_uri(

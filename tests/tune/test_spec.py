@@ -212,6 +212,21 @@ def test_shipped_digits_defaults_can_resolve_five_points(where: str) -> None:
         assert spec.num_trials() == 2 * len(spec.grid["prune.sparsity"]) * len(spec.grid["seed"])
 
 
+def test_the_ascent_study_is_the_seed_study_with_only_the_ascent_varied() -> None:
+    """README's ascent study pairs fresh and previous runs: the seed study's base with S2AP on,
+    the same seeds and sparsities, s2ap.ascent the only other axis."""
+    from dataclasses import replace
+
+    study, seeds = (load_spec(SPACES / f"{n}.yaml", nodes=None) for n in ("ascent_study", "digits_ablation"))
+    assert list(study.grid["s2ap.ascent"]) == ["fresh", "previous"] and "s2ap.enabled" not in study.grid
+    assert {k: v for k, v in study.grid.items() if k != "s2ap.ascent"} == {
+        k: v for k, v in seeds.grid.items() if k != "s2ap.enabled"
+    }
+    assert study.base.s2ap.enabled and not seeds.base.s2ap.enabled
+    assert study.base == replace(seeds.base, s2ap=replace(seeds.base.s2ap, enabled=True))
+    assert study.scheduler.type == "fifo" and not study.search
+
+
 @pytest.mark.slow  # a fresh interpreter importing the spec
 def test_spec_module_does_not_import_ray() -> None:
     code = (
