@@ -15,11 +15,9 @@ epoch — plus the date, the commit and the machine. Nothing in the section is t
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -54,7 +52,7 @@ def prune_epoch_s(rows: pd.DataFrame, epochs: pd.DataFrame | None) -> float | No
 
 def table(df: pd.DataFrame, epochs: pd.DataFrame | None) -> tuple[list[str], list[str]]:
     """The Markdown rows (one per model, data set and sparsity) and one verdict line per row."""
-    from s2ap.report.compare import compare, format_delta, format_side
+    from s2ap.report.compare import compare, format_delta, format_side, side
     from s2ap.results import RUN
     from s2ap.stats import verdict
 
@@ -62,6 +60,7 @@ def table(df: pd.DataFrame, epochs: pd.DataFrame | None) -> tuple[list[str], lis
     for (model, data, sparsity), cell in df.groupby([RUN.model, RUN.dataset, RUN.sparsity], sort=True):
         arms = [cell[cell[RUN.ascent] == arm] for arm in ARMS]
         c = compare(arms[0], arms[1], RUN.clean_acc, RUN.robust_acc)
+        c = replace(c, orig=side(arms[0], RUN.clean_acc, RUN.robust_acc, True))  # both arms are S2AP
         cost = [prune_epoch_s(arm, epochs) for arm in arms]
         ratio = f"{cost[1] / cost[0]:.2f}x" if None not in cost and cost[0] else "not measured"
         secs = " / ".join("–" if s is None else f"{s:.2f}" for s in cost)
@@ -107,13 +106,6 @@ def section(df: pd.DataFrame, epochs: pd.DataFrame | None, trials: pd.DataFrame,
     )
 
 
-def replace_section(readme: str, new: str) -> str:
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
-    if not pattern.search(readme):
-        raise SystemExit(f"error: README.md: no {START} ... {END} markers")
-    return pattern.sub(lambda _: new, readme, count=1)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--run", action="store_true", help=f"run the search ({SPEC}) first")
@@ -124,17 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     search = Path(args.search).resolve()
     wall = args.wall_s
     if args.run:
-        start = time.perf_counter()
-        cmd = [sys.executable, "-m", "s2ap.tune", str(ROOT / SPEC), "--out", str(search), "-q"]
-        subprocess.run(cmd, check=True, cwd=ROOT)
-        wall = time.perf_counter() - start
+        wall = seed_study.run_search(SPEC, search)
     from s2ap.report.load import load_runs, prepare
 
     raw, epochs = load_runs([str(search)])
     df = prepare(raw, epochs)
     readme = Path(args.readme)
     new = section(df, epochs, pd.read_parquet(search / "trials.parquet"), wall)
-    readme.write_text(replace_section(readme.read_text(encoding="utf-8"), new))
+    readme.write_text(seed_study.replace_section(readme.read_text(encoding="utf-8"), new, START, END))
     print(new)
     return 0
 

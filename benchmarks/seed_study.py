@@ -145,12 +145,20 @@ def section(
     )
 
 
-def replace_section(readme: str, new: str) -> str:
+def replace_section(readme: str, new: str, start: str = START, end: str = END) -> str:
     """``readme`` with the text between the markers replaced (markers included in ``new``)."""
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(readme):
-        raise SystemExit(f"error: README.md: no {START} ... {END} markers")
+        raise SystemExit(f"error: README.md: no {start} ... {end} markers")
     return pattern.sub(lambda _: new, readme, count=1)
+
+
+def run_search(spec: str, search: Path) -> float:
+    """``python -m s2ap.tune spec --out search``; its wall time in seconds."""
+    start = time.perf_counter()
+    cmd = [sys.executable, "-m", "s2ap.tune", str(ROOT / spec), "--out", str(search), "-q"]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return time.perf_counter() - start
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,10 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     search = Path(args.search).resolve()
     wall = args.wall_s
     if args.run:
-        start = time.perf_counter()
-        cmd = [sys.executable, "-m", "s2ap.tune", str(ROOT / SPEC), "--out", str(search), "-q"]
-        subprocess.run(cmd, check=True, cwd=ROOT)
-        wall = time.perf_counter() - start
+        wall = run_search(SPEC, search)
     from s2ap.report import build_report
 
     report = build_report([str(search)], search / "report")

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pandas as pd
 
 from tests.benchmarks.test_seed_study import _search
+from tests.helpers.scripts import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ascent_study.py"
 ARMS = ({"s2ap": True, "ascent": "fresh"}, {"s2ap": True, "ascent": "previous"})
 
 
 def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ascent_study", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/ascent_study.py")
 
 
 def test_the_section_pairs_the_two_ascents_by_seed_and_point(tmp_path: Path) -> None:

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pandas as pd
 
 from s2ap.results import PREDICTION_SCHEMA, PREDICTIONS_FILE, RUN_SCHEMA, prediction_rows, write_rows
+from tests.helpers.scripts import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "seed_study.py"
 N = 40
 
 
 def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("seed_study", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/seed_study.py")
 
 
 ORIG_VS_S2AP = ({"s2ap": False}, {"s2ap": True})
