@@ -38,7 +38,7 @@ from s2ap.tune.preflight import check_search
 from s2ap.tune.resources import TRAINABLE_CPUS
 from s2ap.tune.scheduler import CellScheduler
 from s2ap.tune.searcher import CellSearcher
-from s2ap.tune.spec import AshaSpec, SearchSpec, spec_hash, spec_to_dict
+from s2ap.tune.spec import AshaSpec, HalvingSpec, SearchSpec, spec_hash, spec_to_dict
 from s2ap.tune.trainable import failure_reason, storage_args, tune_trial
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class SearchOutcome:
     wall_s: float
 
 
-def build_tuner(spec: SearchSpec, search_dir: str, conc: int, resume: bool) -> tune.Tuner:
+def build_tuner(spec: SearchSpec, search_dir: str, conc: int | None, resume: bool) -> tune.Tuner:
     res = spec.resources
     inline = res.workers == 1  # the pipeline runs inside the trainable: it takes the worker's share
     wants = res.per_worker() if inline else {"CPU": TRAINABLE_CPUS}
@@ -76,13 +76,27 @@ def build_tuner(spec: SearchSpec, search_dir: str, conc: int, resume: bool) -> t
         )
     s = spec.scheduler
     scheduler: TrialScheduler
-    if isinstance(s, AshaSpec):
+    if isinstance(s, AshaSpec | HalvingSpec):
         # No rung at the last epoch: stopping a trial whose training is done saves nothing
         # but its final evaluation.
         max_t = spec.max_search_epochs() - 1
+        halving = isinstance(s, HalvingSpec)
         scheduler = CellScheduler(
-            s.metric, str(s.mode), max_t, spec.grace_period(), s.reduction_factor, s.per_cell
+            s.metric,
+            str(s.mode),
+            max_t,
+            spec.grace_period(),
+            s.reduction_factor,
+            s.per_cell,
+            probe_after=spec.probe_after(),
+            halving=halving,
+            sizes={c.id: c.samples for c in spec.cells()},
         )
+        if halving:
+            # Paused trials count as live in Tune's concurrency limit: waiting for their
+            # bracket, they would keep its last trials from ever starting. Resources bound
+            # how many run at once.
+            conc = None
     else:
         scheduler = FIFOScheduler()
     searcher = CellSearcher(spec.cells(), s.metric, str(s.mode), spec.seed, spec.name, spec.optuna_storage)
