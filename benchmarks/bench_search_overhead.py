@@ -86,7 +86,7 @@ def report(search_dir: Path, rows: list[dict[str, Any]], epochs: list[dict[str, 
             continue
         label = "first trial (fresh actor)" if i == 0 else "second trial (reused actor)"
         print(
-            f"timeline of the {label}: wall {row['trial_time_s']:.2f} s, overhead_s {row['overhead_s']:.2f} s "
+            f"timeline of the {label}: wall {row['trial_time_s']:.2f} s, outside_training_s {row['outside_training_s']:.2f} s "
             f"(wall - training), outside the trial body {outside[-1]:.2f} s"
         )
         for name, seconds in parts:

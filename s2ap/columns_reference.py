@@ -71,7 +71,7 @@ NOTES = {
     "stopped_early": "status is stopped (the scheduler ended it)",
     "started_at": "when the driver started the trial",
     "ended_at": "when the driver saw it end",
-    "overhead_s": "trial wall time minus the summed epoch times",
+    "outside_training_s": "trial wall time minus the epochs' training time: validation, checkpoints, probes, evaluation, Ray",
     "node_ids": "Ray nodes its workers ran on",
     "hostnames": "hosts its workers ran on",
     "pids": "its workers' process ids",
