@@ -228,6 +228,7 @@ def summary_lines(spec: SearchSpec, outcome: SearchOutcome) -> list[str]:
     lines = [
         f"{len(rows)} trials in {outcome.wall_s:.0f}s: {counts['ok']} ok, {counts['stopped']} stopped early, "
         f"{counts['error']} errored",
+        *saved_lines(spec, rows),
         f"trials: {outcome.trials_path}",
         f"epochs: {outcome.epochs_path}",
         f"selection: {tables.SELECTION_RULE}",
@@ -257,6 +258,28 @@ def summary_lines(spec: SearchSpec, outcome: SearchOutcome) -> list[str]:
             )
     lines += overlap_lines(shown)
     return lines
+
+
+def saved_lines(spec: SearchSpec, rows: list[dict[str, Any]]) -> list[str]:
+    """What the scheduler saved, in trial-epochs after pretraining: each stopped trial's epochs
+    it never ran (as many as its cell's finished trials ran, else the spec's longest trial)."""
+    if spec.scheduler.type == "fifo" or not rows or any(r.get("search_epochs_run") is None for r in rows):
+        return []
+    full: dict[int, int] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            full[int(r["grid_cell"])] = max(full.get(int(r["grid_cell"]), 0), int(r["search_epochs_run"]))
+    ran = sum(int(r["search_epochs_run"]) for r in rows)
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    saved = sum(
+        max(0, full.get(int(r["grid_cell"]), spec.max_search_epochs()) - int(r["search_epochs_run"]))
+        for r in stopped
+    )
+    rungs = "probe" if spec.probe_after() else "epoch"
+    return [
+        f"{spec.scheduler.type} ({rungs} rungs) stopped {len(stopped)} of {len(rows)} trials: "
+        f"{saved} of {ran + saved} trial-epochs saved ({saved / max(ran + saved, 1):.0%}; probes not counted)"
+    ]
 
 
 def failure_lines(spec: SearchSpec, outcome: SearchOutcome) -> tuple[int, list[str]]:
