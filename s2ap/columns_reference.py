@@ -71,7 +71,7 @@ NOTES = {
     "stopped_early": "status is stopped (the scheduler ended it)",
     "started_at": "when the driver started the trial",
     "ended_at": "when the driver saw it end",
-    "overhead_s": "trial wall time minus the summed epoch times",
+    "outside_training_s": "trial wall time minus the epochs' training time: validation, checkpoints, probes, evaluation, Ray",
     "node_ids": "Ray nodes its workers ran on",
     "hostnames": "hosts its workers ran on",
     "pids": "its workers' process ids",
@@ -85,6 +85,9 @@ NOTES = {
     "ascent_pass_frac": "share of iterations that took the ascent gradient at s + z_prev",
     "lr": "learning rate of the epoch",
     "time_s": "training time of the epoch in seconds",
+    "probe_val_pgd_acc": "validation PGD accuracy of the probe after this pruning epoch (prune.probe_after)",
+    "probe_val_pgd_acc_n": "validation points the probe was measured on (all of them)",
+    "probe_time_s": "seconds the probe took (in the run's wall time, not in time_s)",
 }
 
 _FIELD = re.compile(r'pa\.field\("(\w+)".*\)\s*,?\s*#\s*(.+)$')

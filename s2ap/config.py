@@ -27,6 +27,9 @@ from s2ap.coerce import (
 from s2ap.errors import ConfigError
 from s2ap.io import read_yaml_mapping
 
+# Settings that measure a copy of the run, never the run: left out of its hash.
+PROBE_KEYS = ("probe_after", "probe_epochs")
+
 Phase = Literal["pretrain", "prune", "finetune"]
 
 
@@ -167,6 +170,21 @@ class PruneConfig(PhaseConfig):
     # Channel pruning only: the target as a FLOPs reduction factor of the compact network
     # (the paper's 4x and 15x, Table 9) instead of prune.sparsity.
     flops_reduction: float | None = bounded(None, gt=1, note="a reduction factor")
+    # The probe, an early rung value for a search's scheduler: after each of these pruning
+    # epochs (1 = the first) the best mask so far is frozen on a copy of the model, finetuned
+    # for probe_epochs with the finetuning optimizer and learning-rate schedule (without AWP)
+    # and scored by PGD on every validation point (epochs.parquet: probe_val_pgd_acc). The
+    # run itself is unchanged (same scores, weights and random streams); () runs no probe.
+    probe_after: tuple[int, ...] = bounded((), ge=1, note="a pruning epoch")
+    probe_epochs: int = bounded(1, ge=1, le=1000)  # finetuning epochs of each probe
+
+    def check(self) -> None:
+        if len(set(self.probe_after)) != len(self.probe_after) or list(self.probe_after) != sorted(
+            self.probe_after
+        ):
+            raise ConfigError(
+                "probe_after", f"expected increasing pruning epochs, got {list(self.probe_after)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -306,6 +324,11 @@ class ExperimentConfig(Checked):
                 f"must be smaller than prune.epochs ({p.epochs}) so S2AP runs at least one epoch, "
                 f"got {s.warmup_epochs}",
             )
+        if p.probe_after and p.probe_after[-1] > p.epochs:
+            raise ConfigError(
+                "prune.probe_after",
+                f"pruning epochs 1 to prune.epochs ({p.epochs}), got {list(p.probe_after)}",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -314,6 +337,8 @@ class ExperimentConfig(Checked):
         """Content hash of everything that changes the result (not where it is written)."""
         d = self.to_dict()
         d.pop("out_dir", None)
+        for key in PROBE_KEYS:  # the probe measures a copy: the run's result is the same
+            d["prune"].pop(key, None)
         return stable_hash(d)
 
 

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from s2ap import layers as L
 from s2ap import pretrain_cache as pcache
-from s2ap import results, storage
+from s2ap import results, rung_probe, storage
 from s2ap.best_mask import BestMaskTracker
 from s2ap.config import ExperimentConfig, PhaseConfig
 from s2ap.data import Splits, load_splits
@@ -264,6 +264,7 @@ class Pipeline:
                 "ascent_pass_frac": res.ascent_pass_frac,
                 "lr": lr,
                 "time_s": res.time_s,
+                **rung_probe.empty(),
             }
             if phase == "prune":
                 self.method.on_epoch_end(self.model, epoch)
@@ -271,7 +272,23 @@ class Pipeline:
                 current = {k: v.bool() for k, v in L.masks(self.model).items()}
                 row["hamming"] = hamming(self.state.first_mask, current)
                 self.best.end_epoch(epoch, val_pgd)
+                if rung_probe.due(self.cfg, phase, epoch):
+                    row.update(self._probe(epoch))
             self._end_epoch(row, optimizer, scheduler, cfg.epochs)
+
+    def _probe(self, epoch: int) -> dict[str, Any]:
+        return rung_probe.run_probe(
+            self.cfg,
+            self.model,
+            self.state.best,
+            self.objective,
+            self.splits,
+            self.dist,
+            self.device,
+            self.fast["amp"],
+            lambda batches: self._loader(self.splits.train, batches),
+            epoch,
+        )
 
     def _search_iteration(self, epoch: int, steps: int, lambdas: list[float]) -> Callable[[int], None]:
         """After each search step: lambda_max now and then, and the method's own hook."""

@@ -9,7 +9,9 @@ nothing), so a reader never loads half a checkpoint.
 Who pretrains (:class:`PretrainLock`):
 
 * **local folder**: an exclusive ``flock`` on ``pretrain-<key>.lock``; the kernel drops it
-  with the process, so a killed trial never leaves a stale lock;
+  with the process, so a killed trial never leaves a stale lock. A one-process trial waits
+  for it in the kernel and wakes the moment the holder lets go, right after the entry lands
+  (a DDP trial's rank 0 polls, so its other ranks never sit long in a collective);
 * **object store**: a *lease* object ``pretrain-<key>.lease`` naming its holder, rewritten by
   a heartbeat every :data:`HEARTBEAT_S`. A trial takes the lease when there is none, or when
   the one there has not changed for :data:`LEASE_TTL_S` on the trial's own clock (its holder
@@ -169,8 +171,15 @@ class PretrainLock:
                 elif lease is not None:
                     outcome = 1.0 if lease.try_take() else 0.0
                 else:
-                    fd = _try_flock(cache, key)
-                    outcome = 1.0 if fd is not None else 0.0
+                    # One process: sleep in the kernel until the holder lets go (it does once the
+                    # entry is written), then look again; several ranks must not block there.
+                    fd = _try_flock(cache, key, wait=dist.world == 1)
+                    if fd is not None and storage.exists(cached):
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                        os.close(fd)
+                        fd, outcome = None, 2.0
+                    else:
+                        outcome = 1.0 if fd is not None else 0.0
             outcome = dist.all_reduce_sum([outcome], device)[0]
             if outcome:
                 if outcome == 1.0 and dist.is_main:
@@ -191,11 +200,12 @@ class PretrainLock:
             self._lease = None
 
 
-def _try_flock(cache: str, key: str) -> int | None:
+def _try_flock(cache: str, key: str, wait: bool = False) -> int | None:
+    """The entry's lock, or None when another process holds it; ``wait`` blocks until it is free."""
     os.makedirs(cache, exist_ok=True)
     fd = os.open(os.path.join(cache, f"pretrain-{key}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None

@@ -58,11 +58,11 @@ class Probes:
 
     # ------------------------------------------------------------------ every epoch
 
-    def validate(self) -> tuple[float, float, int]:
-        """Clean and PGD accuracy on the validation split (``eval.val_limit`` points), and
-        the number of points both were measured on (summed over ranks)."""
+    def validate(self, every_point: bool = False) -> tuple[float, float, int]:
+        """Clean and PGD accuracy on the validation split (``eval.val_limit`` points, or all
+        of them), and the number of points both were measured on (summed over ranks)."""
         a = self.cfg.attack
-        loader = self._eval_loader(self.splits.val, self.cfg.eval.val_limit)
+        loader = self._eval_loader(self.splits.val, None if every_point else self.cfg.eval.val_limit)
         n = len(loader.dataset)  # type: ignore[arg-type]
         attack = PGD(a.eps, a.step_size, self.cfg.eval.val_pgd_steps, a.random_start)
         clean = clean_accuracy(self.model, loader, self.device) if n else 0.0

@@ -139,6 +139,10 @@ EPOCH_SCHEMA = pa.schema(
         pa.field("ascent_pass_frac", pa.float64()),
         pa.field("lr", pa.float64()),
         pa.field("time_s", pa.float64()),
+        # prune.probe_after: the best mask so far finetuned on a copy (s2ap.rung_probe)
+        pa.field("probe_val_pgd_acc", pa.float64()),
+        pa.field("probe_val_pgd_acc_n", pa.int64()),
+        pa.field("probe_time_s", pa.float64()),
     ]
 )
 

@@ -33,7 +33,7 @@ FLOORS = {
         "s2ap.attacks", "s2ap.autoattack", "s2ap.distributed", "s2ap.report"],
     3: ["s2ap.pruning", "s2ap.sharpness", "s2ap.evaluate", "s2ap.metrics"],
     4: ["s2ap.experiment", "s2ap.train", "s2ap.probes", "s2ap.pretrain_cache"],
-    5: ["s2ap.pipeline", "s2ap.state", "s2ap.best_mask"],
+    5: ["s2ap.pipeline", "s2ap.state", "s2ap.best_mask", "s2ap.rung_probe"],
     6: ["s2ap.tune"],
     7: ["s2ap.run", "s2ap.config_reference", "s2ap.columns_reference", "s2ap.api"],
     8: ["service.cluster", "service.settings", "service.store", "service.models", "service.model_policy",

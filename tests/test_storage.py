@@ -224,3 +224,42 @@ def test_the_local_cache_keeps_its_flock(tmp_path: Path) -> None:
     again = _try_flock(str(tmp_path), "k")
     assert again is not None
     os.close(again)
+
+
+def test_a_waiting_trial_wakes_when_the_entry_lands_without_polling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One process waits on the flock in the kernel: no sleep-and-look loop; it comes back
+    with the cached entry (not the lock) once the trial that pretrained lets go."""
+    import threading
+
+    import torch
+
+    from s2ap import pretrain_cache
+    from s2ap.distributed import DistInfo
+    from s2ap.experiment import from_dict, pretrain_key
+    from tests.helpers.configs import tiny_run
+
+    cfg = from_dict(tiny_run())
+    cache = str(tmp_path / "cache")
+    holder = pretrain_cache.PretrainLock.acquire(cfg, cache, DistInfo(), torch.device("cpu"))
+    assert holder._fd is not None  # this one pretrains
+
+    def no_polling(seconds: float) -> None:
+        raise AssertionError(f"polled (slept {seconds}s)")
+
+    monkeypatch.setattr(pretrain_cache.time, "sleep", no_polling)
+    got: list[pretrain_cache.PretrainLock] = []
+    waiter = threading.Thread(
+        target=lambda: got.append(
+            pretrain_cache.PretrainLock.acquire(cfg, cache, DistInfo(), torch.device("cpu"))
+        )
+    )
+    waiter.start()
+    waiter.join(timeout=0.5)
+    assert waiter.is_alive() and not got  # blocked while pretraining runs
+    pretrain_cache.save(pretrain_cache.entry(cache, cfg), {"w": torch.ones(1)})
+    holder.release()
+    waiter.join(timeout=30)
+    assert got and got[0]._fd is None  # the cached entry, no lock taken
+    assert pretrain_key(cfg) in pretrain_cache.entry(cache, cfg)

@@ -121,11 +121,11 @@ TRIAL_FIELDS = [
     pa.field("search_epochs_run", pa.int64(), nullable=False),  # after pretraining (ASHA's clock)
     pa.field("attempts", pa.int64(), nullable=False),  # worker-group starts (1 = no restart)
     pa.field("trial_time_s", pa.float64()),  # wall time in Tune, framework included
-    # When the driver started the trial (actor start included) and saw it end; overhead_s is
+    # When the driver started the trial (actor start included) and saw it end; outside_training_s is
     # that wall time minus the summed training time of the epochs that counted.
     pa.field("started_at", pa.timestamp("us", tz="UTC")),
     pa.field("ended_at", pa.timestamp("us", tz="UTC")),
-    pa.field("overhead_s", pa.float64()),
+    pa.field("outside_training_s", pa.float64()),
     pa.field("node_ids", pa.list_(pa.string())),
     pa.field("hostnames", pa.list_(pa.string())),
     pa.field("pids", pa.list_(pa.int64())),
@@ -257,7 +257,9 @@ def trial_rows(
         "trial_time_s": wall if wall is not None else record.last_result.get("time_total_s"),
         "started_at": _stamp(times.get("started")),
         "ended_at": _stamp(times.get("ended")),
-        "overhead_s": None if wall is None else wall - sum(float(e.get("time_s") or 0.0) for e in epochs),
+        "outside_training_s": None
+        if wall is None
+        else wall - sum(float(e.get("time_s") or 0.0) for e in epochs),
         "node_ids": sorted({str(w["node_id"]) for w in workers if w.get("node_id")}),
         "hostnames": sorted({str(w["hostname"]) for w in workers if w.get("hostname")}),
         "pids": [int(w["pid"]) for w in workers if w.get("pid") is not None],

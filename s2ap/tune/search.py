@@ -38,7 +38,7 @@ from s2ap.tune.preflight import check_search
 from s2ap.tune.resources import TRAINABLE_CPUS
 from s2ap.tune.scheduler import CellScheduler
 from s2ap.tune.searcher import CellSearcher
-from s2ap.tune.spec import AshaSpec, SearchSpec, spec_hash, spec_to_dict
+from s2ap.tune.spec import AshaSpec, HalvingSpec, SearchSpec, spec_hash, spec_to_dict
 from s2ap.tune.trainable import failure_reason, storage_args, tune_trial
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class SearchOutcome:
     wall_s: float
 
 
-def build_tuner(spec: SearchSpec, search_dir: str, conc: int, resume: bool) -> tune.Tuner:
+def build_tuner(spec: SearchSpec, search_dir: str, conc: int | None, resume: bool) -> tune.Tuner:
     res = spec.resources
     inline = res.workers == 1  # the pipeline runs inside the trainable: it takes the worker's share
     wants = res.per_worker() if inline else {"CPU": TRAINABLE_CPUS}
@@ -76,13 +76,27 @@ def build_tuner(spec: SearchSpec, search_dir: str, conc: int, resume: bool) -> t
         )
     s = spec.scheduler
     scheduler: TrialScheduler
-    if isinstance(s, AshaSpec):
+    if isinstance(s, AshaSpec | HalvingSpec):
         # No rung at the last epoch: stopping a trial whose training is done saves nothing
         # but its final evaluation.
         max_t = spec.max_search_epochs() - 1
+        halving = isinstance(s, HalvingSpec)
         scheduler = CellScheduler(
-            s.metric, str(s.mode), max_t, spec.grace_period(), s.reduction_factor, s.per_cell
+            s.metric,
+            str(s.mode),
+            max_t,
+            spec.grace_period(),
+            s.reduction_factor,
+            s.per_cell,
+            probe_after=spec.probe_after(),
+            halving=halving,
+            sizes={c.id: c.samples for c in spec.cells()},
         )
+        if halving:
+            # Paused trials count as live in Tune's concurrency limit: waiting for their
+            # bracket, they would keep its last trials from ever starting. Resources bound
+            # how many run at once.
+            conc = None
     else:
         scheduler = FIFOScheduler()
     searcher = CellSearcher(spec.cells(), s.metric, str(s.mode), spec.seed, spec.name, spec.optuna_storage)
@@ -214,6 +228,7 @@ def summary_lines(spec: SearchSpec, outcome: SearchOutcome) -> list[str]:
     lines = [
         f"{len(rows)} trials in {outcome.wall_s:.0f}s: {counts['ok']} ok, {counts['stopped']} stopped early, "
         f"{counts['error']} errored",
+        *saved_lines(spec, rows),
         f"trials: {outcome.trials_path}",
         f"epochs: {outcome.epochs_path}",
         f"selection: {tables.SELECTION_RULE}",
@@ -243,6 +258,28 @@ def summary_lines(spec: SearchSpec, outcome: SearchOutcome) -> list[str]:
             )
     lines += overlap_lines(shown)
     return lines
+
+
+def saved_lines(spec: SearchSpec, rows: list[dict[str, Any]]) -> list[str]:
+    """What the scheduler saved, in trial-epochs after pretraining: each stopped trial's epochs
+    it never ran (as many as its cell's finished trials ran, else the spec's longest trial)."""
+    if spec.scheduler.type == "fifo" or not rows or any(r.get("search_epochs_run") is None for r in rows):
+        return []
+    full: dict[int, int] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            full[int(r["grid_cell"])] = max(full.get(int(r["grid_cell"]), 0), int(r["search_epochs_run"]))
+    ran = sum(int(r["search_epochs_run"]) for r in rows)
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    saved = sum(
+        max(0, full.get(int(r["grid_cell"]), spec.max_search_epochs()) - int(r["search_epochs_run"]))
+        for r in stopped
+    )
+    rungs = "probe" if spec.probe_after() else "epoch"
+    return [
+        f"{spec.scheduler.type} ({rungs} rungs) stopped {len(stopped)} of {len(rows)} trials: "
+        f"{saved} of {ran + saved} trial-epochs saved ({saved / max(ran + saved, 1):.0%}; probes not counted)"
+    ]
 
 
 def failure_lines(spec: SearchSpec, outcome: SearchOutcome) -> tuple[int, list[str]]:

@@ -87,9 +87,24 @@ class AshaSpec(_Ranked):
     grace_period: int | None = bounded(None, ge=1)
     reduction_factor: float = bounded(3.0, gt=1)
     per_cell: bool = True  # one ASHA per grid cell: cells never compete with each other
+    # Where trials are judged: epochs (val_pgd_acc at search epochs grace_period, x
+    # reduction_factor, ...) or probe (only at the base's prune.probe_after, by each trial's
+    # probe_val_pgd_acc: the best mask so far finetuned briefly on a copy; s2ap.rung_probe)
+    rungs: Literal["epochs", "probe"] = "epochs"
 
 
-SchedulerSpec = AshaSpec | FifoSpec
+@dataclass(frozen=True)
+class HalvingSpec(_Ranked):
+    """Synchronous successive halving on the probe rungs (prune.probe_after): at each probe a
+    trial waits, paused, until its whole bracket has reported; the best 1 / reduction_factor
+    go on."""
+
+    type: Literal["halving"] = "halving"
+    reduction_factor: float = bounded(4.0, gt=1)  # keep ceil(k / reduction_factor) of k at each rung
+    per_cell: bool = True  # one bracket per grid cell (its trials); false: one for the search
+
+
+SchedulerSpec = AshaSpec | HalvingSpec | FifoSpec
 
 
 # --------------------------------------------------------------------------- the spec
@@ -133,8 +148,27 @@ class SearchSpec(Checked):
                 "the base config asks for device cuda: give each worker a GPU (>= 1)",
             )
         configs = self.corner_configs  # every cell, at its extremes
-        if isinstance(self.scheduler, AshaSpec):
+        if isinstance(self.scheduler, HalvingSpec) or getattr(self.scheduler, "rungs", "") == "probe":
+            self._check_probe(configs)
+        elif isinstance(self.scheduler, AshaSpec):
             self._check_asha(configs)
+
+    def _check_probe(self, configs: Sequence[ExperimentConfig]) -> None:
+        """Rungs at the probes: every trial probes at the same pruning epochs, ranked by them."""
+        points = {cfg.prune.probe_after for cfg in configs}
+        if points == {()} or len(points) > 1:
+            raise ConfigError(
+                "base.prune.probe_after",
+                "rungs at the probes need the same probe epochs in every trial (set it in base, "
+                f"neither on the grid nor searched), got {sorted(points)}",
+            )
+        if self.scheduler.metric != "val_pgd_acc":
+            raise ConfigError(
+                "scheduler.metric",
+                "probe rungs rank by the probe's validation PGD accuracy: use val_pgd_acc",
+            )
+        if isinstance(self.scheduler, AshaSpec) and self.scheduler.grace_period is not None:
+            raise ConfigError("scheduler.grace_period", "probe rungs start at the first probe: leave it out")
 
     def _check_places(self) -> None:
         # Every node writes trial notes, checkpoints and the pretraining cache there: on a
@@ -239,6 +273,13 @@ class SearchSpec(Checked):
     def max_search_epochs(self) -> int:
         """Most epochs after pretraining (ASHA's clock) any trial can run."""
         return max(search_epochs(cfg) for cfg in self.corner_configs)
+
+    def probe_after(self) -> tuple[int, ...]:
+        """The probe rungs' pruning epochs (() when the scheduler judges epochs)."""
+        s = self.scheduler
+        if isinstance(s, HalvingSpec) or (isinstance(s, AshaSpec) and s.rungs == "probe"):
+            return self.base.prune.probe_after
+        return ()
 
     def grace_period(self) -> int:
         s = self.scheduler

@@ -80,3 +80,15 @@ def test_many_overlapping_cells_are_counted_not_all_named() -> None:
     cells = [(f"[{i}]", Interval(0.5, 0.4, 0.6)) for i in range(5)] + [("[5]", Interval(0.9, 0.85, 0.95))]
     (line,) = overlap_lines(cells, shown=2)
     assert line.startswith("robust intervals overlap for 10 of 15 cell pairs ([0] and [1], [0] and [2], ...)")
+
+
+def test_summary_counts_the_trial_epochs_the_scheduler_saved() -> None:
+    rows = [trial("a", 1, 0.6, 0.8, 100), trial("b", 1, 0.5, 0.7, 100), trial("o", 0, 0.5, 0.7, 100)]
+    for row, ran, status in zip(rows, (8, 5, 8), ("ok", "stopped", "ok"), strict=True):
+        row["search_epochs_run"], row["status"] = ran, status
+    (line,) = [x for x in lines(rows) if "trial-epochs saved" in x]
+    # b stopped after 5 of its cell's 8 epochs: 3 of 21 + 3 = 24 saved.
+    assert (
+        line
+        == "asha (epoch rungs) stopped 1 of 3 trials: 3 of 24 trial-epochs saved (12%; probes not counted)"
+    )

@@ -409,3 +409,29 @@ def test_the_old_point_count_key_is_refused_in_a_spec_with_its_new_name() -> Non
         "base.eval.autoattack_n",
         contains="eval.test_points",
     )
+
+
+def _probing(**scheduler: Any) -> dict[str, Any]:
+    spec = tiny(scheduler=scheduler)
+    spec["base"]["prune"]["probe_after"] = [2, 3]
+    return spec
+
+
+def test_probe_rungs_sit_at_the_base_probe_epochs() -> None:
+    for scheduler in ({"type": "halving"}, {"type": "asha", "rungs": "probe"}):
+        spec = load_spec(_probing(**scheduler), nodes=None)
+        assert spec.probe_after() == (2, 3)
+        assert all(cfg.prune.probe_after == (2, 3) for cfg in spec.corner_configs)
+    assert load_spec(_probing(type="halving"), nodes=None).scheduler.reduction_factor == 4.0
+    assert (
+        load_spec(_probing(type="asha"), nodes=None).probe_after() == ()
+    )  # epoch rungs: probes only recorded
+
+
+def test_probe_rungs_refuse_what_they_cannot_judge() -> None:
+    rejects(tiny(scheduler={"type": "halving"}), "base.prune.probe_after", contains="same probe epochs")
+    varied = _probing(type="halving")
+    varied["grid"]["prune.probe_after"] = [[1], [2]]
+    rejects(varied, "base.prune.probe_after", contains="same probe epochs")
+    rejects(_probing(type="halving", metric="train_loss"), "scheduler.metric", contains="val_pgd_acc")
+    rejects(_probing(type="asha", rungs="probe", grace_period=4), "scheduler.grace_period")
