@@ -38,7 +38,7 @@ from s2ap.data import Splits, load_splits
 from s2ap.distributed import DistInfo, ShardedBatches, resolve_device
 from s2ap.errors import ConfigError
 from s2ap.experiment import fast_settings, identity, phases, resolved
-from s2ap.io import atomic_write, atomic_write_text
+from s2ap.io import atomic_write_text, save_tensors
 from s2ap.metrics import hamming
 from s2ap.models import export_masks, export_state_dict, from_config, mask_layers
 from s2ap.objectives import build_objective
@@ -53,10 +53,6 @@ from s2ap.train import Epoch, Trainer, build_optimizer, build_scheduler, compile
 log = logging.getLogger(__name__)
 
 Reporter = Callable[[dict[str, Any], Path | None], None]
-
-
-def _save_tensors(obj: Any, path: Path) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 class Pipeline:
@@ -191,7 +187,7 @@ class Pipeline:
         self.method.finish_search(self.model)  # e.g. HARP meets its budget exactly
         L.freeze_masks(self.model)
         if self.is_main and self.run_dir is not None:
-            _save_tensors(export_masks(self.model), self.run_dir / "masks.pt")  # keyed as pruned_dense.pt
+            save_tensors(export_masks(self.model), self.run_dir / "masks.pt")  # keyed as pruned_dense.pt
         # Table 5: the pruned pretrained model before any finetuning (eval.mask_test; a search
         # sets it off unless told otherwise).
         if self.cfg.eval.mask_test is False:
@@ -212,10 +208,10 @@ class Pipeline:
     def evaluate(self) -> None:
         """The exported networks, then the test metrics."""
         if self.is_main and self.run_dir is not None:
-            _save_tensors(export_state_dict(self.model), self.run_dir / "pruned_dense.pt")
+            save_tensors(export_state_dict(self.model), self.run_dir / "pruned_dense.pt")
             exported = self.method.export(self.model)  # channel pruning: the compact network
             if exported is not None:
-                _save_tensors(exported[0], self.run_dir / "pruned_compact.pt")
+                save_tensors(exported[0], self.run_dir / "pruned_compact.pt")
                 self.state.final.update(exported[1].as_dict())
         self.state.final.update(self.probes.final_validation())
         self.state.final.update(self.probes.test_metrics(autoattack=self.cfg.eval.autoattack))
