@@ -22,9 +22,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Subset
 
 
-def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
-    """``auto`` is CUDA when present; each local rank (``LOCAL_RANK``, else the process
-    group rank) gets its own GPU."""
+def resolve_device(
+    name: str, local_rank: int | None = None, assigned: torch.device | None = None
+) -> torch.device:
+    """``auto`` is CUDA when present. The GPU is ``assigned`` when the launcher chose one (Ray
+    Train's ``get_device()``, handed down by the search); else each local rank
+    (``LOCAL_RANK``, else the process group rank) gets its own."""
+    if assigned is not None and assigned.type == "cuda" and name in ("auto", "cuda"):
+        return assigned
     if local_rank is None:
         local_rank = int(os.environ.get("LOCAL_RANK", DistInfo.current().rank))
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):

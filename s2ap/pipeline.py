@@ -68,6 +68,7 @@ class Pipeline:
         pretrain_cache: str | Path | None = None,
         splits: Splits | None = None,
         net: nn.Module | None = None,  # a network object to prune instead of building model.name
+        device: torch.device | None = None,  # the GPU a launcher assigned this process (Ray Train)
     ) -> None:
         self.cfg = cfg
         self.dist = DistInfo.current()
@@ -78,7 +79,7 @@ class Pipeline:
         self.pretrain_cache = (
             None if pretrain_cache is None else storage.check(pretrain_cache, "pretrain_cache")
         )
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, assigned=device)
         self.phases = phases(cfg)
         self.fast = fast_settings(cfg, self.device.type)  # bf16, channels_last, compile
         # Every row of this run starts with the same identity columns.
@@ -390,6 +391,7 @@ def run_experiment(
     resume_from: str | Path | None = None,
     progress: bool = False,
     pretrain_cache: str | Path | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """The entry point the CLI and the Ray layer wrap."""
-    return Pipeline(cfg, run_dir, reporter, resume_from, progress, pretrain_cache).run()
+    """The entry point the CLI and the Ray layer wrap (``device``: the GPU Ray assigned)."""
+    return Pipeline(cfg, run_dir, reporter, resume_from, progress, pretrain_cache, device=device).run()
