@@ -35,7 +35,7 @@ from s2ap import results, storage
 from s2ap.best_mask import BestMaskTracker
 from s2ap.config import ExperimentConfig, PhaseConfig
 from s2ap.data import Splits, load_splits
-from s2ap.distributed import DistInfo, ShardedBatches, resolve_device
+from s2ap.distributed import DistInfo, ShardedBatches, resolve_device, sync_batch_norm
 from s2ap.errors import ConfigError
 from s2ap.experiment import fast_settings, identity, phases, resolved
 from s2ap.io import atomic_write_text, save_tensors
@@ -47,7 +47,7 @@ from s2ap.pruning import PruningMethod, build_method
 from s2ap.seeding import derive_seed
 from s2ap.sharpness import SharpnessSchedule
 from s2ap.state import RunState
-from s2ap.tensor_data import device_loader
+from s2ap.tensor_data import CropFlip, device_loader, loader_workers
 from s2ap.train import Epoch, Trainer, build_optimizer, build_scheduler, compiled, no_penalty, on_device
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class Pipeline:
             granularity=self.method.granularity,
             net=net,
         )
-        model = on_device(model, self.fast, self.device)
+        model = sync_batch_norm(on_device(model, self.fast, self.device), cfg.sync_batchnorm, self.device)
         self.method.bind(model, (1, info.in_channels, size, size))  # checks + hooks, also on resume
         return model
 
@@ -227,16 +227,33 @@ class Pipeline:
             optimizer.load_state_dict(self.state.optimizer)
             scheduler.load_state_dict(self.state.scheduler)
         n_train = len(self.splits.train)  # type: ignore[arg-type]
-        batches = ShardedBatches(n_train, self.cfg.data.batch_size, shuffle=True, dist_info=self.dist)
+        # Compiled: no last partial batch (its shape would compile another graph every epoch).
+        batches = ShardedBatches(
+            n_train,
+            self.cfg.data.batch_size,
+            shuffle=True,
+            dist_info=self.dist,
+            drop_last=self.fast["compile"],
+        )
         loader = self._loader(self.splits.train, batches)
+        if self.fast["compile"]:
+            # Each phase runs the layers in one mode (dense, scores, fixed): its graphs start
+            # afresh, so the earlier phases' count toward no recompile limit.
+            torch._dynamo.reset()
+        wrapped = self.dist.wrap(self.model, self.device)
+        fast = compiled(wrapped, self.fast["compile"])
         trainer = Trainer(
-            compiled(self.dist.wrap(self.model, self.device), self.fast["compile"]),
+            fast,
             self.objective,
             optimizer,
             self.device,
             # Only the search adds the method's own term (HARP's budget penalty).
             penalty=(lambda: self.method.penalty(self.model)) if phase == "prune" else no_penalty,
             amp=self.fast["amp"],
+            # Under DDP the attack runs on the module inside DDP: compiled too when compiling.
+            attack_model=compiled(self.model, True)
+            if wrapped is not self.model and fast is not wrapped
+            else None,
         )
         steps = len(batches.global_batches())
 
@@ -319,7 +336,17 @@ class Pipeline:
         if cuda and (on_gpu := device_loader(dataset, batches, self.device)) is not None:
             return on_gpu
         workers = self.cfg.data.num_workers
-        return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=cuda)  # type: ignore[arg-type]
+        if workers is None:  # the CPUs this process was given (Ray sets the thread count from them)
+            workers = loader_workers(dataset, torch.get_num_threads())
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,  # type: ignore[arg-type]
+            num_workers=workers,
+            pin_memory=cuda,
+            # Kept across epochs unless the set draws a new augmentation each epoch (CropFlip's
+            # reseed must reach the workers, which a fresh start per epoch copies it to).
+            persistent_workers=workers > 0 and not isinstance(dataset, CropFlip),
+        )
 
     def _set_trainable(self, tensors: list[nn.Parameter]) -> None:
         keep = {id(t) for t in tensors}

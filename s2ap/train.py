@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from s2ap import layers as L
 from s2ap.distributed import ShardedBatches
 from s2ap.errors import TrainingDiverged
 from s2ap.objectives import Objective
@@ -104,8 +105,9 @@ class Epoch:
 @dataclass
 class Trainer:
     """What a phase trains with, the same for each of its epochs. ``model`` may be
-    DDP-wrapped; the attack runs on the unwrapped module so it never touches DDP's
-    gradient reducer."""
+    DDP-wrapped (and compiled); the attack runs on ``attack_model``, by default the module
+    inside DDP, so it never touches DDP's gradient reducer (under DDP with ``compile`` the
+    pipeline hands the compiled inner module, so the attack's forwards are compiled too)."""
 
     model: nn.Module
     objective: Objective
@@ -113,6 +115,11 @@ class Trainer:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     penalty: Callable[[], Tensor | None] = no_penalty  # the method's own term (HARP)
     amp: bool = False  # bf16 autocast, CUDA only
+    attack_model: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        # A compiled model reads the top-k masks from buffers refreshed once per point.
+        self.refresh = any(hasattr(m, "_orig_mod") for m in (self.model, self.attack_model))
 
     def autocast(self) -> torch.autocast:
         on = self.amp and self.device.type == "cuda"
@@ -180,7 +187,9 @@ class Trainer:
         fingerprint (:meth:`Perturbation.plan_ascent`), whether ``p + z`` does
         (:meth:`Perturbation.climb`), and once for every loss of the step together, before
         the update (the divergence check and ``before_update``)."""
-        inner = getattr(self.model, "module", self.model)
+        inner = self.attack_model or getattr(self.model, "module", self.model)
+        if self.refresh:
+            L.refresh_topk(self.model)
         with self.autocast():
             batch = self.objective.craft(inner, x, y, noise)  # x', crafted once at p
         inner.train()
@@ -218,6 +227,8 @@ class Trainer:
     def _backward_perturbed(self, batch: Any) -> Tensor:
         """The gradient at the current (perturbed) point; batch-norm statistics untouched.
         Returns the loss there (checked finite by :meth:`step`, with the others)."""
+        if self.refresh:
+            L.refresh_topk(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast(), frozen_batch_norm(self.model):
             here, _ = self.objective.loss(self.model, batch)
@@ -243,9 +254,10 @@ def on_device(model: nn.Module, fast: dict[str, bool], device: torch.device) -> 
 
 
 def compiled(model: nn.Module, on: bool, backend: str = "inductor") -> nn.Module:
-    """``torch.compile(model)`` when ``on``. While compiling, the score mask's top-k is part
-    of the graph (its eager cache key would break it), so changing scores cause neither a
-    graph break nor a recompile per step (``benchmarks/bench_gpu_epoch.py`` counts both)."""
+    """``torch.compile(model)`` when ``on``. The compiled forward reads the score masks from
+    buffers that :class:`Trainer` refreshes once per point (:func:`s2ap.layers.refresh_topk`),
+    so changing scores cause neither a graph break nor a recompile per step
+    (``benchmarks/bench_gpu_epoch.py`` counts both)."""
     return torch.compile(model, backend=backend) if on else model  # type: ignore[return-value]
 
 
