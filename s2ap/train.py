@@ -198,10 +198,14 @@ class Trainer:
         away = perturbation is not None and perturbation.plan_ascent()
 
         self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast(), torch.set_grad_enabled(not away):
+        # Compiled, the forward-only pass keeps autograd on (its graph dropped unused): a no-grad
+        # pass would compile a graph of its own.
+        with self.autocast(), torch.set_grad_enabled(not away or self.refresh):
             loss, logits = self.objective.loss(self.model, batch)
             extra = self.penalty()
             total = loss if extra is None else loss + extra
+        if away:  # no backward from this pass: its graph goes now
+            loss, logits, total = loss.detach(), logits.detach(), loss.detach()
         if not away:
             total.backward()  # the gradient at p (all-reduced under DDP: z is the same on every rank)
         losses = [("loss", loss.detach())]  # checked finite together, before the update

@@ -45,9 +45,10 @@ def test_a_compiled_digits_run_compiles_a_few_graphs_per_phase_and_none_per_epoc
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Dynamo's guards (and so its recompiles) do not depend on the backend: the eager one
-    counts them without code generation. Per phase: the training pass, the attack's (the input
-    needs a gradient) and the no-grad pass (TRADES' clean logits); no graph after the phase's
-    first epoch (no last partial batch), no graph break, never at the recompile limit."""
+    counts them without code generation. Per phase (each in one layer mode, its graphs afresh):
+    the training pass and the attack's (the input needs a gradient), so at most 4 recompiles in
+    the run; no graph after a phase's first epoch (no last partial batch), no graph break, never
+    at the recompile limit."""
     graphs: list[int] = []
 
     def counting(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Any:
@@ -77,7 +78,8 @@ def test_a_compiled_digits_run_compiles_a_few_graphs_per_phase_and_none_per_epoc
         per_phase.setdefault(phase, []).append(count)
     before = 0
     for phase, counts in per_phase.items():
-        assert counts[0] - before <= 3, (phase, counts)  # at most 2 recompiles in a phase
+        assert counts[0] - before <= 2, (phase, counts)  # at most 1 recompile in a phase
         assert len(set(counts)) == 1, (phase, counts)  # nothing compiled after its first epoch
         before = counts[-1]
+    assert len(graphs) - len(per_phase) <= 4  # recompiles in the run
     assert not torch._dynamo.utils.counters["graph_break"]
