@@ -205,8 +205,9 @@ class Trainer:
             extra = self.penalty()
             total = loss if extra is None else loss + extra
         if away:  # no backward from this pass: its graph goes now
-            loss, logits, total = loss.detach(), logits.detach(), loss.detach()
-        if not away:
+            loss, logits = loss.detach(), logits.detach()
+            del total
+        else:
             total.backward()  # the gradient at p (all-reduced under DDP: z is the same on every rank)
         losses = [("loss", loss.detach())]  # checked finite together, before the update
         changed = False
