@@ -2,12 +2,17 @@
 timed for each step of the GPU fast path, and S2AP's per-iteration cost against the original,
 all from one run.
 
-    python benchmarks/bench_gpu_epoch.py [--cifar10 ROOT] [--out figures.json] [--tiny]
+    python benchmarks/bench_gpu_epoch.py [--cifar10 ROOT] [--out figures.json] [--tiny] [--check]
 
-Data: real CIFAR-10 (the 50,000 training images) when ``--cifar10 ROOT`` is given or ``data/``
-holds it, else a synthetic uint8 set of the same shape (50000 x 3 x 32 x 32; the cost of an
-epoch does not depend on the pixels). Either way the set is kept on the device and augmented
-there (:class:`s2ap.tensor_data.DeviceLoader`), as the pipeline does on CUDA.
+Data: the pipeline's CIFAR-10 training split (45,000 images: 50,000 less the validation
+points, ``data.val_fraction``) of real CIFAR-10 when ``--cifar10 ROOT`` (or ``data/``) holds
+it, else a synthetic uint8 set of the same shape (the cost of an epoch does not depend on the
+pixels; a note says so when ``--cifar10 ROOT`` holds no CIFAR-10). Either way the set is kept
+on the device and augmented there (:class:`s2ap.tensor_data.DeviceLoader`), as the pipeline
+does on CUDA. A timed epoch has no last partial batch (it would compile another graph).
+
+``--check`` first verifies the GPU path (``gpu_check.py``: device reads per S2AP iteration,
+recompiles, a one-GPU NCCL DDP step, CPU-only run files, the ``gpu`` tests), then times.
 
 Variants, each one epoch from the same pruned model and scores, batch 128:
 ``eager_fp32``, ``bf16`` (autocast), ``bf16_channels_last`` and ``bf16_channels_last_compile``
@@ -29,6 +34,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +45,7 @@ from torch import nn
 
 from s2ap import layers as L
 from s2ap.config import DataConfig
-from s2ap.data import DATASETS
+from s2ap.data import DATASETS, _val_size
 from s2ap.data_files import cifar_folder
 from s2ap.distributed import DistInfo, ShardedBatches
 from s2ap.experiment import from_dict
@@ -65,13 +71,18 @@ def sync(device: torch.device) -> None:
 
 
 def training_set(args: argparse.Namespace) -> tuple[TensorImageDataset, str]:
-    """CIFAR-10's training images when present, else a synthetic set of the same shape."""
+    """The pipeline's CIFAR-10 training split when present, else a synthetic set of its shape."""
     root = Path(args.cifar10 or "data")
-    if not args.tiny and (args.cifar10 or cifar_folder(root) is not None):
+    val = DataConfig().val_fraction
+    if not args.tiny and cifar_folder(root) is not None:
         train, _ = DATASETS.get("cifar10")(DataConfig(name="cifar10", root=str(root)))
         assert isinstance(train, TensorImageDataset)
-        return train, f"cifar10 ({root})"
-    n, side = (64, 16) if args.tiny else (50_000, 32)
+        keep = len(train) - _val_size(len(train), val)  # the cost depends on the count, not on which
+        part = TensorImageDataset(train.images[:keep], train.targets[:keep], train.classes, scale=train.scale)
+        return part, f"cifar10 ({root}), the training split"
+    if args.cifar10 and not args.tiny:
+        print(f"note: no CIFAR-10 at {root}: timing a synthetic set of the same shape")
+    n, side = (64, 16) if args.tiny else (50_000 - _val_size(50_000, val), 32)
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, 10, (n,), generator=gen)
@@ -82,7 +93,7 @@ class FirstBatches(ShardedBatches):
     """A seeded single-process epoch order, cut to its first ``limit`` batches."""
 
     def __init__(self, n: int, batch: int, seed: int, limit: int | None = None) -> None:
-        super().__init__(n, batch, shuffle=True, dist_info=DistInfo())
+        super().__init__(n, batch, shuffle=True, dist_info=DistInfo(), drop_last=True)
         self.set_seed(seed)
         self.limit = limit
 
@@ -198,8 +209,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-batches", type=int, default=None, help="time this many steps, then scale")
     parser.add_argument("--ratio-iters", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--check", action="store_true", help="verify the GPU path first (gpu_check.py)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--no-timing", action="store_true", help="with --check: the checks alone")
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    device = torch.device("cuda" if cuda else "cpu")
     if device.type != "cuda" and not args.tiny:
         print("no CUDA device: running the tiny version")
         args.tiny = True
@@ -231,6 +246,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"{figures['device']}, torch {torch.__version__}, {model_name}, {source} {len(data)} images, batch {args.batch}"
     )
+    if args.check:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from gpu_check import run_checks
+
+        gen = torch.Generator().manual_seed(5)
+        picks = [torch.randint(0, len(data), (args.batch,), generator=gen) for _ in range(5)]
+        batches = [
+            ((data.images[i].float() / data.scale).to(device), data.targets[i].to(device)) for i in picks
+        ]
+        figures["check"] = run_checks(base, batches, device, fast=device.type == "cuda")
+        if args.no_timing:
+            return _written(figures, args.out)
     breaks = torch._dynamo.utils.counters["graph_break"]
     for name, (amp, channels_last, use_compile) in VARIANTS.items():
         counter = GraphCounter(backend) if use_compile else None
@@ -259,10 +286,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"s2ap with the second pass always {ms['s2ap_always']:.1f} ms ({ratio['s2ap_always_over_orig']:.3f}x)"
     )
     print("goals on one H100/H200-class GPU: <= 30 s/epoch at bf16, s2ap / orig <= 1.12x")
-    if args.out:
-        Path(args.out).write_text(json.dumps(figures, indent=2))
+    return _written(figures, args.out)
+
+
+def _written(figures: dict[str, Any], out: str | None) -> dict[str, Any]:
+    if out:
+        Path(out).write_text(json.dumps(figures, indent=2))
     return figures
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if main().get("check", {"ok": True})["ok"] else 1)

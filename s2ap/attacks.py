@@ -90,8 +90,10 @@ class PGD:
     def perturb_once(self, model: nn.Module, x: Tensor, y: Tensor, noise: Tensor | None = None) -> Tensor:
         clean_logits = None
         if self.loss_name == "kl":
-            with torch.no_grad():
-                clean_logits = model(x)
+            # A compiled model keeps autograd on (the graph dropped at once): a no-grad pass
+            # would compile a graph of its own for this one forward.
+            with torch.set_grad_enabled(hasattr(model, "_orig_mod")):
+                clean_logits = model(x).detach()
         x_adv = self._start(x, noise)
         for _ in range(self.steps):
             x_adv.requires_grad_(True)

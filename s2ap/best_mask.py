@@ -55,11 +55,14 @@ class BestMaskTracker:
             return None
         iteration = 0
 
-        def before_update(loss: Tensor, n: int) -> None:
+        def before_update(loss: float | Tensor, n: int) -> None:
             nonlocal iteration
-            # The loss over every rank's points, so every rank keeps the same scores.
-            total, count = self.dist.all_reduce_sum([float(loss) * n, n], self.device)
-            self.offer(total / max(count, 1), epoch, iteration)
+            # Scores the method does not admit cannot change the choice: no all-reduce then
+            # (admissibility is the same on every rank).
+            if self.method.admissible():
+                # The loss over every rank's points, so every rank keeps the same scores.
+                total, count = self.dist.all_reduce_sum([float(loss) * n, n], self.device)
+                self.offer(total / max(count, 1), epoch, iteration)
             iteration += 1
 
         return before_update
@@ -77,7 +80,8 @@ class BestMaskTracker:
         best = self.state.best
         if not fallback and (not self.method.admissible() or (best is not None and not score < best.score)):
             return
-        scores = [layer.scores.detach().clone().cpu() for layer in self.layers]
+        # A copy on the device (no host copy per new minimum); the run state saves it on the CPU.
+        scores = [layer.scores.detach().clone() for layer in self.layers]
         self.state.best = BestMask(score, epoch, scores, self.method.state_dict(), iteration)
 
     def restore(self, last_epoch: int) -> BestMask:

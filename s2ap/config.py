@@ -50,7 +50,9 @@ class DataConfig(Checked):
     train_limit: int | None = bounded(None, ge=1)  # use only the first N training points (after shuffling)
     # use only the first N test points (so smaller limits are nested in larger); None = all
     test_limit: int | None = bounded(None, ge=1)
-    num_workers: int = bounded(0, ge=0)  # DataLoader worker processes for training; 0 = the main process
+    # DataLoader worker processes for training; 0 = the main process; null = auto: 0 for sets held
+    # in memory, else this process's CPUs less one (Ray: cpus_per_worker); pinned memory on CUDA
+    num_workers: int | None = bounded(None, ge=0)
     # Training-set augmentation: random crop (zero padding 4) and horizontal flip, drawn per
     # epoch from the seed (HYDRA's and HARP's CIFAR-10 / SVHN setting). null: on for cifar10
     # and svhn, off for every other set. Validation and test data are never augmented.
@@ -302,6 +304,9 @@ class ExperimentConfig(Checked):
     amp: bool | None = None  # bf16 autocast for the attack steps and training (CUDA only)
     channels_last: bool | None = None  # NHWC weights and activations (CUDA only)
     compile: bool = False  # torch.compile of the training model (opt-in until measured to help)
+    # Under DDP on CUDA: batch norm with statistics over every rank's batch (SyncBatchNorm), so
+    # a DDP run normalises like one process with the global batch; off = each rank's own chunk.
+    sync_batchnorm: bool = False
     out_dir: str = "runs/experiment"  # the run folder when s2ap.run gets no --out; not in the config hash
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -22,9 +22,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Subset
 
 
-def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
-    """``auto`` is CUDA when present; each local rank (``LOCAL_RANK``, else the process
-    group rank) gets its own GPU."""
+def resolve_device(
+    name: str, local_rank: int | None = None, assigned: torch.device | None = None
+) -> torch.device:
+    """``auto`` is CUDA when present. The GPU is ``assigned`` when the launcher chose one (Ray
+    Train's ``get_device()``, handed down by the search); else each local rank
+    (``LOCAL_RANK``, else the process group rank) gets its own."""
+    if assigned is not None and assigned.type == "cuda" and name in ("auto", "cuda"):
+        return assigned
     if local_rank is None:
         local_rank = int(os.environ.get("LOCAL_RANK", DistInfo.current().rank))
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
@@ -102,11 +107,25 @@ class DistInfo:
         return Subset(dataset, list(range(self.rank, n, self.world)))
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
-        """DDP around ``model`` in a process group, ``model`` itself otherwise."""
+        """DDP around ``model`` in a process group, ``model`` itself otherwise.
+
+        The masks (``mask`` buffers) are derived from scores that DDP keeps equal on every rank,
+        so they are not broadcast before each forward; the other buffers (batch-norm
+        statistics) still are."""
         if self.world == 1:
             return model
+        masks = [name for name, _ in model.named_buffers() if name.rpartition(".")[2] in ("mask", "topk")]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, masks)
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
+
+
+def sync_batch_norm(model: nn.Module, on: bool, device: torch.device) -> nn.Module:
+    """``model`` with SyncBatchNorm layers when ``on`` under DDP on CUDA (torch's SyncBatchNorm
+    runs on GPUs only); ``model`` as it is otherwise."""
+    if not (on and is_distributed() and device.type == "cuda"):
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 class ShardedBatches:

@@ -4,6 +4,9 @@ Every file the tool writes (run state, masks, tables, notes, specs) goes through
 :func:`atomic_write`: the content is written to a temporary file in the same folder and
 moved into place with one ``os.replace``, so a reader (or a resumed run after a crash)
 never sees half a file.
+
+Tensors are written from the CPU (:func:`save_tensors`): ``torch.load(path)`` with its
+defaults then reads a file written on a GPU machine anywhere.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from s2ap.errors import ConfigError
@@ -33,6 +38,25 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def on_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it (in dicts, lists, tuples) moved to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, Mapping):
+        moved = {k: on_cpu(v) for k, v in obj.items()}
+        return type(obj)(moved) if type(obj) in (dict, OrderedDict) else moved
+    if isinstance(obj, list | tuple):
+        moved = [on_cpu(v) for v in obj]
+        return type(obj)(*moved) if hasattr(obj, "_fields") else type(obj)(moved)
+    return obj
+
+
+def save_tensors(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` of ``obj`` with its tensors on the CPU, written whole."""
+    cpu = on_cpu(obj)
+    return atomic_write(path, lambda tmp: torch.save(cpu, tmp))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -57,6 +57,10 @@ class ScoredLayer:
         shape = self.weight.shape if granularity == "weight" else self._channel_shape()
         self.scores = nn.Parameter(torch.ones(shape, dtype=self.weight.dtype))
         self.register_buffer("mask", torch.ones(shape, dtype=self.weight.dtype))  # type: ignore[attr-defined]
+        # The top-k mask a compiled forward reads (refresh_topk fills it once per point, outside
+        # the graph); not part of the state dict.
+        self.register_buffer("topk", torch.ones(shape, dtype=self.weight.dtype), persistent=False)  # type: ignore[attr-defined]
+        self._synced: Tensor | None = None
         self.keep: float = 1.0
         self.mode: Mode = "dense"
         # A method may replace how the mask is computed (HARP's learned rates); it gets
@@ -78,14 +82,25 @@ class ScoredLayer:
 
     def score_mask(self) -> Tensor:
         """Binary top-k mask of the current scores (no gradient), cached on their version.
-        Under ``torch.compile`` the top-k is part of the graph instead: the cache's key would
-        break the graph and recompile it every time the scores change."""
+        Under ``torch.compile`` the graph reads the ``topk`` buffer, which
+        :func:`refresh_topk` fills eagerly whenever the scores moved (once per point, not per
+        forward; the cache's key in the graph would break it and recompile it at every step)."""
         if torch.compiler.is_compiling():
-            return topk_mask(self.scores.abs(), self.keep)
+            return self.topk
         key = (self.scores._version, self.scores.data_ptr(), self.keep)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, topk_mask(self.scores.abs(), self.keep))
         return self._cache[1]
+
+    def refresh_topk(self) -> None:
+        """Copy the current top-k mask into ``topk`` when the scores changed since the last copy."""
+        if self.mode != "scores" or self.mask_fn is not None:
+            return
+        mask = self.score_mask()
+        if self._synced is not mask:
+            with torch.no_grad():
+                self.topk.copy_(mask)
+            self._synced = mask
 
     def current_mask(self) -> Tensor:
         """The mask used by the forward pass, shaped like the scores."""
@@ -222,6 +237,12 @@ def scored_layers(model: nn.Module) -> list[tuple[str, ScoredLayer]]:
     """The model's prunable layers in definition order (DDP wrappers unwrapped)."""
     model = getattr(model, "module", model)
     return [(name, m) for name, m in model.named_modules() if isinstance(m, ScoredLayer)]
+
+
+def refresh_topk(model: nn.Module) -> None:
+    """Before a compiled forward at new scores: every layer's ``topk`` buffer up to date."""
+    for _, layer in scored_layers(model):
+        layer.refresh_topk()
 
 
 def score_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -35,10 +35,10 @@ from s2ap import results, rung_probe, storage
 from s2ap.best_mask import BestMaskTracker
 from s2ap.config import ExperimentConfig, PhaseConfig
 from s2ap.data import Splits, load_splits
-from s2ap.distributed import DistInfo, ShardedBatches, resolve_device
+from s2ap.distributed import DistInfo, ShardedBatches, resolve_device, sync_batch_norm
 from s2ap.errors import ConfigError
 from s2ap.experiment import bound_model, fast_settings, identity, phases, resolved
-from s2ap.io import atomic_write, atomic_write_text
+from s2ap.io import atomic_write_text, save_tensors
 from s2ap.metrics import hamming
 from s2ap.models import export_masks, export_state_dict, mask_layers
 from s2ap.objectives import build_objective
@@ -47,16 +47,12 @@ from s2ap.pruning import PruningMethod, build_method
 from s2ap.seeding import derive_seed
 from s2ap.sharpness import SharpnessSchedule
 from s2ap.state import RunState
-from s2ap.tensor_data import device_loader
+from s2ap.tensor_data import CropFlip, device_loader, loader_workers
 from s2ap.train import Epoch, Trainer, build_optimizer, build_scheduler, compiled, no_penalty, on_device
 
 log = logging.getLogger(__name__)
 
 Reporter = Callable[[dict[str, Any], Path | None], None]
-
-
-def _save_tensors(obj: Any, path: Path) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 class Pipeline:
@@ -72,6 +68,7 @@ class Pipeline:
         pretrain_cache: str | Path | None = None,
         splits: Splits | None = None,
         net: nn.Module | None = None,  # a network object to prune instead of building model.name
+        device: torch.device | None = None,  # the GPU a launcher assigned this process (Ray Train)
     ) -> None:
         self.cfg = cfg
         self.dist = DistInfo.current()
@@ -82,7 +79,7 @@ class Pipeline:
         self.pretrain_cache = (
             None if pretrain_cache is None else storage.check(pretrain_cache, "pretrain_cache")
         )
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, assigned=device)
         self.phases = phases(cfg)
         self.fast = fast_settings(cfg, self.device.type)  # bf16, channels_last, compile
         # Every row of this run starts with the same identity columns.
@@ -115,9 +112,12 @@ class Pipeline:
         """The masked network (``net`` scored in place, else built), seeded, on the device,
         bound to the pruning method."""
         torch.manual_seed(derive_seed(self.cfg.seed, "init"))
-        return bound_model(
-            self.cfg, self.splits.info, self.method, net, lambda m: on_device(m, self.fast, self.device)
-        )
+
+        def place(model: nn.Module) -> nn.Module:
+            model = on_device(model, self.fast, self.device)
+            return sync_batch_norm(model, self.cfg.sync_batchnorm, self.device)
+
+        return bound_model(self.cfg, self.splits.info, self.method, net, place)
 
     # ------------------------------------------------------------------ the run, top to bottom
 
@@ -179,7 +179,7 @@ class Pipeline:
         self.method.finish_search(self.model)  # e.g. HARP meets its budget exactly
         L.freeze_masks(self.model)
         if self.is_main and self.run_dir is not None:
-            _save_tensors(export_masks(self.model), self.run_dir / "masks.pt")  # keyed as pruned_dense.pt
+            save_tensors(export_masks(self.model), self.run_dir / "masks.pt")  # keyed as pruned_dense.pt
         # Table 5: the pruned pretrained model before any finetuning (eval.mask_test; a search
         # sets it off unless told otherwise).
         if self.cfg.eval.mask_test is False:
@@ -200,10 +200,10 @@ class Pipeline:
     def evaluate(self) -> None:
         """The exported networks, then the test metrics."""
         if self.is_main and self.run_dir is not None:
-            _save_tensors(export_state_dict(self.model), self.run_dir / "pruned_dense.pt")
+            save_tensors(export_state_dict(self.model), self.run_dir / "pruned_dense.pt")
             exported = self.method.export(self.model)  # channel pruning: the compact network
             if exported is not None:
-                _save_tensors(exported[0], self.run_dir / "pruned_compact.pt")
+                save_tensors(exported[0], self.run_dir / "pruned_compact.pt")
                 self.state.final.update(exported[1].as_dict())
         self.state.final.update(self.probes.final_validation())
         self.state.final.update(self.probes.test_metrics(autoattack=self.cfg.eval.autoattack))
@@ -218,16 +218,33 @@ class Pipeline:
             optimizer.load_state_dict(self.state.optimizer)
             scheduler.load_state_dict(self.state.scheduler)
         n_train = len(self.splits.train)  # type: ignore[arg-type]
-        batches = ShardedBatches(n_train, self.cfg.data.batch_size, shuffle=True, dist_info=self.dist)
+        # Compiled: no last partial batch (its shape would compile another graph every epoch).
+        batches = ShardedBatches(
+            n_train,
+            self.cfg.data.batch_size,
+            shuffle=True,
+            dist_info=self.dist,
+            drop_last=self.fast["compile"],
+        )
         loader = self._loader(self.splits.train, batches)
+        if self.fast["compile"]:
+            # Each phase runs the layers in one mode (dense, scores, fixed): its graphs start
+            # afresh, so the earlier phases' count toward no recompile limit.
+            torch._dynamo.reset()
+        wrapped = self.dist.wrap(self.model, self.device)
+        fast = compiled(wrapped, self.fast["compile"])
         trainer = Trainer(
-            compiled(self.dist.wrap(self.model, self.device), self.fast["compile"]),
+            fast,
             self.objective,
             optimizer,
             self.device,
             # Only the search adds the method's own term (HARP's budget penalty).
             penalty=(lambda: self.method.penalty(self.model)) if phase == "prune" else no_penalty,
             amp=self.fast["amp"],
+            # Under DDP the attack runs on the module inside DDP: compiled too when compiling.
+            attack_model=compiled(self.model, True)
+            if wrapped is not self.model and fast is not wrapped
+            else None,
         )
         steps = len(batches.global_batches())
 
@@ -327,7 +344,17 @@ class Pipeline:
         if cuda and (on_gpu := device_loader(dataset, batches, self.device)) is not None:
             return on_gpu
         workers = self.cfg.data.num_workers
-        return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=cuda)  # type: ignore[arg-type]
+        if workers is None:  # the CPUs this process was given (Ray sets the thread count from them)
+            workers = loader_workers(dataset, torch.get_num_threads())
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,  # type: ignore[arg-type]
+            num_workers=workers,
+            pin_memory=cuda,
+            # Kept across epochs unless the set draws a new augmentation each epoch (CropFlip's
+            # reseed must reach the workers, which a fresh start per epoch copies it to).
+            persistent_workers=workers > 0 and not isinstance(dataset, CropFlip),
+        )
 
     def _set_trainable(self, tensors: list[nn.Parameter]) -> None:
         keep = {id(t) for t in tensors}
@@ -399,6 +426,7 @@ def run_experiment(
     resume_from: str | Path | None = None,
     progress: bool = False,
     pretrain_cache: str | Path | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """The entry point the CLI and the Ray layer wrap."""
-    return Pipeline(cfg, run_dir, reporter, resume_from, progress, pretrain_cache).run()
+    """The entry point the CLI and the Ray layer wrap (``device``: the GPU Ray assigned)."""
+    return Pipeline(cfg, run_dir, reporter, resume_from, progress, pretrain_cache, device=device).run()

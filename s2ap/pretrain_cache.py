@@ -43,6 +43,7 @@ from s2ap import storage
 from s2ap.config import ExperimentConfig
 from s2ap.distributed import DistInfo
 from s2ap.experiment import phases, pretrain_key
+from s2ap.io import on_cpu
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def load(where: str) -> dict[str, Any] | None:
 def save(where: str, state: dict[str, Any]) -> None:
     """Write an entry whole (one PUT on an object store)."""
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(on_cpu(state), buf)  # loads on a machine without the writer's device
     storage.write_bytes(where, buf.getvalue())
 
 

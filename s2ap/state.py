@@ -21,7 +21,7 @@ from torch import Tensor
 
 from s2ap import results
 from s2ap.config import S2APConfig
-from s2ap.io import atomic_write
+from s2ap.io import save_tensors
 
 
 @dataclass
@@ -30,7 +30,7 @@ class BestMask:
 
     score: float  # lower is better
     epoch: int
-    scores: list[Tensor]  # per scored layer, on the CPU
+    scores: list[Tensor]  # per scored layer (on the device in a run, on the CPU in state.pt)
     method: dict[str, Any] = field(default_factory=dict)  # the method's state then (HARP's rates)
     iteration: int | None = None  # within ``epoch``, for the per-iteration rule (train_loss_iter)
 
@@ -119,7 +119,7 @@ class RunState:
         return cls(**values)
 
     def save(self, path: Path) -> Path:
-        return atomic_write(path, lambda tmp: torch.save(self.to_dict(), tmp))
+        return save_tensors(self.to_dict(), path)  # on the CPU: loads anywhere
 
     @classmethod
     def load(cls, path: Path) -> RunState:

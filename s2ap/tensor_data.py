@@ -218,6 +218,26 @@ class DeviceLoader:
             yield (x.div_(self.scale) if self.scale != 1.0 else x), self.labels[idx]
 
 
+def in_memory(dataset: Dataset) -> bool:
+    """Whether ``dataset`` (under subsets and this module's wrappers) is an in-memory image set."""
+    while True:
+        if isinstance(dataset, TensorImageDataset):
+            return True
+        if isinstance(dataset, Subset):
+            dataset = dataset.dataset
+        elif isinstance(getattr(dataset, "base", None), Dataset):
+            dataset = dataset.base  # type: ignore[attr-defined]
+        else:
+            return False
+
+
+def loader_workers(dataset: Dataset, cpus: int) -> int:
+    """DataLoader workers for training on ``dataset`` with ``cpus`` CPUs: none for an
+    in-memory set (indexing a tensor costs less than a worker's transfer), else every CPU but
+    the one the training loop runs on (an image folder decodes its files there)."""
+    return 0 if in_memory(dataset) else max(0, cpus - 1)
+
+
 def device_loader(
     dataset: Dataset, batches: Iterable[list[int]], device: torch.device, max_fraction: float = 0.25
 ) -> DeviceLoader | None:

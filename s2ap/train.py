@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from s2ap import layers as L
 from s2ap.distributed import ShardedBatches
 from s2ap.errors import TrainingDiverged
 from s2ap.objectives import Objective
@@ -94,17 +95,19 @@ class Epoch:
     index: int = 0
     perturbation: Perturbation | None = None
     on_iteration: Callable[[int], None] | None = None  # after each step, with the step index
-    # Each step's robust loss (the mean over this rank's n points) while the parameters
-    # are still those it was computed at: the per-iteration best mask (Algorithm 1, 13-15).
-    before_update: Callable[[Tensor, int], None] | None = None
+    # Each step's robust loss (the mean over this rank's n points, read from the device once
+    # with the step's other losses) while the parameters are those it was computed at: the
+    # per-iteration best mask (Algorithm 1, 13-15).
+    before_update: Callable[[float, int], None] | None = None
     progress: bool = False
 
 
 @dataclass
 class Trainer:
     """What a phase trains with, the same for each of its epochs. ``model`` may be
-    DDP-wrapped; the attack runs on the unwrapped module so it never touches DDP's
-    gradient reducer."""
+    DDP-wrapped (and compiled); the attack runs on ``attack_model``, by default the module
+    inside DDP, so it never touches DDP's gradient reducer (under DDP with ``compile`` the
+    pipeline hands the compiled inner module, so the attack's forwards are compiled too)."""
 
     model: nn.Module
     objective: Objective
@@ -112,6 +115,11 @@ class Trainer:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     penalty: Callable[[], Tensor | None] = no_penalty  # the method's own term (HARP)
     amp: bool = False  # bf16 autocast, CUDA only
+    attack_model: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        # A compiled model reads the top-k masks from buffers refreshed once per point.
+        self.refresh = any(hasattr(m, "_orig_mod") for m in (self.model, self.attack_model))
 
     def autocast(self) -> torch.autocast:
         on = self.amp and self.device.type == "cuda"
@@ -123,10 +131,11 @@ class Trainer:
         """One pass over ``loader``."""
         self.model.train()
         # Sums kept on the device and read once at the end. What still reads the device every
-        # step: the divergence check (a finite loss), the per-iteration best mask and the
-        # perturbation norms.
+        # step: the step's losses (one read: the divergence check and the per-iteration best
+        # mask) and, with a perturbation, whether it changes the fingerprint (Trainer.step).
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss * n, correct
-        count, perturbed, ascents, norms = 0, 0, 0, []
+        count, perturbed, ascents = 0, 0, 0
+        norms: list[Tensor] = []
         start = time.perf_counter()
         global_sizes = [len(b) for b in batches.global_batches()]
         iterator = zip(loader, global_sizes, strict=True)
@@ -144,7 +153,9 @@ class Trainer:
                 where = f"in phase {ctx.phase}, epoch {ctx.index}, step {step}"
                 raise TrainingDiverged(f"{exc} {where}") from None
             if ctx.perturbation is not None:
-                norms.append(sum(n * n for n in ctx.perturbation.last_norms) ** 0.5)
+                norm = ctx.perturbation.norm()
+                if norm is not None:
+                    norms.append(norm)
                 perturbed += int(changed)
                 ascents += int(ctx.perturbation.moved)
             n = y.shape[0]
@@ -157,7 +168,8 @@ class Trainer:
             (perturbed / steps, ascents / steps) if ctx.perturbation is not None and steps else (None, None)
         )
         loss_sum, correct = sums.tolist()
-        return EpochResult(loss_sum, correct, count, time.perf_counter() - start, norms, *shares)
+        norm_values = torch.stack(norms).tolist() if norms else []
+        return EpochResult(loss_sum, correct, count, time.perf_counter() - start, norm_values, *shares)
 
     def step(
         self,
@@ -165,12 +177,19 @@ class Trainer:
         y: Tensor,
         noise: Tensor | None = None,
         perturbation: Perturbation | None = None,
-        before_update: Callable[[Tensor, int], None] | None = None,
+        before_update: Callable[[float, int], None] | None = None,
     ) -> tuple[Tensor, Tensor, bool]:
         """One iteration; returns the robust loss at p, its logits, and whether the
         perturbation changed the gradient (False when it was skipped as provably without
-        effect)."""
-        inner = getattr(self.model, "module", self.model)
+        effect).
+
+        The device is read at most three times: whether a carried or planned ``z`` moves the
+        fingerprint (:meth:`Perturbation.plan_ascent`), whether ``p + z`` does
+        (:meth:`Perturbation.climb`), and once for every loss of the step together, before
+        the update (the divergence check and ``before_update``)."""
+        inner = self.attack_model or getattr(self.model, "module", self.model)
+        if self.refresh:
+            L.refresh_topk(self.model)
         with self.autocast():
             batch = self.objective.craft(inner, x, y, noise)  # x', crafted once at p
         inner.train()
@@ -179,39 +198,49 @@ class Trainer:
         away = perturbation is not None and perturbation.plan_ascent()
 
         self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast(), torch.set_grad_enabled(not away):
+        # Compiled, the forward-only pass keeps autograd on (its graph dropped unused): a no-grad
+        # pass would compile a graph of its own.
+        with self.autocast(), torch.set_grad_enabled(not away or self.refresh):
             loss, logits = self.objective.loss(self.model, batch)
             extra = self.penalty()
             total = loss if extra is None else loss + extra
-        if not math.isfinite(float(loss.detach())):
-            raise TrainingDiverged(f"loss is {float(loss.detach())}")
-        if not away:
+        if away:  # no backward from this pass: its graph goes now
+            loss, logits = loss.detach(), logits.detach()
+            del total
+        else:
             total.backward()  # the gradient at p (all-reduced under DDP: z is the same on every rank)
-        if before_update is not None:
-            before_update(loss.detach(), int(y.shape[0]))
+        losses = [("loss", loss.detach())]  # checked finite together, before the update
         changed = False
         if perturbation is not None:
             if perturbation.to_ascent_point():  # Algorithm 1's carried z: the gradient at s + z_prev
-                self._backward_perturbed(batch, perturbation, "carried-over perturbation's")
+                losses.append(("carried-over perturbation's loss", self._backward_perturbed(batch)))
             perturbation.climb()  # p + z
             if not perturbation.unchanged:  # else the gradient held is provably the one at p + z
-                self._backward_perturbed(batch, perturbation, "perturbed")
+                losses.append(("perturbed loss", self._backward_perturbed(batch)))
             changed = perturbation.moved or not perturbation.unchanged  # the step's gradient is not p's
             perturbation.restore()  # back to p, bit for bit; the step uses the last gradient
+        # One read for all of the step's losses; a non-finite one stops before the update.
+        values = torch.stack([value.float() for _, value in losses]).tolist()
+        for (what, _), value in zip(losses, values, strict=True):
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"{what} is {value}")
+        if before_update is not None:  # the parameters are p again, bit for bit
+            before_update(values[0], int(y.shape[0]))
         self.optimizer.step()
         return loss.detach(), logits.detach(), changed
 
-    def _backward_perturbed(self, batch: Any, perturbation: Perturbation, what: str) -> None:
-        """The gradient at the current (perturbed) point; batch-norm statistics untouched."""
+    def _backward_perturbed(self, batch: Any) -> Tensor:
+        """The gradient at the current (perturbed) point; batch-norm statistics untouched.
+        Returns the loss there (checked finite by :meth:`step`, with the others)."""
+        if self.refresh:
+            L.refresh_topk(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast(), frozen_batch_norm(self.model):
             here, _ = self.objective.loss(self.model, batch)
             extra = self.penalty()
             total = here if extra is None else here + extra
-        if not math.isfinite(float(here.detach())):
-            perturbation.restore()
-            raise TrainingDiverged(f"{what} loss is {float(here.detach())}")
         total.backward()
+        return here.detach()
 
 
 def on_device(model: nn.Module, fast: dict[str, bool], device: torch.device) -> nn.Module:
@@ -230,9 +259,10 @@ def on_device(model: nn.Module, fast: dict[str, bool], device: torch.device) -> 
 
 
 def compiled(model: nn.Module, on: bool, backend: str = "inductor") -> nn.Module:
-    """``torch.compile(model)`` when ``on``. While compiling, the score mask's top-k is part
-    of the graph (its eager cache key would break it), so changing scores cause neither a
-    graph break nor a recompile per step (``benchmarks/bench_gpu_epoch.py`` counts both)."""
+    """``torch.compile(model)`` when ``on``. The compiled forward reads the score masks from
+    buffers that :class:`Trainer` refreshes once per point (:func:`s2ap.layers.refresh_topk`),
+    so changing scores cause neither a graph break nor a recompile per step
+    (``benchmarks/bench_gpu_epoch.py`` counts both)."""
     return torch.compile(model, backend=backend) if on else model  # type: ignore[return-value]
 
 

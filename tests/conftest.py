@@ -44,6 +44,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(mark)
         if not item.get_closest_marker("slow") and any(item.get_closest_marker(m) for m in SLOW_MARKS):
             item.add_marker("slow")
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+            item.add_marker(
+                pytest.mark.skip(reason="needs CUDA (benchmarks/bench_gpu_epoch.py --check runs it)")
+            )
     if config.getoption("--all") or config.option.markexpr:
         return
     slow = [item for item in items if item.get_closest_marker("slow")]

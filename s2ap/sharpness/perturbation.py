@@ -70,12 +70,24 @@ class Perturbation:
         self.support = support
         self.fingerprint = fingerprint
         self.unchanged = False
-        self.last_norms: list[float] = []
+        self._norms: list[Tensor] = []  # this climb's ||z_l||, on the device
         self.moved = False  # this step's ascent gradient was taken away from p (at p + z_prev)
         self._saved: list[Tensor] | None = None
         self._held: list[Tensor] | None = None  # the fingerprint where the gradient in .grad is
         self._away = False  # moved to the ascent point, not yet climbed
         self._pending: list[Tensor | None] | None = None  # this step's z, formed before its first pass
+
+    @property
+    def last_norms(self) -> list[float]:
+        """The last climb's ``||z_l||`` per layer (reads the device: for tests and reports)."""
+        return [float(n) for n in self._norms]
+
+    def norm(self) -> Tensor | None:
+        """The last climb's ``||z||`` over all layers, a 0-d float64 tensor on the device
+        (None before any climb); the training loop sums these and reads them once per epoch."""
+        if not self._norms:
+            return None
+        return torch.stack([n.detach().double() for n in self._norms]).square().sum().sqrt()
 
     def begin(self) -> None:
         """Called when an epoch starts using this perturbation (before its first batch)."""
@@ -119,14 +131,15 @@ class Perturbation:
             self._put_back()
         else:
             self._save()
-        self.last_norms = []
+        norms = []
         zs, self._pending = self._pending or self.ascent(), None
         for p, z in zip(self.params, zs, strict=True):
             if z is None:
-                self.last_norms.append(0.0)
+                norms.append(torch.zeros((), device=p.device))
                 continue
             p.add_(z)
-            self.last_norms.append(float(z.norm()))
+            norms.append(z.norm())
+        self._norms = norms  # read per epoch, not per step
         # Unchanged: p + z has the fingerprint of the point whose gradient .grad holds (p, or
         # p + z_prev after to_ascent_point), so that gradient is the one at p + z.
         self.unchanged = self._held is not None and _equal(self._held, self.fingerprint())  # type: ignore[misc]
@@ -283,7 +296,7 @@ class LayerwisePerturbation(Perturbation):
             start = None if previous is None else self._supported(i, previous)
             z = self.projection.step(g, bound, start)
             if carried is not None and z is not None:
-                carried[i] = z.detach().clone()
+                carried[i] = self.projection.carry(previous, z).detach().clone()
             yield z
 
     def state_dict(self) -> dict[str, Any]:
@@ -310,4 +323,11 @@ def _to_cpu(tensors: list[Tensor | None]) -> list[Tensor | None]:
 
 
 def _equal(a: list[Tensor], b: list[Tensor]) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    """Whether two fingerprints are equal entry for entry: one reduction on the device and
+    one read, however many tensors they hold."""
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
+        return False
+    if not a:
+        return True
+    differs = torch.stack([torch.ne(x, y).any() for x, y in zip(a, b, strict=True)]).any()
+    return not bool(differs)

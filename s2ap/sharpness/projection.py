@@ -36,13 +36,19 @@ class Projection:
         the layer stays where it is)."""
         raise NotImplementedError
 
+    def carry(self, previous: Tensor | None, z: Tensor) -> Tensor:
+        """What is carried over after a step that returned ``z`` (``previous``: the carried
+        ``z`` before it)."""
+        return z
+
 
 class Surface(Projection):
     name = "surface"
 
     def step(self, g: Tensor, bound: Tensor, start: Tensor | None) -> Tensor | None:
+        # On the device, no read: a zero gradient gives z = 0 (the layer stays where it is).
         g_norm = g.norm()
-        return None if g_norm == 0 else (bound / g_norm) * g
+        return torch.where(g_norm > 0, bound / g_norm, 0.0) * g
 
 
 class Algorithm1Reset(Projection):
@@ -51,11 +57,17 @@ class Algorithm1Reset(Projection):
     def __init__(self, eta: float) -> None:
         self.eta = eta
         self._scale: Tensor | None = None  # eta / ||g|| over all layers
+        self._moves: Tensor | None = None  # ||g|| > 0: a zero gradient moves no layer
 
     def prepare(self, grads: list[Tensor | None]) -> None:
+        # On the device, no read: with ||g|| = 0 every layer stays and the carried z is kept.
         squares = [g.square().sum() for g in grads if g is not None]
-        total = torch.stack(squares).sum().sqrt() if squares else None
-        self._scale = None if total is None or not bool(total > 0) else self.eta / total
+        if not squares:
+            self._scale = self._moves = None
+            return
+        total = torch.stack(squares).sum().sqrt()
+        self._moves = total > 0
+        self._scale = torch.where(self._moves, self.eta / total, 0.0)
 
     def step(self, g: Tensor, bound: Tensor, start: Tensor | None) -> Tensor | None:
         if self._scale is None:
@@ -65,7 +77,13 @@ class Algorithm1Reset(Projection):
             z = z + start
         # Lines 7-9: back onto the ball only when past it.
         norm = z.norm()
-        return z * torch.where(norm > bound, bound / norm.clamp_min(torch.finfo(z.dtype).tiny), 1.0)
+        z = z * torch.where(norm > bound, bound / norm.clamp_min(torch.finfo(z.dtype).tiny), 1.0)
+        return torch.where(self._moves, z, 0.0)  # type: ignore[arg-type]
+
+    def carry(self, previous: Tensor | None, z: Tensor) -> Tensor:
+        if previous is None or self._moves is None:
+            return z
+        return torch.where(self._moves, z, previous)
 
 
 class Algorithm1(Algorithm1Reset):

@@ -39,6 +39,20 @@ class Resources(Checked):
     custom_per_worker: dict[str, float] = field(default_factory=dict)
 
     def check(self) -> None:
+        # A rank trains on exactly one device: a share of a GPU only works alone (two ranks
+        # on one GPU: NCCL refuses), and a second GPU per worker would sit idle.
+        if self.workers > 1 and 0 < self.gpus_per_worker < 1:
+            raise ConfigError(
+                "gpus_per_worker",
+                f"{self.gpus_per_worker:g} GPUs per worker with {self.workers} workers would put two ranks "
+                "on one GPU (NCCL refuses): use 1 GPU per worker, or a share of a GPU with 1 worker",
+            )
+        if self.gpus_per_worker > 1:
+            raise ConfigError(
+                "gpus_per_worker",
+                f"each worker trains on one GPU, got {self.gpus_per_worker:g}: "
+                "use 1 and more workers (resources.workers) for more GPUs per trial",
+            )
         for name, amount in self.custom_per_worker.items():
             if name in _BUILTIN or not name:
                 raise ConfigError(

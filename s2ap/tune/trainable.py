@@ -174,9 +174,11 @@ def run_trial(
     cache: str | None,
     report: ReportFn,
     metric: str,
+    assigned: torch.device | None = None,
 ) -> None:
     """One trial on one rank: resume from ``checkpoint`` (a Ray checkpoint or None), run the
-    pipeline, report every epoch and the final result through ``report``."""
+    pipeline on the device Ray ``assigned`` this rank (if any), report every epoch and the
+    final result through ``report``."""
     with _scratch() as work:
         resume_from: Path | None = None
         if checkpoint is not None:
@@ -193,11 +195,13 @@ def run_trial(
                 resume_from = work / STATE
                 shutil.copy2(Path(folder) / STATE, resume_from)
         run_dir = work / "run" if dist.is_main else None
-        device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+        device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")), assigned)
         lock = PretrainLock.acquire(cfg, cache, dist, device) if resume_from is None else PretrainLock()
         reporter = _Reporter(cfg, dist.rank, run_dir, lock, store, report)
         try:
-            final = run_experiment(cfg, run_dir, reporter, resume_from=resume_from, pretrain_cache=cache)
+            final = run_experiment(
+                cfg, run_dir, reporter, resume_from=resume_from, pretrain_cache=cache, device=device
+            )
         except TrainingDiverged as exc:
             write_divergence(store, f"training diverged: {exc}", dist.rank)
             if dist.world > 1:
@@ -248,6 +252,7 @@ def train_worker(loop: dict[str, Any]) -> None:
     experiment config, validated once on the driver."""
     import ray
     import ray.train
+    import ray.train.torch
 
     torch.set_num_threads(max(1, int(round(loop["threads"]))))
     ctx = ray.train.get_context()
@@ -261,7 +266,18 @@ def train_worker(loop: dict[str, Any]) -> None:
         checkpoint = ray.train.Checkpoint(path, filesystem=fs)
     node = ray.get_runtime_context().get_node_id()
     record_worker(store, dist.rank, dist.world, node, checkpoint.path if checkpoint is not None else None)
-    run_trial(loop["config"], store, checkpoint, dist, loop["pretrain_cache"], _train_report, loop["metric"])
+    # The GPU Ray gave this worker (its rank's, whatever LOCAL_RANK says); the CPU without GPUs.
+    assigned = ray.train.torch.get_device()
+    run_trial(
+        loop["config"],
+        store,
+        checkpoint,
+        dist,
+        loop["pretrain_cache"],
+        _train_report,
+        loop["metric"],
+        assigned,
+    )
 
 
 # --------------------------------------------------------------------------- the trainable

@@ -49,3 +49,20 @@ def test_tiny_epoch_reports_every_variant_and_the_s2ap_ratio(tmp_path: Path) -> 
     assert ratio["s2ap_over_orig"] == pytest.approx(
         ratio["ms_per_iter"]["s2ap"] / ratio["ms_per_iter"]["orig"]
     )
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_check_runs_every_gpu_check_in_its_tiny_cpu_form(tmp_path: Path) -> None:
+    """``--check`` verifies the GPU path (on the CPU in its tiny form) before timing: device
+    reads per S2AP iteration, recompiles, a DDP step, run files on the CPU."""
+    bench = load()
+    argv = ["--check", "--no-timing", "--device", "cpu", "--tiny", "--threads", "1"]
+    figures = bench.main(argv)
+    check = figures["check"]
+    assert set(check) == {"device_reads", "recompiles", "ddp_step", "saved_on_cpu", "ok"}
+    assert check["ok"], check
+    reads = check["device_reads"]["reads_per_iteration"]
+    assert len(reads) == 4 and max(reads) <= 3
+    assert check["recompiles"]["graphs_later"] == 0 and check["recompiles"]["graphs_first_steps"] > 0
+    assert check["saved_on_cpu"]["files"] >= 4 and check["ddp_step"]["backend"] == "gloo"
+    assert figures["variants"] == {}  # --no-timing

@@ -435,3 +435,23 @@ def test_probe_rungs_refuse_what_they_cannot_judge() -> None:
     rejects(varied, "base.prune.probe_after", contains="same probe epochs")
     rejects(_probing(type="halving", metric="train_loss"), "scheduler.metric", contains="val_pgd_acc")
     rejects(_probing(type="asha", rungs="probe", grace_period=4), "scheduler.grace_period")
+
+
+def test_refuses_gpu_shares_a_rank_cannot_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A rank trains on one device: two ranks on one GPU (NCCL refuses) or a second GPU per
+    worker is one line, exit 2, before Ray starts (issue 32, item 1)."""
+    gpus = [{"CPU": 8.0, "GPU": 4.0}]
+    err = rejects(tiny(resources={"workers": 2, "gpus_per_worker": 0.5}), "resources.gpus_per_worker", gpus)
+    assert "two ranks on one GPU" in err.message
+    rejects(tiny(resources={"workers": 1, "gpus_per_worker": 2}), "resources.gpus_per_worker", gpus)
+    rejects(tiny(resources={"workers": 2, "gpus_per_worker": 1.5}), "resources.gpus_per_worker", gpus)
+    # A share of a GPU for one worker, and one GPU per worker of a DDP trial, are fine.
+    assert load_spec(tiny(resources={"workers": 1, "gpus_per_worker": 0.25}), nodes=gpus).resources
+    assert load_spec(tiny(resources={"workers": 2, "gpus_per_worker": 1}), nodes=gpus).resources
+    from s2ap.tune.__main__ import main
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(tiny(resources={"workers": 2, "gpus_per_worker": 0.5})))
+    assert main([str(path), "-q"]) == 2
+    err_line = capsys.readouterr().err
+    assert err_line.startswith("error: resources.gpus_per_worker: ") and err_line.count("\n") == 1
