@@ -26,8 +26,9 @@ import pandas as pd
 
 from s2ap.report.compare import DASH, Comparison, _outcomes, compare, format_delta, format_side, per_seed
 from s2ap.report.load import AWP, GROUP
+from s2ap.report.tables import sparsity_label
 from s2ap.results import EPOCH, RUN
-from s2ap.stats import Paired, PointPaired, paired, paired_points, verdict
+from s2ap.stats import NOT_RESOLVED, Paired, PointPaired, paired, paired_points, verdict
 
 ORIG, ORIG_AWP = "Orig.", "Orig. + AWP finetuning"
 S2AP_PLAIN, S2AP_AWP = "S2AP + plain finetuning", "S2AP + AWP (paper)"
@@ -171,8 +172,12 @@ def format_effect(e: Effect) -> tuple[str, str]:
     """The effect's Δ text and verdict (or why it is missing)."""
     if e.delta is None:
         return f"not estimated: {e.missing}", DASH
-    text = format_delta(Comparison(None, None, e.delta, e.seeds))
-    return text, verdict(e.delta)
+    return _delta_text(Comparison(None, None, e.delta, e.seeds)), verdict(e.delta)
+
+
+def _delta_text(c: Comparison) -> str:
+    """Table 1's Δ text without the verdict, which has its own column here."""
+    return format_delta(c).removesuffix(f" {NOT_RESOLVED}")
 
 
 def setting_section(key: tuple, rows: pd.DataFrame, epochs: pd.DataFrame | None) -> list[str]:
@@ -181,7 +186,7 @@ def setting_section(key: tuple, rows: pd.DataFrame, epochs: pd.DataFrame | None)
     found = arms(rows)
     orig = found.get(ORIG, pd.DataFrame())
     base = epoch_costs(orig, epochs) if not orig.empty else {"prune": None, "finetune": None}
-    lines = [f"### {model} / {dataset} / {method} at {sparsity:g}{'%' if sparsity > 1 else ''} sparsity", ""]
+    lines = [f"### {model} / {dataset} / {method} at {sparsity_label(sparsity)} sparsity", ""]
     table = []
     for name, part in found.items():
         cost = epoch_costs(part, epochs)
@@ -189,7 +194,7 @@ def setting_section(key: tuple, rows: pd.DataFrame, epochs: pd.DataFrame | None)
             delta, said = DASH, DASH
         else:
             c = compare(orig, part, None, RUN.robust_acc)
-            delta = format_delta(c)
+            delta = _delta_text(c)
             said = verdict(c.delta) if c.delta is not None and c.not_comparable is None else DASH
         side = compare(part, part.iloc[0:0], None, RUN.robust_acc).orig
         table.append(

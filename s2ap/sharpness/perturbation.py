@@ -199,7 +199,9 @@ class LayerwisePerturbation(Perturbation):
 
     def _random_like(self, i: int, z: Tensor) -> Tensor:
         """``z``'s norm in a seeded Gaussian direction (zero where the layer may not move)."""
-        r = self._supported(i, torch.randn(z.shape, generator=self._generator(), device=z.device, dtype=z.dtype))
+        r = self._supported(
+            i, torch.randn(z.shape, generator=self._generator(), device=z.device, dtype=z.dtype)
+        )
         r_norm = r.norm()
         return z if r_norm == 0 else r * (z.norm() / r_norm)
 

@@ -87,7 +87,13 @@ def test_each_row_lands_in_its_arm_and_table1_keeps_the_arms_apart() -> None:
     assert list(found) == [ORIG, ORIG_AWP, S2AP_PLAIN, S2AP_AWP, RANDOM_AWP, WEIGHTS_AWP]
     assert all(len(rows) == 3 for rows in found.values())
     # Table 1's hydra row is Orig. vs the paper's S2AP + AWP; every control is its own row.
-    assert set(df["method"]) == {"hydra", "hydra+AWP-ft", "hydra+plain-ft", "hydra+random-dir", "hydra+AWP-prune"}
+    assert set(df["method"]) == {
+        "hydra",
+        "hydra+AWP-ft",
+        "hydra+plain-ft",
+        "hydra+random-dir",
+        "hydra+AWP-prune",
+    }
     t1 = table1(df)
     assert "+4.33" in t1  # S2AP + AWP − Orig.: (5 + 4 + 4) / 3
 

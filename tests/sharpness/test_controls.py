@@ -87,7 +87,9 @@ def test_awp_finetuning_without_s2ap_perturbs_only_kept_weights() -> None:
     L.freeze_masks(net)
     for layer in layers:
         layer.weight.requires_grad_(True)  # finetuning trains the kept weights
-    schedule = SharpnessSchedule(S2APConfig(enabled=False, gamma=0.01, projection="surface"), layers, awp=True)
+    schedule = SharpnessSchedule(
+        S2APConfig(enabled=False, gamma=0.01, projection="surface"), layers, awp=True
+    )
     assert schedule.for_epoch("prune", 3) is None  # no S2AP in the mask search
     awp = schedule.for_epoch("finetune", 0)
     assert isinstance(awp, LayerwisePerturbation)
@@ -116,7 +118,9 @@ def test_finetune_awp_follows_s2ap_unless_set_and_the_old_key_is_refused() -> No
 
 
 def test_the_controls_are_identity_columns() -> None:
-    orig_awp = experiment.identity(experiment.from_dict({"finetune": {"awp": True}, "s2ap": {"gamma": 0.005}}))
+    orig_awp = experiment.identity(
+        experiment.from_dict({"finetune": {"awp": True}, "s2ap": {"gamma": 0.005}})
+    )
     assert orig_awp["s2ap"] is False and orig_awp["finetune_awp"] is True
     assert orig_awp["gamma"] == 0.005 and orig_awp["direction"] is None  # AWP used gamma; no search
     orig = experiment.identity(experiment.from_dict({}))
