@@ -241,3 +241,23 @@ def controls_section(df: pd.DataFrame, epochs: pd.DataFrame | None) -> str | Non
     if len(lines) == 2:
         return None
     return "\n".join([*lines, NOTES, ""])
+
+
+def verdict_lines(df: pd.DataFrame) -> list[str]:
+    """One line per arm against Orig. and per effect, each with the verdict its interval
+    carries (for a README section generated from the tables, never typed by hand)."""
+    lines = []
+    for key, rows in df.groupby(SETTING, sort=True):
+        found = arms(rows)
+        if not has_controls(rows) or ORIG not in found:
+            continue
+        where = f"{key[0]} / {key[1]} / {key[2]} at {sparsity_label(key[3])}"
+        for name, part in found.items():
+            if name != ORIG:
+                c = compare(found[ORIG], part, None, RUN.robust_acc)
+                said = verdict(c.delta) if c.delta is not None and c.not_comparable is None else DASH
+                lines.append(f"- {where}, {name} − Orig.: {_delta_text(c)} → **{said}**")
+        for e in effects(found):
+            text, said = format_effect(e)
+            lines.append(f"- {where}, {e.name}: {text} → **{said}**")
+    return lines
