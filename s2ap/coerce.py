@@ -258,10 +258,11 @@ def _required(f: Field[Any]) -> bool:
 
 
 def _unknown(cls: type, key: str, path: str, names: set[str]) -> str:
-    """Why ``key`` is refused: renamed (a class's ``RENAMED`` maps old names to new), or unknown."""
+    """Why ``key`` is refused: renamed (a class's ``RENAMED`` maps old names to new ones: a
+    name in the same section, or a dotted key from the top when it moved), or unknown."""
     new = getattr(cls, "RENAMED", {}).get(key)
     if new is not None:
-        return f"renamed: use {_join(path, new)}"
+        return f"renamed: use {new if '.' in new else _join(path, new)}"
     return f"unknown key; allowed: {', '.join(sorted(names))}"
 
 

@@ -240,17 +240,21 @@ class FinetuneConfig(PhaseConfig):
     # adversarial training of the kept weights, the mask fixed (Algorithm 2); 0 skips it
     epochs: int = bounded(100, ge=0, le=10_000)
     lr: float = bounded(0.01, gt=0)  # the learning rate the schedule starts from
+    # AWP on the kept weights (Algorithm 2) within s2ap.gamma * ||w_l||, placed by
+    # s2ap.projection / s2ap.ascent, with or without S2AP pruning (true with s2ap.enabled: false
+    # is the Orig. + AWP finetuning control). null: on exactly when s2ap.enabled.
+    awp: bool | None = None
 
 
 @dataclass(frozen=True)
 class S2APConfig(Checked):
     # S2AP on: after warmup_epochs of the plain method, the mask search minimises the robust
-    # loss at perturbed scores (Algorithm 1), and finetuning uses AWP (finetune_awp); false:
-    # the plain method
+    # loss at perturbed scores (Algorithm 1), and finetuning uses AWP (finetune.awp, on by
+    # default with S2AP); false: the plain method
     enabled: bool = False
     gamma: float = bounded(0.001, ge=0)  # layer-wise bound ||z_l|| <= gamma * ||s_l||
     warmup_epochs: int = bounded(5, ge=0)  # pruning epochs of the plain method before S2AP starts
-    finetune_awp: bool = True  # Algorithm 2: AWP on the kept weights with the same gamma
+    RENAMED: ClassVar[dict[str, str]] = {"finetune_awp": "finetune.awp"}
     # What the mask search perturbs: the scores (S2AP) or the frozen weights within
     # gamma * ||w_l|| (AWP during pruning, the paper's Table 13 ablation).
     perturb: Literal["scores", "weights"] = "scores"
@@ -263,6 +267,10 @@ class S2APConfig(Checked):
     # at s, or at s + z_prev) or "previous" (the gradient the previous iteration's update used,
     # at s + z one step earlier: no pass spent on the ascent). Also for AWP in finetuning.
     ascent: Literal["fresh", "previous"] = "fresh"
+    # The mask search's direction: "sharpness" (the ascent gradient, S2AP) or "random" (the
+    # control: each layer's z turned to a seeded Gaussian direction, its norm kept, so the
+    # same budget is spent with no gradient information). Finetuning's AWP always ascends.
+    direction: Literal["sharpness", "random"] = "sharpness"
 
     @property
     def active(self) -> bool:
@@ -334,6 +342,11 @@ class ExperimentConfig(Checked):
                 "prune.probe_after",
                 f"pruning epochs 1 to prune.epochs ({p.epochs}), got {list(p.probe_after)}",
             )
+
+    @property
+    def finetune_awp(self) -> bool:
+        """Whether finetuning uses AWP: ``finetune.awp``, or (null) ``s2ap.enabled``."""
+        return self.s2ap.enabled if self.finetune.awp is None else self.finetune.awp
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -216,10 +216,16 @@ def provenance(device_type: str) -> dict[str, Any]:
     }
 
 
+# S2AP's knobs that AWP finetuning uses too: they apply to an Orig. + AWP finetuning run.
+AWP_KEYS = ("s2ap.gamma", "s2ap.projection", "s2ap.ascent")
+
+
 def applies(cfg: ExperimentConfig, key: str) -> bool:
     """Whether the dotted config ``key`` can change this config's result. S2AP's knobs need
-    S2AP on, AdaSAP's the AdaSAP method, ``prune.best_mask`` a mask search that chooses; a
+    S2AP on (gamma, projection and ascent: S2AP or AWP finetuning), AdaSAP's the AdaSAP method, ``prune.best_mask`` a mask search that chooses; a
     setting that does not apply is null in every table (:func:`identity`, a search's trials)."""
+    if key in AWP_KEYS:
+        return cfg.s2ap.enabled or cfg.finetune_awp
     if key.startswith("s2ap.") and key != "s2ap.enabled":
         return cfg.s2ap.enabled
     if key.startswith("adasap."):
@@ -232,10 +238,11 @@ def applies(cfg: ExperimentConfig, key: str) -> bool:
 def identity(cfg: ExperimentConfig, device_type: str | None = None) -> dict[str, Any]:
     """The result columns that follow from the config alone: every run row (and a search's
     stopped or failed trials) carries them. S2AP's knobs are null when S2AP is off, so an
-    Orig. row never looks like it had a gamma. With ``device_type`` the fast-path columns
+    Orig. row never looks like it had a gamma (unless AWP finetuning used it). With ``device_type`` the fast-path columns
     are the settings used there and the :func:`provenance` columns are filled; without it,
     the configured ones (null = auto) and no provenance."""
     on = cfg.s2ap.enabled
+    awp = on or cfg.finetune_awp  # gamma, projection and ascent shape AWP finetuning too
     fast = (
         fast_settings(cfg, device_type) | provenance(device_type)
         if device_type is not None
@@ -254,11 +261,13 @@ def identity(cfg: ExperimentConfig, device_type: str | None = None) -> dict[str,
         "objective": cfg.objective.name,
         "sparsity": cfg.prune.sparsity,
         "s2ap": on,
-        "gamma": cfg.s2ap.gamma if on else None,
+        "gamma": cfg.s2ap.gamma if awp else None,
         "warmup_epochs": cfg.s2ap.warmup_epochs if on else None,
         "prune_epochs": cfg.prune.epochs,
-        "projection": cfg.s2ap.projection if on else None,
-        "ascent": cfg.s2ap.ascent if on else None,
+        "projection": cfg.s2ap.projection if awp else None,
+        "ascent": cfg.s2ap.ascent if awp else None,
+        "direction": cfg.s2ap.direction if on else None,
+        "finetune_awp": cfg.finetune_awp,
         "best_mask": cfg.prune.best_mask if searches else None,
         "augment": augments(cfg.data),
         "adasap_prune_every": cfg.adasap.prune_every if cfg.prune.method == "adasap" else None,

@@ -96,6 +96,8 @@ class Pipeline:
             own=lambda phase, epoch: self.method.on_epoch_start(self.model, phase, epoch),
             search_lr=cfg.prune.lr,
             finetune_lr=cfg.finetune.lr,
+            awp=cfg.finetune_awp,
+            seed=cfg.seed,
         )
         self.probes = Probes(
             cfg, self.model, self.layers, self.objective, self.splits, self.dist, self.device

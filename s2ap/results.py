@@ -80,8 +80,13 @@ RUN_SCHEMA = pa.schema(
         pa.field("gamma", pa.float64()),
         pa.field("warmup_epochs", pa.int64()),
         pa.field("prune_epochs", pa.int64()),
-        pa.field("projection", pa.string()),  # s2ap.projection (null when S2AP is off)
-        pa.field("ascent", pa.string()),  # s2ap.ascent: fresh | previous (null when S2AP is off)
+        # s2ap.projection (null when neither S2AP nor AWP finetuning is on)
+        pa.field("projection", pa.string()),
+        # s2ap.ascent: fresh | previous (null when neither S2AP nor AWP finetuning is on)
+        pa.field("ascent", pa.string()),
+        # s2ap.direction: sharpness | random (the control; null when S2AP is off)
+        pa.field("direction", pa.string()),
+        pa.field("finetune_awp", pa.bool_()),  # AWP finetuning on (finetune.awp, null resolved)
         pa.field("best_mask", pa.string()),  # prune.best_mask (null when no mask search chooses)
         pa.field("augment", pa.bool_()),  # training-set crop + flip
         pa.field("adasap_prune_every", pa.int64()),  # AdaSAP's pruning interval in iterations

@@ -115,8 +115,14 @@ class Stop(Exception):
 @pytest.mark.slow  # multi-epoch training, twice
 @pytest.mark.parametrize(
     "extra",
-    [{}, {"data.augment": True}, {"s2ap.ascent": "previous", "eval.mask_test": False}],
-    ids=["plain", "augment", "previous"],
+    [
+        {},
+        {"data.augment": True},
+        {"s2ap.ascent": "previous", "eval.mask_test": False},
+        # the control's generator state is in the run state (a gamma that flips masks)
+        {"s2ap.direction": "random", "s2ap.gamma": 0.5, "s2ap.projection": "surface"},
+    ],
+    ids=["plain", "augment", "previous", "random-direction"],
 )
 def test_resume_after_interruption_gives_the_same_result(extra: dict, tmp_path: Path) -> None:
     """Also with the carried-over perturbation (the default projection) and augmentation."""

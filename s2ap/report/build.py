@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from s2ap import storage
+from s2ap.report.controls import controls_section
 from s2ap.report.load import ReportError, load_runs, prepare
 from s2ap.report.plots import PLOTS, plot_gamma
 from s2ap.report.selection import best_gamma_runs
@@ -56,6 +57,14 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None) -> 
     else:
         path = out_dir / "table5.md"
         path.write_text(t5, encoding="utf-8")
+        report.files.append(path)
+
+    controls = controls_section(df, epochs)
+    if controls is None:
+        report.skipped.append("controls.md: no control arm (finetune.awp, s2ap.direction, s2ap.perturb)")
+    else:
+        path = out_dir / "controls.md"
+        path.write_text(controls, encoding="utf-8")
         report.files.append(path)
 
     # The gamma figure spans every gamma; the per-epoch figures show the gamma Table 1 shows.

@@ -5,7 +5,8 @@ A path is a ``final.parquet`` / ``trials.parquet`` file or a folder holding one;
 ``predictions.parquet`` beside it gives each run row its robust outcome per test point
 (:data:`s2ap.report.compare.POINTS`), which the paired Δ is computed from. Preparing keeps the
 successful runs, one row per (config, seed), turns accuracies into percentages and labels
-each method with the variant axes that make runs incomparable.
+each method with the variant axes that make runs incomparable (and each control arm, such
+as Orig. + AWP finetuning, with its own suffix, so Table 1 never pools it with Orig.).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ REQUIRED = (
 )
 CELL_KEY = [RUN.model, RUN.dataset, RUN.sparsity]  # one table row
 PANEL_KEY = [RUN.model, RUN.dataset, RUN.method, RUN.sparsity]  # one figure panel
+GROUP = "control_group"  # the method label without the control arm's suffix (s2ap.report.controls)
+AWP = "awp_finetuning"  # finetune_awp resolved for tables written before it was a column
 # Every accuracy and the ends of its interval: turned into percentages together.
 ACCURACIES = tuple(f"{name}{end}" for name in results.ACCURACIES for end in ("", "_lo", "_hi"))
 CURVES = (RUN.hamming, RUN.lambda_max, RUN.loss_diff_rho, RUN.loss_diff)  # lists per run
@@ -140,14 +143,35 @@ def _points(table: pd.DataFrame, where: str) -> list[dict[int, float] | None]:
 
 def _method_label(row: pd.Series) -> str:
     """Method name plus the variant axes that make runs incomparable: channel granularity
-    (and its FLOPs target), and AWP instead of S2AP during the mask search (Table 13)."""
+    (and its FLOPs target)."""
     label = str(row[RUN.method])
     if row.get(RUN.granularity) == "channel":
         target = row.get(RUN.flops_reduction_target)
         label += f"-channel{'-' + format(target, 'g') + 'x' if pd.notna(target) else ''}"
-    if row.get(RUN.perturb) == "weights":
-        label += "+AWP-prune"
     return label
+
+
+def awp_finetuning(df: pd.DataFrame) -> pd.Series:
+    """Whether each row finetuned with AWP: the ``finetune_awp`` column, or (a table written
+    before it existed, or a null) what S2AP implied then: AWP exactly with S2AP."""
+    s2ap = df[RUN.s2ap].astype(bool)
+    if RUN.finetune_awp not in df.columns:
+        return s2ap
+    return df[RUN.finetune_awp].astype("boolean").fillna(s2ap).astype(bool)
+
+
+def _arm_suffix(row: pd.Series) -> str:
+    """What sets a control arm apart from the paper's two sides (Orig.; S2AP with AWP
+    finetuning): AWP instead of S2AP during the mask search (Table 13), a random direction,
+    AWP finetuning without S2AP, S2AP with plain finetuning. Empty for the two sides."""
+    suffix = ""
+    if row[RUN.s2ap] and row.get(RUN.perturb) == "weights":
+        suffix += "+AWP-prune"
+    if row[RUN.s2ap] and row.get(RUN.direction) == "random":
+        suffix += "+random-dir"
+    if row[AWP] != row[RUN.s2ap]:
+        suffix += "+AWP-ft" if row[AWP] else "+plain-ft"
+    return suffix
 
 
 # Settings that make runs incomparable when a table holds several of their values: each value
@@ -189,8 +213,12 @@ def prepare(df: pd.DataFrame, epochs: pd.DataFrame | None) -> pd.DataFrame:
     if RUN.config_hash in df.columns:
         df = df.drop_duplicates(subset=[RUN.config_hash, RUN.seed], keep="last")
     df[RUN.s2ap] = df[RUN.s2ap].fillna(False).astype(bool)
+    df[AWP] = awp_finetuning(df)
     df[RUN.method] = df.apply(_method_label, axis=1)
     df = _split_variants(df)
+    # The controls section pairs every arm of a setting; the tables keep the arms apart.
+    df[GROUP] = df[RUN.method]
+    df[RUN.method] = df[RUN.method] + df.apply(_arm_suffix, axis=1)
     df[RUN.sparsity] = df[RUN.sparsity].astype(float).round(6)
     acc_cols = [c for c in ACCURACIES if c in df]
     for col in acc_cols:

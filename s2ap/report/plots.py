@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from s2ap.report.compare import Comparison, compare
-from s2ap.report.load import PANEL_KEY
-from s2ap.report.panels import Key, draw_panels, per_setting
+from s2ap.report.gamma import plot_gamma
+from s2ap.report.panels import draw_panels, per_setting
 from s2ap.results import RUN
 from s2ap.stats import verdict
 
@@ -111,46 +111,7 @@ def plot_lambda_max(df: pd.DataFrame, path: Path) -> str | None:
     )
 
 
-# --------------------------------------------------------------------------- Fig. 5
-
-
-def _positive_gamma(rows: pd.DataFrame) -> pd.Series:
-    return rows[RUN.s2ap] & rows[RUN.gamma].notna() & (rows[RUN.gamma] > 0)
-
-
-def _draw_gamma(ax: Axes, rows: pd.DataFrame) -> None:
-    s = rows[_positive_gamma(rows)]
-    stats = s.groupby(RUN.gamma)[RUN.robust_acc].agg(["mean", "std", "count"]).sort_index()
-    ax.errorbar(
-        stats.index, stats["mean"], yerr=stats["std"].fillna(0.0), marker="o", capsize=3, label="S2AP"
-    )
-    orig = rows.loc[~rows[RUN.s2ap], RUN.robust_acc].dropna()
-    if not orig.empty:
-        ax.axhline(orig.mean(), color="grey", ls="--", label="Orig.")
-    ax.set_xscale("log")
-
-
-def plot_gamma(df: pd.DataFrame, path: Path) -> str | None:
-    """Robust accuracy vs gamma for S2AP runs, mean ± std over seeds, log x (Fig. 5)."""
-    if RUN.gamma not in df.columns:
-        return "the table has no gamma column"
-    s2ap = df[_positive_gamma(df) & df[RUN.robust_acc].notna()]
-    # The settings that ran S2AP with a positive gamma, in the order of their names.
-    keys: list[Key] = sorted(
-        {tuple(k) for k in s2ap[PANEL_KEY].itertuples(index=False)}, key=lambda k: tuple(map(str, k))
-    )
-    panels = [
-        (key, df[np.logical_and.reduce([df[c] == v for c, v in zip(PANEL_KEY, key, strict=True)])])
-        for key in keys
-    ]
-    return draw_panels(
-        path,
-        panels,
-        _draw_gamma,
-        xlabel="γ",
-        ylabel="robust accuracy (%)",
-        absent="no S2AP run with a positive gamma and a robust accuracy",
-    )
+# --------------------------------------------------------------------------- Fig. 5: s2ap.report.gamma
 
 
 # --------------------------------------------------------------------------- Fig. 3

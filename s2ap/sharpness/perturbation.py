@@ -193,6 +193,30 @@ class LayerwisePerturbation(Perturbation):
         # plan_ascent's answer for this step: the fingerprints at p and p + z_prev, and
         # whether the ascent gradient is taken at p + z_prev.
         self._plan: tuple[list[Tensor] | None, list[Tensor] | None, bool] | None = None
+        self.random_seed: int | None = None  # set: the random-direction control (randomize)
+        self._rng: torch.Generator | None = None
+
+    def randomize(self, seed: int) -> None:
+        """The random-direction control (``s2ap.direction: random``): every ``z_l`` the
+        projection forms is turned to a Gaussian direction drawn from ``seed`` (within the
+        layer's support), its norm kept. The same ball, the same projection, the same per-layer
+        norms as the gradient's direction would get, and no gradient information in the
+        direction. The generator's state is part of :meth:`state_dict`, so a resume is exact."""
+        self.random_seed, self._rng = seed, None
+
+    def _generator(self) -> torch.Generator:
+        if self._rng is None:
+            self._rng = torch.Generator(device=self.params[0].device)
+            self._rng.manual_seed(self.random_seed or 0)
+        return self._rng
+
+    def _random_like(self, i: int, z: Tensor) -> Tensor:
+        """``z``'s norm in a seeded Gaussian direction (zero where the layer may not move)."""
+        r = self._supported(
+            i, torch.randn(z.shape, generator=self._generator(), device=z.device, dtype=z.dtype)
+        )
+        r_norm = r.norm()
+        return z if r_norm == 0 else r * (z.norm() / r_norm)
 
     @property
     def eta(self) -> float:
@@ -295,6 +319,8 @@ class LayerwisePerturbation(Perturbation):
             previous = None if carried is None else carried[i]
             start = None if previous is None else self._supported(i, previous)
             z = self.projection.step(g, bound, start)
+            if z is not None and self.random_seed is not None:
+                z = self._random_like(i, z)
             if carried is not None and z is not None:
                 carried[i] = self.projection.carry(previous, z).detach().clone()
             yield z
@@ -305,9 +331,13 @@ class LayerwisePerturbation(Perturbation):
             out["z"] = _to_cpu(self.projection.carried)
         if self.kept is not None:
             out["kept_grad"] = _to_cpu(self.kept)
+        if self._rng is not None:
+            out["rng"] = self._rng.get_state()
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.random_seed is not None and state.get("rng") is not None:
+            self._generator().set_state(state["rng"])
         saved, kept = state.get("z"), state.get("kept_grad")
         if saved is not None and self.projection.carried is not None:
             self.projection.carried[:] = self._on_device(saved)

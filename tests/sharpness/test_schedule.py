@@ -46,7 +46,7 @@ def test_no_perturbation_when_s2ap_is_off_or_gamma_is_zero(cfg: S2APConfig) -> N
 
 def test_finetune_awp_can_be_switched_off() -> None:
     schedule = SharpnessSchedule(
-        S2APConfig(enabled=True, gamma=0.01, warmup_epochs=0, finetune_awp=False), layers(), search_lr=0.1
+        S2APConfig(enabled=True, gamma=0.01, warmup_epochs=0), layers(), awp=False, search_lr=0.1
     )
     assert schedule.for_epoch("prune", 0) is not None and schedule.for_epoch("finetune", 0) is None
 

@@ -1,0 +1,75 @@
+"""The gamma figure: intervals, the selection mark read from validation only, honest axes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from s2ap.report.gamma import Estimate, gamma_panel, plot_gamma, y_limits
+from s2ap.report.load import prepare
+from s2ap.stats import t_quantile
+
+KEY = ("cnn", "digits", "hydra", 0.9)
+
+
+def _row(s2ap: bool, gamma: float | None, seed: int, val: float | None, test: float) -> dict:
+    return {
+        "config_hash": f"{s2ap}-{gamma}",
+        "seed": seed,
+        "model": "cnn",
+        "dataset": "digits",
+        "method": "hydra",
+        "sparsity": 0.9,
+        "s2ap": s2ap,
+        "gamma": gamma,
+        "status": "ok",
+        "clean_acc": 0.9,
+        "robust_acc": test,
+        "final_val_pgd_acc": val,
+    }
+
+
+def rows(val_best: float = 0.005, test_best: float = 0.01) -> pd.DataFrame:
+    out = [_row(False, None, s, 0.50, 0.50) for s in range(3)]
+    for g in (0.001, 0.005, 0.01):
+        for s in range(3):
+            out.append(
+                _row(True, g, s, 0.60 + 0.01 * s if g == val_best else 0.50, 0.70 if g == test_best else 0.5)
+            )
+    return prepare(pd.DataFrame(out), None)
+
+
+def test_the_mark_is_the_validation_best_and_test_accuracies_cannot_move_it() -> None:
+    panel = gamma_panel(KEY, rows())
+    assert panel.selected == 0.005 and panel.rule == "selected on validation"
+    # any test accuracies at all: the mark stays where validation put it
+    df = rows()
+    for test in (0.0, 1.0):
+        df.loc[df["gamma"] == 0.001, "robust_acc"] = test * 100
+        assert gamma_panel(KEY, df).selected == 0.005
+    # without validation values the mark is the smallest gamma, chosen blind, never test's best
+    blind = rows().drop(columns="final_val_pgd_acc")
+    panel = gamma_panel(KEY, blind)
+    assert panel.selected == 0.001 and "no validation" in panel.rule
+    assert panel.points["validation"] == {}
+
+
+def test_each_gamma_has_its_t_interval_over_seeds_in_both_panels() -> None:
+    panel = gamma_panel(KEY, rows())
+    val = panel.points["validation"][0.005]  # 60, 61, 62
+    half = t_quantile(2) * 1.0 / 3**0.5
+    assert (val.mean, val.lo, val.hi, val.seeds) == pytest.approx((61.0, 61.0 - half, 61.0 + half, 3))
+    assert panel.points["test"][0.01].mean == pytest.approx(70.0)
+    assert panel.orig["test"].mean == pytest.approx(50.0)
+
+
+def test_the_y_axis_never_zooms_below_twice_the_widest_interval() -> None:
+    lo, hi = y_limits([Estimate(92.0, 90.0, 94.0, 3), Estimate(92.28, 90.28, 94.28, 3)])
+    assert hi - lo >= 2 * 4.0 and lo <= 90.0 and hi >= 94.28
+
+
+def test_the_figure_is_written(tmp_path: Path) -> None:
+    assert plot_gamma(rows(), tmp_path / "gamma.png") is None
+    assert (tmp_path / "gamma.png").read_bytes()[:4] == b"\x89PNG"
