@@ -5,7 +5,7 @@ Each function takes a job's tables and returns an :class:`Figure`: two SVGs as
 whatever text a spec puts into a label, and needs no JavaScript or CDN), or the reason it is
 absent. Each is drawn for the width it is shown at, one for a desktop column and one for a
 phone, at the size the page shows it (never scaled up or down there), so every text is at
-least :data:`MIN_TEXT_PT` points = 10 CSS px high (an SVG's points are 4/3 CSS px). Text
+least :data:`MIN_TEXT_PT` points (over 10 CSS px) high (an SVG's points are 4/3 CSS px). Text
 stays text (``svg.fonttype: none``), drawn in the browser's sans-serif font. Colours follow
 the grid cell (matplotlib's ``tab10``), the same in every figure.
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 _lock = threading.Lock()  # pyplot's figure registry is not thread-safe
 RASTER_TRIALS = 100  # past this many lines, they are drawn as one bitmap inside the SVG
-MIN_TEXT_PT = 7.5  # the smallest text drawn: 7.5 pt = 10 CSS px at the size it is shown
+MIN_TEXT_PT = 7.8  # the smallest text drawn: 7.8 pt = 10.4 CSS px at the size it is shown
 # Per width: (figure width in inches of a column figure, of a wide one; base, small text in pt).
 # Desktop columns are >= 600 CSS px wide at 1280 px, a phone's about 350 CSS px at 390 px.
 DESKTOP = {"column": 6.0, "wide": 11.5, "text": 10.0, "small": 8.5}

@@ -111,11 +111,11 @@ class Accuracy:
     def percent(self) -> str:
         return DASH if self.value is None else f"{100 * self.value:.1f}"
 
-    def interval(self) -> str:
-        """``[79.0, 86.7] n=360``: the interval and point count, for a line of their own."""
-        if self.lo is None or self.hi is None or not self.n:
-            return "(no point count)"
-        return f"[{100 * self.lo:.1f}, {100 * self.hi:.1f}] n={self.n}"
+    def bounds(self) -> str:
+        """``[79.0, 86.7]``: the interval alone (with :attr:`n`, on a line of its own)."""
+        if self.lo is None or self.hi is None:
+            return "(no interval)"
+        return f"[{100 * self.lo:.1f}, {100 * self.hi:.1f}]"
 
     def text(self) -> str:
         """``83.1 [79.0, 86.7] n=360`` (percent); ``–`` when not measured."""

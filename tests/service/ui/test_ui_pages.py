@@ -265,7 +265,7 @@ def test_a_finished_job_shows_its_trials_intervals_figures_and_comparison(servic
         listing = c.get("/ui").text
         # Best so far: t2 (validation PGD 0.70), with n and interval, and the rule that chose it.
         assert re.search(
-            r'val\. PGD <span class="acc num">70\.0</span> <span class="ci num">\[[\d.]+, [\d.]+\] n=100<',
+            r'val\. PGD <span class="acc num">70\.0</span> <span class="ci num"><span class="nowrap">\[[\d.]+, [\d.]+\]</span> n=100<',
             listing,
         )
         assert "chosen on validation, never on test" in listing
