@@ -309,8 +309,8 @@ def live_spec() -> dict[str, Any]:
     base = spec["base"]
     base["data"].update({"train_limit": 384, "test_limit": 96})
     base["attack"]["steps"] = 2
-    base["pretrain"]["epochs"] = 1
-    base["prune"]["epochs"] = 24  # ~10-20 s: several of the page's 5 s updates
+    base["pretrain"]["epochs"] = 4  # a model that has learnt something, for the screenshots
+    base["prune"]["epochs"] = 20  # ~10-20 s: several of the page's 5 s updates
     base["finetune"]["epochs"] = 1
     base["s2ap"]["warmup_epochs"] = 1
     base["eval"].update({"pgd_steps": 2, "val_pgd_steps": 1, "val_limit": 64, "autoattack": False})
