@@ -1,13 +1,20 @@
 """The job page's figures, drawn on the server with matplotlib as SVG.
 
-Each function takes a job's tables and returns an :class:`Figure`: the SVG as a
-``data:image/svg+xml;base64,...`` URL for an ``<img>`` (an image cannot run script, whatever
-text a spec puts into a label, and needs no JavaScript, CDN or font), or the reason it is
-absent. Colours follow the grid cell (matplotlib's ``tab10``), the same in every figure.
+Each function takes a job's tables and returns an :class:`Figure`: two SVGs as
+``data:image/svg+xml;base64,...`` URLs for a ``<picture>`` (an image cannot run script,
+whatever text a spec puts into a label, and needs no JavaScript or CDN), or the reason it is
+absent. Each is drawn for the width it is shown at, one for a desktop column and one for a
+phone, at the size the page shows it (never scaled up or down there), so every text is at
+least :data:`MIN_TEXT_PT` points (over 10 CSS px) high (an SVG's points are 4/3 CSS px). Text
+stays text (``svg.fonttype: none``), drawn in the browser's sans-serif font. Colours follow
+the grid cell (matplotlib's ``tab10``), the same in every figure.
 
-* learning curves: validation PGD accuracy per search epoch, one line per trial; an ``x``
-  marks where ASHA stopped a trial, a ``v`` where a trial failed;
-* mask stability: Hamming distance to the first mask per pruning epoch, one line per trial;
+* learning curves: validation PGD accuracy per search epoch, one line per trial, each with
+  its 95% Wilson interval (on the epoch's validation points) as a band; running trials'
+  curves too, as far as they have come (a ``>`` marks their latest epoch); an ``x`` marks
+  where ASHA stopped a trial, a ``v`` where a trial failed;
+* mask stability: normalised Hamming distance (the % of mask entries that differ from the
+  first mask) per pruning epoch, one line per trial;
 * gamma against accuracy: each finished S2AP trial's validation PGD accuracy (what selects)
   and test robust accuracy (reported, never selects) against its gamma, with 95% intervals;
   the S2AP-off cells as a line with their interval band.
@@ -33,15 +40,22 @@ if TYPE_CHECKING:
 
 _lock = threading.Lock()  # pyplot's figure registry is not thread-safe
 RASTER_TRIALS = 100  # past this many lines, they are drawn as one bitmap inside the SVG
+MIN_TEXT_PT = 7.8  # the smallest text drawn: 7.8 pt = 10.4 CSS px at the size it is shown
+# Per width: (figure width in inches of a column figure, of a wide one; base, small text in pt).
+# Desktop columns are >= 600 CSS px wide at 1280 px, a phone's about 350 CSS px at 390 px.
+DESKTOP = {"column": 6.0, "wide": 11.5, "text": 10.0, "small": 8.5}
+PHONE = {"column": 3.55, "wide": 3.55, "text": 8.5, "small": MIN_TEXT_PT}
+PHONE_MAX_CSS_PX = 640  # the page's phone layout (ui.css) starts below this width
 
 
 @dataclass(frozen=True)
 class Figure:
     title: str
     alt: str
-    src: str | None = None  # data URL of the SVG
+    src: str | None = None  # data URL of the SVG drawn for a desktop column
     absent: str | None = None  # why there is none
     wide: bool = False  # spans the page's width
+    phone_src: str | None = None  # the same figure drawn for a phone's width
 
 
 def _pyplot() -> Any:
@@ -59,18 +73,41 @@ def _colour(cell: Any) -> Any:
     return colormaps["tab10"](int(cell or 0) % 10)
 
 
-def _svg(draw: Callable[[Any], None], size: tuple[float, float]) -> str:
+def _svg(
+    draw: Callable[[Any, dict[str, float]], None], width: float, height: float, size: dict[str, float]
+) -> str:
+    """One SVG drawn at ``width`` x ``height`` inches with ``size``'s text sizes."""
     plt = _pyplot()
-    with _lock:
-        fig = plt.figure(figsize=size)
+    style = {
+        "svg.fonttype": "none",  # text stays text: the browser draws it at the size given
+        "font.family": "sans-serif",
+        "font.size": size["text"],
+        "axes.titlesize": size["text"],
+        "axes.labelsize": size["text"],
+        "xtick.labelsize": size["small"],
+        "ytick.labelsize": size["small"],
+        "legend.fontsize": size["small"],
+        "axes.formatter.use_mathtext": False,  # no superscripts: they are drawn smaller
+    }
+    with _lock, plt.rc_context(style):
+        fig = plt.figure(figsize=(width, height), layout="constrained")
         try:
-            draw(fig)
-            fig.tight_layout()
+            draw(fig, size)
             buffer = io.BytesIO()
             fig.savefig(buffer, format="svg", metadata={"Date": None})
         finally:
             plt.close(fig)
     return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _both(
+    title: str, alt: str, draw: Callable[[Any, dict[str, float]], None], height: float, wide: bool = False
+) -> Figure:
+    """The figure for a desktop column (or the page's width) and for a phone."""
+    key = "wide" if wide else "column"
+    desktop = _svg(draw, DESKTOP[key], height, DESKTOP)
+    phone = _svg(draw, PHONE[key], height * (1.8 if wide else 1.15), PHONE)
+    return Figure(title, alt, src=desktop, wide=wide, phone_src=phone)
 
 
 def _cells(trials: pd.DataFrame | None) -> dict[str, str]:
@@ -80,11 +117,13 @@ def _cells(trials: pd.DataFrame | None) -> dict[str, str]:
     return {str(r["trial_id"]): cell_label(r) for r in trials.to_dict("records")}
 
 
-def _legend_by_cell(ax: Axes, seen: dict[str, Any], extra: list[Any] | None = None) -> None:
+def _legend_by_cell(fig: Any, seen: dict[str, Any], extra: list[Any] | None = None) -> None:
+    """The legend below the axes, where it hides no curve at any width."""
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=c, lw=2, label=label) for label, c in seen.items()]
-    ax.legend(handles=handles + (extra or []), fontsize=7, loc="best")
+    handles += extra or []
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(2, len(handles)), frameon=False)
 
 
 def _lines(
@@ -101,11 +140,17 @@ def _lines(
     seen: dict[str, Any] = {}
     last: dict[str, tuple[float, float]] = {}
     ordered = rows.sort_values(["trial_id", x])
+    # A running trial has no label of its own yet: its cell's, as a finished trial names it.
+    by_cell = {
+        int(c): labels[str(t)]
+        for t, c in zip(rows["trial_id"], rows["grid_cell"], strict=True)
+        if str(t) in labels
+    }
     for tid, grp in ordered.groupby("trial_id", sort=True):
         cell = int(grp["grid_cell"].iloc[0])
         points = np.column_stack([grp[x].to_numpy(dtype=float), scale * grp[y].to_numpy(dtype=float)])
         segments.setdefault(cell, []).append(points)
-        seen.setdefault(labels.get(str(tid), f"[{cell}]"), _colour(cell))
+        seen.setdefault(labels.get(str(tid)) or by_cell.get(cell, f"[{cell}]"), _colour(cell))
         last[str(tid)] = (float(points[-1, 0]), float(points[-1, 1]))
     for cell, segs in sorted(segments.items()):
         colour = _colour(cell)
@@ -132,62 +177,74 @@ def _bands(ax: Axes, rows: pd.DataFrame, x: str, y: str) -> str:
     return f", n={'/'.join(map(str, counts))}"
 
 
-def learning_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> Figure:
+def learning_curves(
+    trials: pd.DataFrame | None, epochs: pd.DataFrame | None, running: pd.DataFrame | None = None
+) -> Figure:
+    """``running``: the epochs of trials still running (:meth:`service.ui.live.Live.epochs`)."""
     title = "Learning curves: validation PGD accuracy per search epoch (bands: 95% Wilson intervals)"
     alt = (
-        "validation PGD accuracy per search epoch, one line per trial, coloured by grid cell, "
-        "each with its 95% interval on the validation points as a band"
+        "validation PGD accuracy per search epoch, one line per trial (running trials as far as "
+        "they have come), coloured by grid cell, each with its 95% interval on the validation "
+        "points as a band"
     )
-    if epochs is None or epochs.empty or "val_pgd_acc" not in epochs:
+    parts = [e for e in (epochs, running) if e is not None and not e.empty and "val_pgd_acc" in e]
+    if not parts:
         return Figure(title, alt, absent="no epoch has been recorded yet")
-    rows = epochs[(epochs["search_epoch"] > 0) & epochs["val_pgd_acc"].notna()]
+    every = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    rows = every[(every["search_epoch"] > 0) & every["val_pgd_acc"].notna()]
     if rows.empty:
         return Figure(title, alt, absent="no epoch after pretraining has a validation PGD accuracy yet")
     status = (
         {} if trials is None else dict(zip(trials["trial_id"].astype(str), trials["status"], strict=True))
     )
+    live = set() if running is None or running.empty else set(running["trial_id"].astype(str))
+    status.update(dict.fromkeys(live, "running"))
     labels = _cells(trials)
     pruned = rows.loc[rows["phase"] == "prune", "search_epoch"] if "phase" in rows else pd.Series(dtype=int)
+    marks = (("stopped", "x", "black", "stopped by ASHA"), ("error", "v", "crimson", "failed"))
+    marks += (("running", ">", "dimgrey", "running: latest epoch"),)
 
-    def draw(fig: Any) -> None:
+    def draw(fig: Any, size: dict[str, float]) -> None:
         from matplotlib.lines import Line2D
         from matplotlib.ticker import MaxNLocator
 
         ax = fig.add_subplot()
         seen, last = _lines(ax, rows, "search_epoch", "val_pgd_acc", labels, scale=100.0)
         points = _bands(ax, rows, "search_epoch", "val_pgd_acc")
-        for state, marker, colour, size in (("stopped", "x", "black", 8), ("error", "v", "crimson", 7)):
+        extra = []
+        for state, marker, colour, label in marks:
             ends = [point for tid, point in last.items() if status.get(tid) == state]
-            if ends:
-                ax.plot(
-                    *zip(*ends, strict=True), ls="", marker=marker, color=colour, ms=size, mew=2, zorder=3
-                )
+            if ends or state == "stopped":
+                style = {"ls": "", "marker": marker, "color": colour, "mew": 2, "ms": 7}
+                if ends:
+                    ax.plot(*zip(*ends, strict=True), zorder=3, **style)
+                extra.append(Line2D([], [], label=label, **style))
         if not pruned.empty and rows["search_epoch"].max() > pruned.max():
             ax.axvline(pruned.max() + 0.5, color="grey", ls=":", lw=1)
             ax.annotate(
                 "finetuning →",
                 (pruned.max() + 0.5, 1),
                 xycoords=("data", "axes fraction"),
-                xytext=(3, -12),
+                xytext=(3, -2 * size["small"]),
                 textcoords="offset points",
-                fontsize=7,
-                color="grey",
+                fontsize=size["small"],
+                color="dimgrey",
             )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("search epoch (pruning, then finetuning)")
-        ax.set_ylabel(f"validation PGD accuracy (%{points})")
+        ax.set_ylabel(f"val. PGD accuracy (%{points})")
         ax.grid(alpha=0.3)
-        extra = [Line2D([], [], ls="", marker="x", color="black", mew=2, label="stopped by ASHA")]
-        if "error" in status.values():
-            extra.append(Line2D([], [], ls="", marker="v", color="crimson", mew=2, label="failed"))
-        _legend_by_cell(ax, seen, extra)
+        _legend_by_cell(fig, seen, extra)
 
-    return Figure(title, alt, src=_svg(draw, (7.5, 4.2)))
+    return _both(title, alt, draw, 4.2)
 
 
 def hamming_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> Figure:
-    title = "Mask stability: Hamming distance to the first mask per pruning epoch"
-    alt = "normalised Hamming distance per pruning epoch, one line per trial, coloured by grid cell"
+    title = "Mask stability: normalised Hamming distance to the first mask per pruning epoch"
+    alt = (
+        "normalised Hamming distance (percent of mask entries that differ from the first mask) "
+        "per pruning epoch, one line per trial, coloured by grid cell"
+    )
     if epochs is None or epochs.empty or "hamming" not in epochs:
         return Figure(title, alt, absent="no epoch has been recorded yet")
     rows = epochs[(epochs["phase"] == "prune") & epochs["hamming"].notna()]
@@ -196,18 +253,18 @@ def hamming_curves(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> 
     rows = rows.assign(pruning_epoch=rows["epoch"] + 1)
     labels = _cells(trials)
 
-    def draw(fig: Any) -> None:
+    def draw(fig: Any, size: dict[str, float]) -> None:
         from matplotlib.ticker import MaxNLocator
 
         ax = fig.add_subplot()
-        seen, _ = _lines(ax, rows, "pruning_epoch", "hamming", labels)
+        seen, _ = _lines(ax, rows, "pruning_epoch", "hamming", labels, scale=100.0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("pruning epoch")
-        ax.set_ylabel("Hamming distance to the first mask")
+        ax.set_ylabel("mask entries changed since\nthe first mask (% of all)")
         ax.grid(alpha=0.3)
-        _legend_by_cell(ax, seen)
+        _legend_by_cell(fig, seen)
 
-    return Figure(title, alt, src=_svg(draw, (7.5, 4.0)))
+    return _both(title, alt, draw, 3.8)
 
 
 def _errorbars(ax: Axes, rows: pd.DataFrame, col: str, colour: Any, label: str) -> None:
@@ -254,12 +311,15 @@ def gamma_accuracy(trials: pd.DataFrame | None) -> Figure:
     off = ok[~ok["s2ap"].fillna(False).astype(bool)]
     from s2ap.selection import best_row
 
-    def draw(fig: Any) -> None:
+    def draw(fig: Any, size: dict[str, float]) -> None:
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
         panels = (
             ("final_val_pgd_acc", "validation PGD: what selects"),
             ("robust_acc", "test robust: reported, never selects"),
         )
-        axes = fig.subplots(1, 2, sharey=False)
+        phone = size is PHONE
+        axes = fig.subplots(2, 1) if phone else fig.subplots(1, 2)
         for ax, (col, what) in zip(axes, panels, strict=True):
             for cell, grp in s2ap.groupby("grid_cell", sort=True):
                 rows = grp[grp[col].notna()]
@@ -272,21 +332,32 @@ def gamma_accuracy(trials: pd.DataFrame | None) -> Figure:
                 if pd.notna(rows[col].iloc[0]):
                     _baseline(ax, rows, col, _colour(cell), f"{cell_label(best)} (its best; band: 95%)")
             ax.set_xscale("log")
-            ax.set_xlabel("γ")
+            # Plain numbers (0.001, not 10 with a smaller superscript -3).
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=6))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel("γ (log scale)")
             ax.set_ylabel("accuracy (%)")
-            ax.set_title(what, fontsize=9)
+            ax.set_title(what)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="best")
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside lower center", ncols=1 if phone else 2, frameon=False)
 
-    return Figure(title, alt, src=_svg(draw, (11.0, 4.0)), wide=True)
+    return _both(title, alt, draw, 4.2, wide=True)
 
 
-def figures(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> list[Figure]:
-    return [learning_curves(trials, epochs), hamming_curves(trials, epochs), gamma_accuracy(trials)]
+def figures(
+    trials: pd.DataFrame | None, epochs: pd.DataFrame | None, running: pd.DataFrame | None = None
+) -> list[Figure]:
+    return [
+        learning_curves(trials, epochs, running),
+        hamming_curves(trials, epochs),
+        gamma_accuracy(trials),
+    ]
 
 
 _CACHE_SIZE = 16
-_cache: OrderedDict[tuple[str, str | None, str | None], list[Figure]] = OrderedDict()
+_cache: OrderedDict[tuple[str, str | None, str | None, str], list[Figure]] = OrderedDict()
 
 
 def cached_figures(read: Tables) -> list[Figure]:
@@ -299,7 +370,7 @@ def cached_figures(read: Tables) -> list[Figure]:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    drawn = figures(trials, epochs)
+    drawn = figures(trials, epochs, read.live.epochs())
     with _lock:
         _cache[key] = drawn
         while len(_cache) > _CACHE_SIZE:

@@ -6,8 +6,9 @@ cancel, downloads. Sign-in trades the service token for a session cookie
 (:mod:`service.ui.session`); every page but the sign-in form declares it as a dependency
 (:data:`SignedIn`) and redirects there without one,
 and every form that changes state carries the session's CSRF token (403 without it). The
-pages work without JavaScript: a few lines of the project's own script only pause the
-auto-refresh while the reader types; nothing loads from another host (the
+pages work without JavaScript (a running job's pages then reload themselves); with it, a few
+lines of the project's own script fetch the page again and swap in the parts that changed,
+so the reader keeps their place. Nothing loads from another host (the
 Content-Security-Policy allows this origin and inline ``data:`` images only).
 """
 
@@ -51,7 +52,7 @@ TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 REFRESH_S = 5
 CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 PARQUET = "application/vnd.apache.parquet"
@@ -132,6 +133,7 @@ def _page(
         "csrf_field": ui_session.CSRF_FIELD,
         "auth_required": _settings(request).auth_required,
         "refresh": REFRESH_S if refresh else None,
+        "phone_max": ui_plots.PHONE_MAX_CSS_PX,
         **context,
     }
     return _secure(templates.TemplateResponse(request, template, context, status_code=status))

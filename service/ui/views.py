@@ -25,16 +25,15 @@ from typing import Any
 import pandas as pd
 
 from s2ap import storage
-from s2ap.report.compare import format_delta, format_side
-from s2ap.report.load import ReportError, prepare
 from s2ap.report.selection import RULE as GAMMA_RULE
-from s2ap.report.tables import comparisons, sparsity_label
-from s2ap.results import RUN, format_gamma, gamma_choice, with_column_names
+from s2ap.results import RUN, format_gamma, with_column_names
 from s2ap.selection import RULE as SELECTION_RULE
 from s2ap.selection import best_per_cell
 from s2ap.stats import accuracy_interval
 from service.progress import EPOCHS_FILE, TRIALS_FILE, config_keys, file_version
 from service.store import JobRecord
+from service.ui.compare import CompareTable, compare_table
+from service.ui.live import Live, LiveTrial, live_trials, running_count
 
 DASH = "–"
 MAX_TRIAL_ROWS = 500  # a page, not the table: trials.parquet holds every trial
@@ -108,6 +107,15 @@ class Accuracy:
     @property
     def known(self) -> bool:
         return self.value is not None
+
+    def percent(self) -> str:
+        return DASH if self.value is None else f"{100 * self.value:.1f}"
+
+    def bounds(self) -> str:
+        """``[79.0, 86.7]``: the interval alone (with :attr:`n`, on a line of its own)."""
+        if self.lo is None or self.hi is None:
+            return "(no interval)"
+        return f"[{100 * self.lo:.1f}, {100 * self.hi:.1f}]"
 
     def text(self) -> str:
         """``83.1 [79.0, 86.7] n=360`` (percent); ``–`` when not measured."""
@@ -203,12 +211,18 @@ class JobRow:
     submitted: str
     done: int
     total: int
+    running: int = 0  # trials started and not yet in trials.parquet (0 once the job ended)
 
 
-def job_row(job: JobRecord) -> JobRow:
-    return JobRow(
-        job, best_so_far(job), when(job.submitted_at), int(job.trials.get("done", 0)), job.trials_total
-    )
+def job_row(job: JobRecord, live: Live | None = None) -> JobRow:
+    done = int(job.trials.get("done", 0))
+    if job.finished:
+        running = 0
+    elif live is not None:
+        running = live.running
+    else:
+        running = running_count(job.results_dir, done)
+    return JobRow(job, best_so_far(job), when(job.submitted_at), done, job.trials_total, running)
 
 
 # --------------------------------------------------------------------------- one job
@@ -230,6 +244,7 @@ class TrialRow:
     attack: str
     best_in_cell: bool
     error: str | None
+    sort_cell: int = 0  # its grid cell, for merging running and finished rows in order
 
 
 def _fmt(value: Any) -> str:
@@ -292,9 +307,56 @@ def trial_rows(
                 attack=str(r.get("robust_attack") or ""),
                 best_in_cell=tid in best,
                 error=r.get("error"),
+                sort_cell=int(r.get("grid_cell") or 0),
             )
         )
     return out
+
+
+def _s2ap_setting(params: Mapping[str, Any], base: Mapping[str, Any], name: str) -> Any:
+    """A trial's S2AP setting: its sampled value (Tune's params), else the spec's base."""
+    key = f"s2ap.{name}"
+    return params[key] if key in params else (base.get("s2ap") or {}).get(name)
+
+
+def running_rows(live: Live, base: Mapping[str, Any], cell_keys: Mapping[int, str]) -> list[TrialRow]:
+    """One row per running trial: its epochs so far and its latest validation figures
+    (each epoch's accuracy with its point count, so with its interval)."""
+    rows = []
+    for t in sorted(live.trials, key=lambda t: (t.grid_cell or 0, t.trial_id)):
+        rows.append(_running_row(t, base, cell_keys))
+    return rows
+
+
+def _running_row(t: LiveTrial, base: Mapping[str, Any], cell_keys: Mapping[int, str]) -> TrialRow:
+    last = _last_epochs(t.epochs).get(t.trial_id, {})
+    enabled = _s2ap_setting(t.params, base, "enabled")
+    cell = t.grid_cell
+    label = {"grid_cell": cell, "cell_key": cell_keys.get(cell) if cell is not None else None}
+    known = bool(t.params)  # without Tune's note the sampled values are not known yet
+    return TrialRow(
+        trial_id=t.trial_id,
+        cell=cell_label(label) if known else DASH,
+        gamma=DASH
+        if not known
+        else "S2AP off"
+        if enabled is False
+        else _gamma(_s2ap_setting(t.params, base, "gamma")),
+        warmup=DASH
+        if not known or enabled is False
+        else _fmt(_s2ap_setting(t.params, base, "warmup_epochs")),
+        status="running",
+        stopped_early=False,
+        epochs=str(t.search_epochs),
+        val_clean=Accuracy.measured(last.get("val_clean_acc"), last.get("val_clean_acc_n")),
+        val_pgd=Accuracy.measured(last.get("val_pgd_acc"), last.get("val_pgd_acc_n")),
+        clean=Accuracy(None),
+        robust=Accuracy(None),
+        attack="",
+        best_in_cell=False,
+        error=None,
+        sort_cell=cell if cell is not None else 1 << 30,
+    )
 
 
 def _last_epochs(epochs: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
@@ -304,55 +366,6 @@ def _last_epochs(epochs: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
     wanted = [c for c in ("trial_id", "global_epoch", *_VAL_EPOCH) if c in epochs.columns]
     measured = epochs.loc[epochs["val_pgd_acc"].notna(), wanted].sort_values(["trial_id", "global_epoch"])
     return {str(k): r for k, r in zip(measured["trial_id"], _rows(measured), strict=True)}
-
-
-@dataclass(frozen=True)
-class Comparison:
-    model: str
-    dataset: str
-    sparsity: str
-    method: str
-    orig: str
-    s2ap: str
-    delta: str
-
-
-@dataclass
-class CompareTable:
-    rows: list[Comparison] = field(default_factory=list)
-    absent: str | None = None  # why there is no table
-
-
-def compare_table(trials: pd.DataFrame | None, epochs: pd.DataFrame | None) -> CompareTable:
-    """The report's Orig.-vs-S2AP comparison of the finished trials (Table 1's cells)."""
-    if trials is None or trials.empty:
-        return CompareTable(absent="no trial has finished yet")
-    try:
-        df = prepare(trials, epochs)
-    except (ReportError, KeyError) as exc:
-        return CompareTable(absent=str(exc).strip("'\""))
-    usable = df[df[RUN.clean_acc].notna() & df[RUN.robust_acc].notna()]
-    if usable.empty:
-        return CompareTable(absent="no finished trial has both clean and robust test accuracy")
-    table = CompareTable()
-    for (model, dataset, sparsity, method), (c, gamma, tried) in sorted(
-        comparisons(usable, RUN.clean_acc, RUN.robust_acc).items(), key=lambda kv: tuple(map(str, kv[0]))
-    ):
-        s2ap = format_side(c.s2ap, True)
-        if gamma is not None and c.s2ap is not None:
-            s2ap += gamma_choice(gamma, tried)
-        table.rows.append(
-            Comparison(
-                str(model),
-                str(dataset),
-                sparsity_label(sparsity),
-                str(method),
-                format_side(c.orig, True),
-                s2ap,
-                format_delta(c),
-            )
-        )
-    return table
 
 
 @dataclass
@@ -372,27 +385,43 @@ class JobView:
 
 @dataclass(frozen=True)
 class Tables:
-    """A job's two result tables as read once for a page, and the versions read."""
+    """A job's two result tables as read once for a page, the trials running now (read from
+    their own files, only while the job runs), and the versions read."""
 
     trials: pd.DataFrame | None
     epochs: pd.DataFrame | None
-    key: tuple[str, str | None, str | None]  # (results location, trials version, epochs version)
+    key: tuple[str, str | None, str | None, str]  # (results location, trials, epochs, live versions)
+    live: Live = field(default_factory=Live)
 
 
 def tables(job: JobRecord) -> Tables:
     folder = job.results_dir  # a local folder or a storage URI (S2AP_STORAGE)
     trials, trials_version = read_versioned(storage.join(folder, TRIALS_FILE))
     epochs, epochs_version = read_versioned(storage.join(folder, EPOCHS_FILE))
-    return Tables(trials, epochs, (folder, trials_version, epochs_version))
+    live = Live()
+    if not job.finished:
+        done = [] if trials is None else trials["trial_id"].astype(str).tolist()
+        live = live_trials(folder, done)
+    return Tables(trials, epochs, (folder, trials_version, epochs_version, live.key), live)
+
+
+def cell_keys(trials: pd.DataFrame | None) -> dict[int, str]:
+    """Grid cell -> its key, as the finished trials name them."""
+    if trials is None or trials.empty or "cell_key" not in trials:
+        return {}
+    known = trials.dropna(subset=["grid_cell", "cell_key"])
+    return {int(c): str(k) for c, k in zip(known["grid_cell"], known["cell_key"], strict=True)}
 
 
 def job_view(job: JobRecord, read: Tables) -> JobView:
     trials, epochs = read.trials, read.epochs
+    rows = trial_rows(trials, epochs)
+    running = running_rows(read.live, job.spec.get("base") or {}, cell_keys(trials))
     return JobView(
         job=job,
-        row=job_row(job),
-        trials=trial_rows(trials, epochs),
-        compare=compare_table(trials, epochs),
+        row=job_row(job, read.live),
+        trials=sorted(rows + running, key=lambda r: r.sort_cell),  # stable: each part keeps its order
+        compare=compare_table(job.results_dir),
         keys=config_keys(job.spec),
         trials_total=0 if trials is None else len(trials),
         has_trials=trials is not None,

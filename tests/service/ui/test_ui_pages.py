@@ -264,23 +264,28 @@ def test_a_finished_job_shows_its_trials_intervals_figures_and_comparison(servic
     with service.sign_in() as c:
         listing = c.get("/ui").text
         # Best so far: t2 (validation PGD 0.70), with n and interval, and the rule that chose it.
-        assert "val. PGD" in listing and "70.0 [" in listing and "n=100" in listing
+        assert re.search(
+            r'val\. PGD <span class="acc num">70\.0</span> <span class="ci num"><span class="nowrap">\[[\d.]+, [\d.]+\]</span> n=100<',
+            listing,
+        )
         assert "chosen on validation, never on test" in listing
         assert 'http-equiv="refresh"' not in listing  # nothing runs: no refresh
         r = c.get(f"/ui/jobs/{job_id}")
         assert r.status_code == 200
         html = r.text
         assert "default-src 'none'" in r.headers["content-security-policy"]
-    rows = re.findall(r"<tr class=\"(best-row)?\">(.*?)</tr>", html, re.S)
+    rows = re.findall(r"<tr class=\"(best-row)?\"[^>]*>(.*?)</tr>", html, re.S)
     assert [re.search(r"<code>(.*?)</code>", body).group(1) for _, body in rows] == list(service.trial_ids)
     best = {re.search(r"<code>(.*?)</code>", body).group(1) for flag, body in rows if flag}
     # Per cell, chosen on validation: t2 although t3 has the higher test robust accuracy.
     assert best == {"t0-orig", "t2-s2ap"}
     stopped = next(body for _, body in rows if "t4-s2ap" in body)
-    assert "yes (ASHA)" in stopped and "n=100" in stopped  # its last epoch's validation figures
+    assert "early (ASHA)" in stopped and "n=100" in stopped  # its last epoch's validation figures
     assert "S2AP off" in rows[0][1] and "0.011" in html
     assert html.count("n=360") >= 8  # test clean and robust of the four finished trials
+    # Each figure drawn twice: for a desktop column and for a phone.
     assert html.count('src="data:image/svg+xml;base64,') == 3
+    assert html.count('srcset="data:image/svg+xml;base64,') == 3
     assert "bands: 95% Wilson intervals" in html  # learning curves carry their intervals
     compare = re.search(r'<table class="compare".*?</table>', html, re.S)
     assert compare and "one seed: no spread" in compare.group(0) and "[γ=0.011 of 3]" in compare.group(0)
@@ -352,7 +357,7 @@ def test_with_results_on_an_object_store_the_page_and_downloads_read_the_bucket(
         html = c.get(f"/ui/jobs/{job_id}").text
         trials = c.get(f"/ui/jobs/{job_id}/trials.parquet")
         report = c.get(f"/ui/jobs/{job_id}/report.zip")
-    rows = re.findall(r"<tr class=\"(best-row)?\">(.*?)</tr>", html, re.S)
+    rows = re.findall(r"<tr class=\"(best-row)?\"[^>]*>(.*?)</tr>", html, re.S)
     assert [re.search(r"<code>(.*?)</code>", body).group(1) for _, body in rows] == list(service.trial_ids)
     assert html.count('src="data:image/svg+xml;base64,') == 3
     assert "[γ=0.011 of 3]" in html
