@@ -54,8 +54,11 @@ def arm(row: pd.Series) -> str:
     weights, random = row.get(RUN.perturb) == "weights", row.get(RUN.direction) == "random"
     if not weights and not random:
         return S2AP_AWP if awp else S2AP_PLAIN
-    search = "weight perturbation" if weights else "direction"
-    return f"{'random ' if random else ''}{search} + {'AWP' if awp else 'plain finetuning'}"
+    if weights:
+        search = "random weight perturbation" if random else "weight perturbation"
+    else:
+        search = "random direction"
+    return f"{search} + {'AWP' if awp else 'plain finetuning'}"
 
 
 def arms(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:

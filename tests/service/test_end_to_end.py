@@ -63,6 +63,7 @@ def smallest_quickstart(name: str = "quickstart") -> dict[str, Any]:
         "attack.steps": 1,
         "pretrain.epochs": 1,
         "prune.epochs": 2,
+        "prune.probe_after": [1],  # the quickstart's probe rung, within the 2 pruning epochs
         "finetune.epochs": 1,
         "s2ap.warmup_epochs": 1,
         "eval.autoattack": False,

@@ -17,7 +17,15 @@ S2AP_ALLOWED = {"s2ap", "s2ap.errors", "s2ap.io", "s2ap.config", "s2ap.cli", "s2
 # The web page (service/ui/) reads the result tables with the project's
 # own readers, so it shows what the report and the search summary show: read-only modules
 # that neither train nor import Ray (checked below by importing them).
-S2AP_READERS = {"s2ap.results", "s2ap.stats", "s2ap.selection", "s2ap.tune.results", "s2ap.report"}
+# s2ap.tune.layout: where a search keeps its files (the live view reads running trials there).
+S2AP_READERS = {
+    "s2ap.results",
+    "s2ap.stats",
+    "s2ap.selection",
+    "s2ap.tune.results",
+    "s2ap.tune.layout",
+    "s2ap.report",
+}
 
 
 def imported_modules() -> dict[str, set[str]]:
@@ -55,7 +63,7 @@ def test_the_service_uses_only_the_lower_floors_of_s2ap() -> None:
 @pytest.mark.slow  # a fresh interpreter importing the page
 def test_the_web_page_and_the_readers_it_uses_import_no_ray() -> None:
     code = (
-        "import sys, service.ui.routes, s2ap.report, s2ap.tune.results; "
+        "import sys, service.ui.routes, s2ap.report, s2ap.tune.results, s2ap.tune.layout; "
         "print(sorted(m for m in ('ray', 'optuna') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=SERVICE.parent, capture_output=True, text=True)
