@@ -159,3 +159,13 @@ def test_extend_runs_only_the_new_trials_and_keeps_every_row_once(tmp_path: Path
     # The spec the folder now runs is the extended one.
     note = yaml.safe_load((Path(outcome.search_dir) / "spec.json").read_text())
     assert note["spec"]["num_samples"] == 2 and note["given"] == spec_hash(more)
+
+
+def test_resume_after_an_extension_continues_the_extended_spec(tmp_path: Path) -> None:
+    given = load_spec(spec_dict(tmp_path, search=SEARCH, num_samples=2), None)
+    bigger = extend.extended_spec(yaml.safe_load(extend.spec_note(given)), given, 3, "runs/t")
+    (tmp_path / "spec.json").write_text(extend.spec_note(bigger, given))
+    # The spec file the extension was started from, or the extended spec itself: both resume it.
+    assert extend.resumed_spec(given, str(tmp_path)).num_samples == 5
+    assert extend.resumed_spec(bigger, str(tmp_path)) is bigger
+    assert extend.resumed_spec(given, str(tmp_path / "elsewhere")) is given
