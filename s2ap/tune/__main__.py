@@ -1,4 +1,4 @@
-"""``python -m s2ap.tune SPEC.yaml [--address ADDR] [--resume] [--out DIR] [--quiet]``
+"""``python -m s2ap.tune SPEC.yaml [--address ADDR] [--resume | --extend [N]] [--out DIR] [--quiet]``
 
 Runs a search spec with Ray Tune (Optuna TPE inside each grid cell, ASHA on validation PGD
 accuracy) over Ray Train DDP trials, and writes ``trials.parquet`` and ``epochs.parquet``.
@@ -28,7 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     p.epilog = EXIT_STATUS
     p.add_argument("spec", help="search spec YAML (see search_spaces/)")
     p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else an embedded Ray)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted search in its folder")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the interrupted search in its folder")
+    again.add_argument(
+        "--extend",
+        type=int,
+        nargs="?",
+        const=0,
+        metavar="N",
+        help="extend the finished search in its folder: N more samples per grid cell (default 0), plus "
+        "any grid values or samples the spec adds; only the new trials run, the tables keep the old ones",
+    )
     p.add_argument("--out", help="search folder (default: <storage>/<name> from the spec)")
     p.add_argument(
         "--preflight",
@@ -57,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 spec,
                 address=args.address,
                 resume=args.resume,
+                extend_by=args.extend,
                 out=out,
                 quiet=args.quiet,
                 verbose=args.verbose,

@@ -89,7 +89,7 @@ def _quietly(read: Callable[[], Any]) -> Any:
         return None
 
 
-def _records(trials: Sequence[Trial], done: Trial | None = None) -> list[tables.TrialRecord]:
+def trial_records(trials: Sequence[Trial], done: Trial | None = None) -> list[tables.TrialRecord]:
     out = []
     for t in trials:
         state = "TERMINATED" if t is done and t.status == Trial.RUNNING else t.status
@@ -108,16 +108,22 @@ def _records(trials: Sequence[Trial], done: Trial | None = None) -> list[tables.
 
 
 class ResultsWriter(Callback):
-    """Keeps both Parquet tables current while the search runs."""
+    """Keeps both Parquet tables current while the search runs (with an extended search's
+    earlier trials, :mod:`s2ap.tune.extend`)."""
 
-    def __init__(self, spec: SearchSpec, search_dir: str) -> None:
+    earlier: Sequence[tables.TrialRecord] = ()  # a writer pickled before extensions lacks it
+
+    def __init__(self, spec: SearchSpec, search_dir: str, earlier: Sequence[tables.TrialRecord] = ()) -> None:
         self.spec = spec
         self.search_dir = search_dir
+        self.earlier = list(earlier)
         self.trials: list[dict[str, Any]] = []
 
     def write(self, trials: Sequence[Trial], done: Trial | None = None) -> None:
         try:
-            _, _, self.trials = tables.write_tables(self.spec, _records(trials, done), self.search_dir)
+            _, _, self.trials = tables.write_tables(
+                self.spec, [*self.earlier, *trial_records(trials, done)], self.search_dir
+            )
         except Exception:  # results must never kill the search; the next write retries
             log.exception("could not write the result tables")
 

@@ -12,7 +12,6 @@ Ray is imported here at module level: only the CLI, benchmarks and tests import 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -32,18 +31,20 @@ from s2ap import storage
 from s2ap.errors import ConfigError
 from s2ap.results import column_name, describe_accuracy
 from s2ap.stats import Interval
+from s2ap.tune import extend
 from s2ap.tune.callbacks import LiveView, ResultsWriter, fmt, live_view_to
 from s2ap.tune.cluster import WORKER_ENV, connect
+from s2ap.tune.extend import Extension
 from s2ap.tune.preflight import check_search
 from s2ap.tune.resources import TRAINABLE_CPUS
 from s2ap.tune.scheduler import CellScheduler
 from s2ap.tune.searcher import CellSearcher
-from s2ap.tune.spec import AshaSpec, HalvingSpec, SearchSpec, spec_hash, spec_to_dict
+from s2ap.tune.spec import AshaSpec, HalvingSpec, SearchSpec, spec_hash
 from s2ap.tune.trainable import failure_reason, storage_args, tune_trial
 
 log = logging.getLogger(__name__)
 
-SPEC_FILE = "spec.json"
+SPEC_FILE = extend.SPEC_FILE
 
 
 @dataclass
@@ -58,7 +59,11 @@ class SearchOutcome:
     wall_s: float
 
 
-def build_tuner(spec: SearchSpec, search_dir: str, conc: int | None, resume: bool) -> tune.Tuner:
+def build_tuner(
+    spec: SearchSpec, search_dir: str, conc: int | None, resume: bool, ext: Extension | None = None
+) -> tune.Tuner:
+    """The Tune run of a search: restored (``resume``), the new trials of an extension
+    (``ext``, :mod:`s2ap.tune.extend`), else a fresh one."""
     res = spec.resources
     inline = res.workers == 1  # the pipeline runs inside the trainable: it takes the worker's share
     wants = res.per_worker() if inline else {"CPU": TRAINABLE_CPUS}
@@ -90,7 +95,7 @@ def build_tuner(spec: SearchSpec, search_dir: str, conc: int | None, resume: boo
             s.per_cell,
             probe_after=spec.probe_after(),
             halving=halving,
-            sizes={c.id: c.samples for c in spec.cells()},
+            sizes=ext.new_trials if ext is not None else {c.id: c.samples for c in spec.cells()},
         )
         if halving:
             # Paused trials count as live in Tune's concurrency limit: waiting for their
@@ -99,15 +104,21 @@ def build_tuner(spec: SearchSpec, search_dir: str, conc: int | None, resume: boo
             conc = None
     else:
         scheduler = FIFOScheduler()
-    searcher = CellSearcher(spec.cells(), s.metric, str(s.mode), spec.seed, spec.name, spec.optuna_storage)
-    callbacks: list[Callback] = [ResultsWriter(spec, search_dir), LiveView(spec)]
+    if ext is not None:
+        searcher = extend.continued_searcher(ext)
+    else:
+        searcher = CellSearcher(
+            spec.cells(), s.metric, str(s.mode), spec.seed, spec.name, spec.optuna_storage
+        )
+    earlier = ext.earlier if ext is not None else []
+    callbacks: list[Callback] = [ResultsWriter(spec, search_dir, earlier), LiveView(spec)]
     return tune.Tuner(
         trainable,
         param_space={},
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
-            num_samples=spec.num_trials(),
+            num_samples=ext.total if ext is not None else spec.num_trials(),
             max_concurrent_trials=conc,
             # One worker: the next trial reuses the actor (no start, no imports); a stopped
             # trial's thread ends inside its blocked tune.report. DDP: the actor must die, its
@@ -142,16 +153,17 @@ def prepare_dir(spec: SearchSpec, search_dir: str, resume: bool) -> None:
                 "--resume",
                 f"{shown} holds no saved Tune state yet: remove it and start the search again",
             )
-        if storage.exists(saved) and storage.read_json(saved).get("hash") != spec_hash(spec):
+        note = storage.read_json(saved) if storage.exists(saved) else {}
+        if note and spec_hash(spec) not in (note.get("hash"), note.get("given")):
             raise ConfigError("--resume", f"the spec differs from the one that started {shown}")
         return
     if exists:
         raise ConfigError(
             "--out",
-            f"{shown} already holds a search: pass --resume to continue it, or pick another --out",
+            f"{shown} already holds a search: pass --resume to continue it, --extend N to add to it, "
+            "or pick another --out",
         )
-    text = json.dumps({"hash": spec_hash(spec), "spec": spec_to_dict(spec)}, indent=1, default=str)
-    storage.write_text(saved, text)
+    storage.write_text(saved, extend.spec_note(spec))
 
 
 def run_search(
@@ -159,6 +171,7 @@ def run_search(
     *,
     address: str | None = None,
     resume: bool = False,
+    extend_by: int | None = None,
     out: str | Path | None = None,
     quiet: bool = False,
     verbose: bool = False,
@@ -168,7 +181,9 @@ def run_search(
     initialised, else joins ``address`` / ``RAY_ADDRESS``, else starts an embedded one.
     The live view goes to stdout unless ``quiet``. ``preflight`` (default: when no cluster
     address is given, so the data sets are on this machine) opens every data set and builds
-    every model of the spec before Ray starts (:mod:`s2ap.tune.preflight`)."""
+    every model of the spec before Ray starts (:mod:`s2ap.tune.preflight`). ``extend_by``
+    (N >= 0) extends the finished search in the folder: N more samples per grid cell, plus what
+    the spec adds; only the new trials run (:mod:`s2ap.tune.extend`)."""
     start = time.time()
     search_dir = storage.check(out, "--out") if out is not None else spec.search_dir
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -181,7 +196,16 @@ def run_search(
         storage.probe(spec.pretrain_cache, "pretrain_cache")
     if preflight if preflight is not None else address is None:
         check_search(spec)  # a missing data set or an unbuildable model: one line, no trial
-    prepare_dir(spec, search_dir, resume)
+    ext = None
+    if extend_by is not None:
+        given = spec
+        ext = extend.prepare(spec, search_dir, extend_by)  # refused before anything is written
+        spec = ext.spec
+        extend.start(ext, given, search_dir)
+    else:
+        prepare_dir(spec, search_dir, resume)
+        if resume:
+            spec = extend.resumed_spec(spec, search_dir)
     os.environ.update(WORKER_ENV)
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's own tables off: the live view replaces them
     # Snapshot Tune's state often: a killed driver then loses at most a few seconds.
@@ -198,7 +222,7 @@ def run_search(
             storage.redact(search_dir),
         )
         with live_view_to(None if quiet else sys.stdout):
-            grid = build_tuner(spec, search_dir, conc, resume).fit()
+            grid = build_tuner(spec, search_dir, conc, resume, ext).fit()
         records = [
             tables.TrialRecord(
                 trial_id=str(r.metrics.get("trial_id") or Path(r.path).name.removeprefix("trial_")),
@@ -209,7 +233,8 @@ def run_search(
             )
             for r in grid
         ]
-        trials_path, epochs_path, rows = tables.write_tables(spec, records, search_dir)
+        earlier = extend.earlier_records(search_dir) if ext is None else ext.earlier
+        trials_path, epochs_path, rows = tables.write_tables(spec, [*earlier, *records], search_dir)
     finally:
         if started:
             ray.shutdown()

@@ -59,6 +59,8 @@ class CellSearcher(Searcher):
         self.trial_cell: dict[str, int] = {}
         self.studies: dict[int, OptunaSearch] = {}
         self.next_cell = 0
+        # Study names other than ``<study_name>-cell<id>`` (an extension's renumbered cells)
+        self.names: dict[int, str] = {}
 
     def _study(self, cell: Cell) -> OptunaSearch:
         if cell.id not in self.studies:
@@ -73,7 +75,7 @@ class CellSearcher(Searcher):
                 metric=self.metric,
                 mode=self.mode,
                 sampler=sampler,
-                study_name=f"{self.study_name}-cell{cell.id}",
+                study_name=self.names.get(cell.id, f"{self.study_name}-cell{cell.id}"),
                 storage=storage,
             )
         return self.studies[cell.id]
