@@ -183,13 +183,22 @@ def _delta_text(c: Comparison) -> str:
     return format_delta(c).removesuffix(f" {NOT_RESOLVED}")
 
 
-def setting_section(key: tuple, rows: pd.DataFrame, epochs: pd.DataFrame | None) -> list[str]:
-    """The markdown of one setting: the arms table, then the effects."""
+@dataclass(frozen=True)
+class SettingControls:
+    """One setting's controls as cells: the arms table (:data:`HEADER`) and the effects
+    (name, Δ text, verdict); the report writes them as markdown, the web page as HTML."""
+
+    title: str
+    arms: list[list[str]]
+    effects: list[list[str]]
+
+
+def setting_controls(key: tuple, rows: pd.DataFrame, epochs: pd.DataFrame | None) -> SettingControls:
+    """One setting's arms against Orig. (Δ, verdict, cost) and its effects."""
     model, dataset, method, sparsity = key
     found = arms(rows)
     orig = found.get(ORIG, pd.DataFrame())
     base = epoch_costs(orig, epochs) if not orig.empty else {"prune": None, "finetune": None}
-    lines = [f"### {model} / {dataset} / {method} at {sparsity_label(sparsity)} sparsity", ""]
     table = []
     for name, part in found.items():
         cost = epoch_costs(part, epochs)
@@ -211,15 +220,34 @@ def setting_section(key: tuple, rows: pd.DataFrame, epochs: pd.DataFrame | None)
                 f"{_ratio(cost['prune'], base['prune'])} / {_ratio(cost['finetune'], base['finetune'])}",
             ]
         )
-    lines.append("| " + " | ".join(HEADER) + " |")
-    lines.append("|" + "|".join("---" for _ in HEADER) + "|")
-    lines += ["| " + " | ".join(r) + " |" for r in table]
-    found_effects = effects(found)
-    if found_effects:
+    found_effects = [[e.name, *format_effect(e)] for e in effects(found)]
+    title = f"{model} / {dataset} / {method} at {sparsity_label(sparsity)} sparsity"
+    return SettingControls(title, table, found_effects)
+
+
+def all_controls(df: pd.DataFrame, epochs: pd.DataFrame | None) -> list[SettingControls]:
+    """Every setting that holds a control arm and Orig., in setting order."""
+    if GROUP not in df.columns or not has_controls(df):
+        return []
+    return [
+        setting_controls(tuple(key), rows, epochs)
+        for key, rows in df.groupby(SETTING, sort=True)
+        if has_controls(rows) and ORIG in arms(rows)
+    ]
+
+
+def setting_section(s: SettingControls) -> list[str]:
+    """The markdown of one setting: the arms table, then the effects."""
+    lines = [
+        f"### {s.title}",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "|".join("---" for _ in HEADER) + "|",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in s.arms]
+    if s.effects:
         lines += ["", "| effect (robust acc., %) | Δ [95%] | verdict |", "|---|---|---|"]
-        for e in found_effects:
-            text, said = format_effect(e)
-            lines.append(f"| {e.name} | {text} | {said} |")
+        lines += [f"| {name} | {text} | {said} |" for name, text, said in s.effects]
     return lines
 
 
@@ -234,15 +262,12 @@ NOTES = (
 
 def controls_section(df: pd.DataFrame, epochs: pd.DataFrame | None) -> str | None:
     """The controls section as markdown, or None when no setting holds a control arm."""
-    if GROUP not in df.columns or not has_controls(df):
+    found = all_controls(df, epochs)
+    if not found:
         return None
     lines = ["# Controls: S2AP's direction, any perturbation, AWP finetuning", ""]
-    for key, rows in df.groupby(SETTING, sort=True):
-        if not has_controls(rows) or ORIG not in arms(rows):
-            continue
-        lines += setting_section(tuple(key), rows, epochs) + [""]
-    if len(lines) == 2:
-        return None
+    for s in found:
+        lines += setting_section(s) + [""]
     return "\n".join([*lines, NOTES, ""])
 
 

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 
 from s2ap import storage
 from s2ap.report.compare import format_delta, format_side
+from s2ap.report.controls import HEADER as CONTROLS_HEADER
+from s2ap.report.controls import NOTES as CONTROLS_NOTES
+from s2ap.report.controls import SettingControls, all_controls
 from s2ap.report.load import ReportError, load_runs, prepare
 from s2ap.report.tables import comparisons, sparsity_label
 from s2ap.results import PREDICTIONS_FILE, RUN, TRIALS_FILE, gamma_choice
@@ -41,6 +44,11 @@ class Comparison:
 class CompareTable:
     rows: list[Comparison] = field(default_factory=list)
     absent: str | None = None  # why there is no table
+    # The report's controls section, where the job holds control arms (finetune.awp,
+    # s2ap.direction, s2ap.perturb): each arm against Orig., the main effects, the cost.
+    controls: list[SettingControls] = field(default_factory=list)
+    controls_header: tuple[str, ...] = tuple(CONTROLS_HEADER)
+    controls_notes: str = CONTROLS_NOTES
 
 
 def compare_table(results_dir: str) -> CompareTable:
@@ -74,7 +82,7 @@ def _build(results_dir: str) -> CompareTable:
     usable = df[df[RUN.clean_acc].notna() & df[RUN.robust_acc].notna()]
     if usable.empty:
         return CompareTable(absent="no finished trial has both clean and robust test accuracy")
-    table = CompareTable()
+    table = CompareTable(controls=all_controls(usable, epochs))
     found = comparisons(usable, RUN.clean_acc, RUN.robust_acc)
     for (model, dataset, sparsity, method), (c, gamma, tried) in sorted(
         found.items(), key=lambda kv: tuple(map(str, kv[0]))

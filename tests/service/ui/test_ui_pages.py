@@ -8,6 +8,7 @@ import io
 import json
 import re
 import zipfile
+from html import unescape as html_unescape
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from s2ap import storage
 from service.store import JobRecord, JobStore
 from service.ui.forms import locate
 
@@ -290,6 +292,7 @@ def test_a_finished_job_shows_its_trials_intervals_figures_and_comparison(servic
     compare = re.search(r'<table class="compare".*?</table>', html, re.S)
     assert compare and "one seed: no spread" in compare.group(0) and "[γ=0.011 of 3]" in compare.group(0)
     assert "validation PGD" in html and "test accuracies never select" in html
+    assert 'id="controls-title"' not in html  # Orig. vs S2AP only: no controls section
     assert f"fake log of {job_id}" in html
     assert f'href="/ui/jobs/{job_id}/trials.parquet"' in html and "report.zip" in html
     assert f'href="/ui/jobs/{job_id}/predictions.parquet"' in html
@@ -389,3 +392,27 @@ def test_failed_trials_are_counted_beside_the_job_status(service: Service) -> No
     )
     assert listing.count("trial failed") == 1  # the first job has none
     assert "1 trial failed" in page and "data.root: gone" in page
+
+
+def test_a_job_holding_control_arms_shows_the_controls_section(service: Service, tmp_path: Path) -> None:
+    from tests.service.ui.test_ui_views import control_arms
+
+    job_id = service.submit()
+    folder = tmp_path / "controls"
+    folder.mkdir()
+    control_arms(folder)
+    for name in ("trials.parquet", "predictions.parquet"):
+        storage.write_bytes(storage.join(service.results_dir(job_id), name), (folder / name).read_bytes())
+    service.fake.finish(job_id)
+    service.wait(job_id, lambda j: j["status"] == "succeeded")
+    with service.sign_in() as c:
+        html = c.get(f"/ui/jobs/{job_id}").text
+    assert 'id="controls-title"' in html
+    controls = re.search(r'<table class="compare controls">.*?</table>', html, re.S)
+    assert controls is not None
+    assert [html_unescape(a) for a in re.findall(r"<tr><td>(.*?)</td>", controls.group(0))] == [
+        "Orig.",
+        "Orig. + AWP finetuning",
+        "S2AP + AWP (paper)",
+    ]
+    assert "2 seeds × 40 points" in controls.group(0)

@@ -207,3 +207,42 @@ def test_sides_measured_differently_are_not_comparable(
 
 def test_no_table_before_any_trial_has_finished(tmp_path: Path) -> None:
     assert compare_table(str(tmp_path)).absent == "no trial has finished yet"
+
+
+# --------------------------------------------------------------------------- controls
+
+
+def control_arms(folder: Path) -> str:
+    """Orig., Orig. + AWP finetuning and S2AP + AWP over seeds 0 and 1, with per-point outcomes."""
+    rows, preds = [], []
+    for name, on, awp, better in (
+        ("o", False, False, False),
+        ("oa", False, True, False),
+        ("sa", True, True, True),
+    ):
+        for s in (0, 1):
+            side = (f"{name}{s}", on, s, outcomes(s, better))
+            rows.append({**trial(*side), "finetune_awp": awp, "config_hash": f"h-{name}"})
+            preds += [{**p, "config_hash": f"h-{name}"} for p in points(*side)]
+    return write(folder, rows, preds)
+
+
+def test_a_job_with_control_arms_shows_each_against_orig_paired_by_seed_and_point(tmp_path: Path) -> None:
+    table = compare_table(control_arms(tmp_path))
+    assert len(table.controls) == 1, table.absent
+    setting = table.controls[0]
+    assert setting.title == "cnn / digits / hydra at 90% sparsity"
+    assert [r[0] for r in setting.arms] == ["Orig.", "Orig. + AWP finetuning", "S2AP + AWP (paper)"]
+    orig, orig_awp, paper = setting.arms
+    assert orig[2] == "–" and f"2 seeds × {TEST_N} points" in paper[2]
+    assert orig_awp[2].startswith("+0.00")  # the same outcomes on every point: no difference
+    assert setting.effects == []  # the 2 x 2 factorial is incomplete: no main effect is estimated
+    assert list(table.controls_header)[:3] == ["arm", "robust acc. (%)", "Δ robust vs Orig. [95%]"]
+
+
+def test_a_job_without_control_arms_has_no_controls_section(tmp_path: Path) -> None:
+    sides = [(f"o{s}", False, s, outcomes(s, False)) for s in (0, 1)]
+    sides += [(f"s{s}", True, s, outcomes(s, True)) for s in (0, 1)]
+    rows = [trial(*side) for side in sides]
+    table = compare_table(write(tmp_path, rows, [p for side in sides for p in points(*side)]))
+    assert table.rows and table.controls == []
