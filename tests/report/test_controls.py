@@ -49,19 +49,19 @@ SETTINGS = {  # s2ap, finetune_awp, direction, perturb
 
 def _row(name: str, seed: int, **extra: Any) -> dict[str, Any]:
     s2ap, awp, direction, perturb = SETTINGS[name]
-    return result_row(
-        config_hash=name,
-        seed=seed,
-        s2ap=s2ap,
-        finetune_awp=awp,
-        direction=direction,
-        perturb=perturb,
-        gamma=0.005 if s2ap or awp else None,
-        robust_acc=ROBUST[name][seed] / 100,
-        robust_acc_n=360,
-        pgd_steps=50,
-        **extra,
-    )
+    fields = {
+        "config_hash": name,
+        "seed": seed,
+        "s2ap": s2ap,
+        "finetune_awp": awp,
+        "direction": direction,
+        "perturb": perturb,
+        "gamma": 0.005 if s2ap or awp else None,
+        "robust_acc": ROBUST[name][seed] / 100,
+        "robust_acc_n": 360,
+        "pgd_steps": 50,
+    }
+    return result_row(**{**fields, **extra})
 
 
 def runs(names=tuple(ROBUST)) -> pd.DataFrame:
