@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pandas as pd
 
 from s2ap.results import RUN_SCHEMA, write_rows
+from tests.helpers.rows import result_row
+from tests.helpers.scripts import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "controls_study.py"
 ARMS = {  # folder: [(s2ap, finetune_awp, direction, perturb, robust % per seed 0..2)]
     "controls": [
         (False, False, None, None, [50, 52, 54]),
@@ -24,11 +24,7 @@ ARMS = {  # folder: [(s2ap, finetune_awp, direction, perturb, robust % per seed 
 
 
 def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("controls_study", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/controls_study.py")
 
 
 def _searches(root: Path) -> None:
@@ -37,30 +33,22 @@ def _searches(root: Path) -> None:
         for i, (s2ap, awp, direction, perturb, robust) in enumerate(arms):
             for seed, r in enumerate(robust):
                 rows.append(
-                    {
-                        "trial_id": f"{folder}{i}{seed}",
-                        "config_hash": f"{folder}{i}",
-                        "seed": seed,
-                        "code_version": "test",
-                        "model": "cnn",
-                        "dataset": "digits",
-                        "method": "hydra",
-                        "sparsity": 0.9,
-                        "s2ap": s2ap,
-                        "finetune_awp": awp,
-                        "direction": direction,
-                        "perturb": perturb,
-                        "gamma": 0.005,
-                        "status": "ok",
-                        "clean_acc": 0.9,
-                        "robust_acc": r / 100,
-                        "robust_acc_n": 360,
-                        "robust_attack": "pgd",
-                        "pgd_steps": 50,
-                        "device_name": "cpu AVX2",
-                        "torch_version": "2.x",
-                        "threads": 1,
-                    }
+                    result_row(
+                        trial_id=f"{folder}{i}{seed}",
+                        config_hash=f"{folder}{i}",
+                        seed=seed,
+                        s2ap=s2ap,
+                        finetune_awp=awp,
+                        direction=direction,
+                        perturb=perturb,
+                        gamma=0.005,
+                        robust_acc=r / 100,
+                        robust_acc_n=360,
+                        pgd_steps=50,
+                        device_name="cpu AVX2",
+                        torch_version="2.x",
+                        threads=1,
+                    )
                 )
         (root / folder).mkdir(parents=True)
         write_rows(rows, RUN_SCHEMA, root / folder / "trials.parquet")

@@ -8,6 +8,7 @@ from types import ModuleType
 import pandas as pd
 
 from s2ap.results import PREDICTION_SCHEMA, PREDICTIONS_FILE, RUN_SCHEMA, prediction_rows, write_rows
+from tests.helpers.rows import result_row
 from tests.helpers.scripts import load_script
 
 N = 40
@@ -27,29 +28,21 @@ def _search(folder: Path, arms: tuple[dict, ...] = ORIG_VS_S2AP, moved: int = 0)
     for seed in range(3):
         for k, arm in enumerate(arms):
             right = set(range(20 + seed + (2 if k else 0) + (moved if seed == 0 else 0)))
-            row = {
-                "trial_id": f"t{seed}{k}",
-                "config_hash": f"h{k}",
-                "seed": seed,
-                "code_version": "test",
-                "model": "cnn",
-                "dataset": "digits",
-                "method": "hydra",
-                "sparsity": 0.9,
-                "status": "ok",
-                "clean_acc": 0.9,
-                "clean_acc_n": N,
-                "robust_acc": len(right) / N,
-                "robust_acc_n": N,
-                "robust_attack": "pgd",
-                "pgd_steps": 50,
-                "final_val_pgd_acc": 0.5,
-                "torch_version": "2.x",
-                "device_name": "cpu AVX2",
-                "threads": 1,
-                "deterministic": False,
+            row = result_row(
+                trial_id=f"t{seed}{k}",
+                config_hash=f"h{k}",
+                seed=seed,
+                clean_acc_n=N,
+                robust_acc=len(right) / N,
+                robust_acc_n=N,
+                pgd_steps=50,
+                final_val_pgd_acc=0.5,
+                torch_version="2.x",
+                device_name="cpu AVX2",
+                threads=1,
+                deterministic=False,
                 **arm,
-            }
+            )
             rows.append(row)
             hit = [i in right for i in range(N)]
             outcomes = {"index": list(range(N)), "label": [0] * N, "clean": hit, "pgd": hit, "aa": None}

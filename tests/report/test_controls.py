@@ -26,6 +26,7 @@ from s2ap.report.controls import (
 from s2ap.report.load import prepare
 from s2ap.report.tables import table1
 from s2ap.stats import paired_points, t_quantile
+from tests.helpers.rows import result_row
 
 # robust accuracy (%) per seed 0, 1, 2 of each arm
 ROBUST = {
@@ -48,26 +49,19 @@ SETTINGS = {  # s2ap, finetune_awp, direction, perturb
 
 def _row(name: str, seed: int, **extra: Any) -> dict[str, Any]:
     s2ap, awp, direction, perturb = SETTINGS[name]
-    return {
+    fields = {
         "config_hash": name,
         "seed": seed,
-        "model": "cnn",
-        "dataset": "digits",
-        "method": "hydra",
-        "sparsity": 0.9,
         "s2ap": s2ap,
         "finetune_awp": awp,
         "direction": direction,
         "perturb": perturb,
         "gamma": 0.005 if s2ap or awp else None,
-        "status": "ok",
-        "clean_acc": 0.9,
         "robust_acc": ROBUST[name][seed] / 100,
         "robust_acc_n": 360,
-        "robust_attack": "pgd",
         "pgd_steps": 50,
-        **extra,
     }
+    return result_row(**{**fields, **extra})
 
 
 def runs(names=tuple(ROBUST)) -> pd.DataFrame:

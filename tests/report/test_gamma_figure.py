@@ -10,25 +10,20 @@ import pytest
 from s2ap.report.gamma import Estimate, gamma_panel, plot_gamma, y_limits
 from s2ap.report.load import prepare
 from s2ap.stats import t_quantile
+from tests.helpers.rows import result_row
 
 KEY = ("cnn", "digits", "hydra", 0.9)
 
 
 def _row(s2ap: bool, gamma: float | None, seed: int, val: float | None, test: float) -> dict:
-    return {
-        "config_hash": f"{s2ap}-{gamma}",
-        "seed": seed,
-        "model": "cnn",
-        "dataset": "digits",
-        "method": "hydra",
-        "sparsity": 0.9,
-        "s2ap": s2ap,
-        "gamma": gamma,
-        "status": "ok",
-        "clean_acc": 0.9,
-        "robust_acc": test,
-        "final_val_pgd_acc": val,
-    }
+    return result_row(
+        config_hash=f"{s2ap}-{gamma}",
+        seed=seed,
+        s2ap=s2ap,
+        gamma=gamma,
+        robust_acc=test,
+        final_val_pgd_acc=val,
+    )
 
 
 def rows(val_best: float = 0.005, test_best: float = 0.01) -> pd.DataFrame:

@@ -7,32 +7,26 @@ from typing import Any
 
 from s2ap.report import main
 from s2ap.results import PREDICTION_SCHEMA, PREDICTIONS_FILE, RUN_SCHEMA, prediction_rows, write_rows
+from tests.helpers.rows import result_row
 
 N = 360
 
 
 def _run(s2ap: bool, seed: int, right: list[int], attack: str = "pgd", n: int = N) -> dict[str, Any]:
     acc = len(right) / n
-    return {
-        "config_hash": f"hydra-{s2ap}",
-        "seed": seed,
-        "code_version": "test",
-        "model": "cnn",
-        "dataset": "digits",
-        "method": "hydra",
-        "sparsity": 0.9,
-        "s2ap": s2ap,
-        "status": "ok",
-        "clean_acc": 0.9,
-        "clean_acc_n": n,
-        "robust_acc": acc,
-        "robust_acc_n": n,
-        "pgd_acc": acc,
-        "pgd_acc_n": n,
-        "robust_attack": attack,
-        "pgd_steps": 50,
-        "final_val_pgd_acc": 0.5,
-    }
+    return result_row(
+        config_hash=f"hydra-{s2ap}",
+        seed=seed,
+        s2ap=s2ap,
+        clean_acc_n=n,
+        robust_acc=acc,
+        robust_acc_n=n,
+        pgd_acc=acc,
+        pgd_acc_n=n,
+        robust_attack=attack,
+        pgd_steps=50,
+        final_val_pgd_acc=0.5,
+    )
 
 
 def _write(folder: Path, runs: list[tuple[dict[str, Any], list[int]]]) -> Path:
