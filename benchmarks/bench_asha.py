@@ -1,22 +1,33 @@
-"""Do ASHA's rungs carry signal? Record complete learning curves once, then replay ASHA.
+"""Which scheduler saves trial-epochs without losing the winner? Record searches once, replay.
 
-1. ``record``: K trials of a digits gamma / learning-rate search (configs drawn from a seeded
-   RNG, pretraining shared through the cache), each run to the end with ``run_experiment``.
-   After every epoch the benchmark attacks every validation point with PGD-2 and PGD-10 and
-   keeps, per point, whether it was still classified correctly; so any rung metric (a subset
-   of n validation points, either attack, smoothed over the last epochs or not) can be
-   computed afterwards from the same curves. Each trial is one JSON file; run it in pieces
-   (``--start`` / ``--count``).
-2. ``analyse``: for each rung metric, the Spearman correlation at every search epoch between
-   the metric and the final validation robust accuracy (all validation points, PGD-10, after
-   the last epoch), then ASHA (Ray's asynchronous successive halving rule, as
-   ``AsyncHyperBandScheduler`` applies it) replayed over many random arrival orders, trials
-   one at a time: the share of the grid's trial-epochs it used and the regret of its pick
-   (best final validation robust accuracy of all trials minus that of the best trial ASHA let
-   finish). Nothing is ranked by test accuracy; the test split is not touched.
+1. ``record DIR --seeds 0 1 2``: runs ``search_spaces/asha_study.yaml`` (24 digits trials of a
+   gamma / pruning-lr / finetuning-lr search, every trial to its end, probes after pruning
+   epochs 1-3) once per spec seed, into ``DIR/seed-S``. Each seed samples other values and
+   has its own data split, pretrained model and attack starts: independent recordings.
+   ``--spec`` records a fifo spec of your own setting instead (probes optional).
+2. ``analyse DIR``: per recording, Spearman's rho between each rung value (per-epoch
+   ``val_pgd_acc``, each probe) and the final validation robust accuracy (PGD-10 on every
+   validation point after the last epoch: what a search picks by); then every candidate
+   scheduler (``asha_replay.py``: ASHA on epoch or probe rungs, synchronous halving on
+   probes) replayed over ``--draws`` random brackets of ``--bracket`` trials in random
+   order, per recording: the share of the bracket's trial-epochs it used (probes counted)
+   and the regret of its pick (best final value in the bracket minus the pick's). Nothing
+   is ranked or selected by test accuracy; the test split is never read.
 
-    python benchmarks/bench_asha.py record DIR --start 0 --count 8
-    python benchmarks/bench_asha.py analyse DIR [--orders 2000]
+   The goal (issue 30): <= 40% of trial-epochs at a median regret of at most one standard
+   error (binomial, of the best trial's final validation accuracy). The rule that names the
+   recommended scheduler: among candidates that meet the goal on every *selection*
+   recording (``--select``), the lowest pooled median regret, then the lowest share; with
+   none, the lowest pooled share among those whose median regret is within one SE on every
+   selection recording. Recordings outside ``--select`` are reported as a check of that
+   choice. Controls (halving by arrival order, no rung value) show what stopping without
+   information gives; they are never recommended.
+
+``--json FILE`` writes ``{"default": {...}, "recommended": {...}, "candidates": {...},
+"recordings": [...]}``: "default" is the scheduler a search uses when its spec names none.
+
+    python benchmarks/bench_asha.py record runs/asha_study --seeds 0 1 2 3 4 5 6
+    python benchmarks/bench_asha.py analyse runs/asha_study --json asha.json
 """
 
 from __future__ import annotations
@@ -26,255 +37,297 @@ import json
 import math
 import random
 import statistics
+import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-BASE: dict[str, Any] = {
-    "seed": 0,
-    "device": "cpu",
-    "data": {
-        "name": "digits",
-        "image_size": 8,
-        "train_limit": 600,
-        "test_limit": 200,
-        "batch_size": 64,
-        "val_fraction": 0.25,
-    },
-    "attack": {"steps": 2},
-    "objective": {"name": "trades"},
-    "pretrain": {"epochs": 6, "lr": 0.01, "optimizer": "adam"},
-    "prune": {"method": "hydra", "sparsity": 0.9, "epochs": 4, "lr": 0.1},
-    "finetune": {"epochs": 8, "lr": 0.01},
-    "s2ap": {"enabled": True, "gamma": 0.005, "warmup_epochs": 1},
-    "eval": {"pgd_steps": 10, "autoattack": False, "val_pgd_steps": 2, "val_limit": 100},
-}
-STEPS = (2, 10)  # attacks recorded per epoch on every validation point
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from asha_replay import Recorded, Scheduler, replay, spearman  # noqa: E402
 
-
-def trial_config(k: int) -> dict[str, Any]:
-    """Trial k's searched values, from a seeded RNG (the same k gives the same trial)."""
-    rng = random.Random(1000 + k)
-    return {
-        "s2ap.gamma": math.exp(rng.uniform(math.log(0.0005), math.log(0.05))),
-        "prune.lr": math.exp(rng.uniform(math.log(0.01), math.log(1.0))),
-        "finetune.lr": math.exp(rng.uniform(math.log(0.001), math.log(0.1))),
-    }
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "search_spaces" / "asha_study.yaml"
+GOAL_SHARE = 0.40
+RFS = (2.0, 3.0, 4.0)
 
 
 # --------------------------------------------------------------------------- record
 
 
-def record(out: Path, start: int, count: int, threads: int) -> None:
-    import torch
+def record(out: Path, seeds: Sequence[int], samples: int | None, spec: Path = SPEC) -> None:
+    """One search of ``spec`` per seed into ``out/seed-S`` (a finished one is kept)."""
+    import yaml
 
-    from s2ap.attacks import PGD, eval_mode
-    from s2ap.experiment import from_dict, with_overrides
-    from s2ap.pipeline import Pipeline
-    from s2ap.tune.clock import search_epoch
-
-    torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
-    for k in range(start, start + count):
-        path = out / f"trial-{k:03d}.json"
-        if path.exists():
+    for seed in seeds:
+        folder = out / f"seed-{seed}"
+        if (folder / "trials.parquet").is_file():
+            print(f"seed {seed}: recorded already in {folder}")
             continue
-        values = trial_config(k)
-        cfg = with_overrides(from_dict(BASE), values)
-        curve: list[dict[str, Any]] = []
-        holder: dict[str, Any] = {}
+        data = yaml.safe_load(spec.read_text(encoding="utf-8"))
+        data["seed"] = seed
+        data["base"]["seed"] = seed
+        if samples is not None:
+            data["num_samples"] = samples
+        path = out / f"spec-seed-{seed}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        cmd = [sys.executable, "-m", "s2ap.tune", str(path), "--out", str(folder), "-q"]
+        subprocess.run(cmd, check=True, cwd=ROOT)
 
-        def reporter(
-            metrics: dict[str, Any],
-            state: Path | None,
-            cfg: Any = cfg,
-            curve: list = curve,
-            holder: dict = holder,
-        ) -> None:
-            p = holder["pipeline"]
-            rng = torch.get_rng_state()
-            flags: dict[str, list[int]] = {}
-            loader = torch.utils.data.DataLoader(p.splits.val, batch_size=256)
-            with eval_mode(p.model):
-                for steps in STEPS:
-                    torch.manual_seed(steps)  # the same attack start for every trial and epoch
-                    a = cfg.attack
-                    attack = PGD(a.eps, a.step_size, steps, a.random_start)
-                    got: list[int] = []
-                    for x, y in loader:
-                        x_adv = attack(p.model, x, y)
-                        with torch.no_grad():
-                            got += (p.model(x_adv).argmax(1) == y).int().tolist()
-                    flags[f"pgd{steps}"] = got
-            torch.set_rng_state(rng)
-            epoch = search_epoch(cfg, str(metrics["phase"]), int(metrics["epoch"]))
-            if epoch > 0:
-                curve.append({"search_epoch": epoch, "val_pgd_acc": metrics["val_pgd_acc"], **flags})
 
-        began = time.perf_counter()
-        pipeline = Pipeline(cfg, None, reporter, pretrain_cache=str(out / "cache"))
-        holder["pipeline"] = pipeline
-        final = pipeline.run()
-        text = json.dumps({"k": k, "values": values, "curve": curve, "test_robust_acc": final["robust_acc"]})
-        path.write_text(text)
-        print(f"trial {k}: {len(curve)} epochs in {time.perf_counter() - began:.1f} s", flush=True)
+def load(folder: Path) -> list[Recorded]:
+    """The complete trials of a recorded search, in trial-id order."""
+    import pandas as pd
+
+    rows = pd.read_parquet(folder / "epochs.parquet")
+    rows = rows[rows["search_epoch"] >= 1].sort_values(["trial_id", "search_epoch"])
+    trials = []
+    for _, t in rows.groupby("trial_id", sort=True):
+        epoch_s = float(t["time_s"].mean())
+        probes = {
+            int(r.search_epoch): (float(r.probe_val_pgd_acc), float(r.probe_time_s) / epoch_s)
+            for r in t.itertuples()
+            if r.probe_val_pgd_acc is not None and not math.isnan(r.probe_val_pgd_acc)
+        }
+        trials.append(Recorded(tuple(float(v) for v in t["val_pgd_acc"]), probes))
+    lengths = {t.epochs for t in trials}
+    if len(lengths) != 1:
+        raise SystemExit(f"{folder}: trials of different lengths {sorted(lengths)}: record with fifo")
+    return trials
 
 
 # --------------------------------------------------------------------------- analyse
 
 
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    def ranks(v: Sequence[float]) -> list[float]:
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for m in range(i, j + 1):
-                r[order[m]] = (i + j) / 2
-            i = j + 1
-        return r
+def default_scheduler(spec_file: Path) -> Scheduler:
+    """The scheduler a search of this spec gets when the spec names none (the code's own
+    default, resolved as ``python -m s2ap.tune`` resolves it)."""
+    import yaml
 
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    sa = math.sqrt(sum((x - ma) ** 2 for x in ra))
-    sb = math.sqrt(sum((y - mb) ** 2 for y in rb))
-    return cov / (sa * sb) if sa and sb else float("nan")
+    from s2ap.tune.spec import AshaSpec, load_spec
+
+    data = yaml.safe_load(spec_file.read_text(encoding="utf-8"))
+    data.pop("scheduler", None)
+    spec = load_spec(data, nodes=None)
+    s = spec.scheduler
+    if isinstance(s, AshaSpec) and s.rungs == "epochs":
+        return Scheduler("asha", s.reduction_factor, rungs="epochs", grace=spec.grace_period())
+    return Scheduler(s.type, s.reduction_factor, probe_after=spec.probe_after())
 
 
-def metric_curves(trials: list[dict[str, Any]], attack: str, n: int | None, smooth: int) -> list[list[float]]:
-    """Per trial, per search epoch: robust accuracy on the first n validation points under
-    ``attack``, averaged over the last ``smooth`` epochs."""
-    out = []
-    for t in trials:
-        raw = []
-        for e in t["curve"]:
-            flags = e[attack][:n] if n else e[attack]
-            raw.append(sum(flags) / len(flags))
-        out.append([statistics.fmean(raw[max(0, i - smooth + 1) : i + 1]) for i in range(len(raw))])
-    return out
+def candidates(default: Scheduler, probed: Sequence[int], epochs: int) -> list[Scheduler]:
+    """The default first, then ASHA on epoch rungs from the default's first rung (or the
+    first finetuning epoch) to the last epoch before the end, then ASHA and halving on the
+    recorded probes (each probe alone, the first two, all)."""
+    first = default.grace if default.rungs == "epochs" else max(probed) + 1
+    out = [default]
+    out += [Scheduler("asha", rf, rungs="epochs", grace=g) for g in range(first, epochs) for rf in RFS]
+    for rf in RFS:
+        out += [Scheduler("asha", rf, probe_after=s) for s in probe_sets(probed)]
+        out += [Scheduler("halving", rf, probe_after=s) for s in probe_sets(probed)]
+    return list({s.label: s for s in out}.values())
 
 
-def asha_replay(
-    curves: list[list[float]], finals: list[float], grace: int, rf: float, order: Sequence[int]
-) -> tuple[int, int]:
-    """Ray's ASHA rule (``_Bracket.on_result`` with ``stop_last_trials=False`` and the
-    project's ``max_t`` = last epoch - 1), trials one at a time in ``order``: returns the
-    trial-epochs used and the pick (the finished trial with the best final value)."""
-    import numpy as np
-
-    max_t = len(curves[0]) - 1
-    n_rungs = int(math.log(max_t / grace) / math.log(rf) + 1)
-    rungs = [grace * rf**k for k in reversed(range(n_rungs))]  # descending, as Ray keeps them
-    recorded: dict[float, list[float]] = {m: [] for m in rungs}
-    used, finished = 0, []
-    for i in order:
-        judged: set[float] = set()
-        stopped = False
-        for t, value in enumerate(curves[i], start=1):
-            used += 1
-            for m in rungs:
-                if t >= m and m in judged:
-                    break  # the decision at this rung is made: train on
-                if t < m:
-                    continue
-                values = recorded[m]
-                cutoff = float(np.nanpercentile(values, (1 - 1 / rf) * 100)) if values else None
-                values.append(value)
-                judged.add(m)
-                stopped = cutoff is not None and value < cutoff
-                break
-            if stopped:
-                break
-        if not stopped:
-            finished.append(i)
-    return used, max(finished, key=lambda j: finals[j])
+def controls(probed: Sequence[int]) -> list[Scheduler]:
+    """Halving that keeps trials by arrival order (no rung value): what stopping without
+    information costs, beside the schedulers that use one. Never recommended."""
+    return [Scheduler("random", rf, probe_after=s) for rf in RFS for s in probe_sets(probed)[:1]]
 
 
-def analyse(out: Path, orders: int, graces: Sequence[int], only: str | None) -> None:
-    trials = sorted((json.loads(p.read_text()) for p in out.glob("trial-*.json")), key=lambda t: t["k"])
-    if len(trials) < 4:
-        raise SystemExit(f"only {len(trials)} recorded trials in {out}")
-    epochs = len(trials[0]["curve"])
-    n_val = len(trials[0]["curve"][-1]["pgd10"])
-    finals = [statistics.fmean(t["curve"][-1]["pgd10"]) for t in trials]
-    best = max(finals)
-    se = math.sqrt(best * (1 - best) / n_val)
-    print(f"{len(trials)} complete curves, {epochs} search epochs each, {n_val} validation points")
-    print(
-        f"final validation robust accuracy (PGD-10, all points): best {best:.4f}, median "
-        f"{statistics.median(finals):.4f}, worst {min(finals):.4f}; standard error at the best {se:.4f}"
-    )
-    variants = [
-        ("PGD-2, 100 points (the old rung metric)", "pgd2", 100, 1),
-        ("PGD-2, all points", "pgd2", None, 1),
-        ("PGD-10, 100 points", "pgd10", 100, 1),
-        ("PGD-10, all points", "pgd10", None, 1),
-        ("PGD-10, all points, mean of 2 epochs", "pgd10", None, 2),
-        ("PGD-2, all points, mean of 2 epochs", "pgd2", None, 2),
-    ]
-    print("\nSpearman correlation with the final validation robust accuracy, per search epoch:")
-    print(" " * 42 + " ".join(f"{e:>5d}" for e in range(1, epochs + 1)))
-    all_curves = {}
-    variants = [v for v in variants if only is None or only in v[0]]
-    for label, attack, n, smooth in variants:
-        curves = metric_curves(trials, attack, n, smooth)
-        all_curves[label] = curves
-        rho = [spearman([c[e] for c in curves], finals) for e in range(epochs)]
-        print(f"  {label:<40} " + " ".join(f"{r:5.2f}" for r in rho))
-    print(f"\nASHA replayed over {orders} random arrival orders, one trial at a time:")
-    print(f"  {'rung metric':<40} grace rf  epochs used  median regret  p90 regret  regret<=SE")
+def probe_sets(probed: Sequence[int]) -> list[tuple[int, ...]]:
+    sets = [(p,) for p in probed] + [tuple(probed[:2]), tuple(probed)]
+    return list(dict.fromkeys(s for s in sets if s))
+
+
+def summarise(s: Scheduler, trials: list[Recorded], draws: list[list[int]], se: float) -> dict[str, float]:
+    shares, regrets = [], []
+    for order in draws:
+        share, regret = replay(s, trials, order)
+        shares.append(share)
+        regrets.append(regret)
+    return {
+        "share": statistics.fmean(shares),
+        "median_regret": statistics.median(regrets),
+        "p90_regret": sorted(regrets)[int(0.9 * len(regrets))],
+        "within_se": sum(r <= se for r in regrets) / len(regrets),
+        "regret_se": se,
+    }
+
+
+def meets(m: dict[str, float]) -> bool:
+    return m["share"] <= GOAL_SHARE and m["median_regret"] <= m["regret_se"]
+
+
+def pooled(per: list[dict[str, float]]) -> dict[str, float]:
+    """Across recordings: mean share, median regret and SE (equal weight per recording)."""
+    keys = ("share", "median_regret", "p90_regret", "within_se", "regret_se")
+    return {k: statistics.fmean(m[k] for m in per) for k in keys}
+
+
+def choose(results: dict[str, dict[str, Any]], select: Sequence[int]) -> str:
+    """The rule in the module docstring, on the selection recordings only."""
+
+    def on(name: str) -> list[dict[str, float]]:
+        return [results[name]["per_recording"][i] for i in select]
+
+    ok = [n for n in results if all(meets(m) for m in on(n))]
+    if ok:
+        return min(ok, key=lambda n: (pooled(on(n))["median_regret"], pooled(on(n))["share"]))
+    safe = [n for n in results if all(m["median_regret"] <= m["regret_se"] for m in on(n))]
+    return min(safe or results, key=lambda n: pooled(on(n))["share"])
+
+
+def analyse(out: Path, draws: int, bracket: int | None, select: Sequence[int]) -> dict[str, Any]:
+    folders = sorted(out.glob("seed-*"), key=lambda p: int(p.name.split("-")[1]))
+    if len(folders) < 2:
+        raise SystemExit(f"{out}: need at least two recordings (seed-*), found {len(folders)}")
+    seeds = [int(f.name.split("-")[1]) for f in folders]
+    missing = [s for s in select if s not in seeds]
+    if missing:
+        raise SystemExit(f"--select: no recording for seed {missing[0]} in {out} (have {seeds})")
+    recordings, results = [], {}
     rng = random.Random(0)
-    perms = [rng.sample(range(len(trials)), len(trials)) for _ in range(orders)]
-    rows = []
-    for label, curves in all_curves.items():
-        for grace in graces:
-            for rf in (2.0, 3.0, 4.0):
-                if grace > epochs - 1:
-                    continue  # no rung before the last epoch
-                used, regrets = [], []
-                for perm in perms:
-                    u, pick = asha_replay(curves, finals, grace, rf, perm)
-                    used.append(u / (epochs * len(trials)))
-                    regrets.append(best - finals[pick])
-                regrets.sort()
-                rows.append(
-                    (label, grace, rf, statistics.fmean(used), statistics.median(regrets),
-                     regrets[int(0.9 * len(regrets))], sum(r <= se for r in regrets) / len(regrets))
-                )  # fmt: skip
-    for label, grace, rf, used, med, p90, ok in rows:
-        print(f"  {label:<40} {grace:5d} {rf:3.0f} {used:11.1%} {med:14.4f} {p90:11.4f} {ok:10.1%}")
-    goal = [r for r in rows if r[3] <= 0.40 and r[4] <= se]
+    schedulers: list[Scheduler] = []
+    for folder, seed in zip(folders, seeds, strict=True):
+        trials = load(folder)
+        n_val = _validation_points(folder)
+        finals = [t.final for t in trials]
+        best = max(finals)
+        se = math.sqrt(best * (1 - best) / n_val)
+        probed = sorted(trials[0].probes)
+        size = min(bracket or len(trials), len(trials))
+        orders = [rng.sample(range(len(trials)), size) for _ in range(draws)]
+        rho_epochs = [spearman([t.curve[e] for t in trials], finals) for e in range(trials[0].epochs)]
+        rho_probes = {p: spearman([t.probes[p][0] for t in trials], finals) for p in probed}
+        probe_cost = statistics.fmean(c for t in trials for _, c in t.probes.values())
+        recordings.append(
+            {
+                "seed": seed,
+                "folder": str(folder),
+                "trials": len(trials),
+                "epochs": trials[0].epochs,
+                "validation_points": n_val,
+                "best_final": best,
+                "median_final": statistics.median(finals),
+                "se_at_best": se,
+                "bracket": size,
+                "draws": draws,
+                "probe_cost_epochs": probe_cost,
+                "spearman_epochs": rho_epochs,
+                "spearman_probes": {str(p): r for p, r in rho_probes.items()},
+            }
+        )
+        if not schedulers:
+            default = default_scheduler(out / f"spec-seed-{seed}.yaml")
+            schedulers = candidates(default, probed, trials[0].epochs) + controls(probed)
+        for s in schedulers:
+            entry = results.setdefault(s.label, {"scheduler": s, "per_recording": []})
+            entry["per_recording"].append(summarise(s, trials, orders, se))
+    ranked = {n: r for n, r in results.items() if r["scheduler"].kind != "random"}
+    chosen = choose(ranked, [seeds.index(s) for s in select])
+    default = schedulers[0].label
+
+    def entry(name: str) -> dict[str, Any]:
+        per = results[name]["per_recording"]
+        s = results[name]["scheduler"]
+        return {
+            "scheduler": name,
+            "spec": _spec_of(s),
+            **pooled(per),
+            "meets_goal_on": [seeds[i] for i, m in enumerate(per) if meets(m)],
+            "per_recording": {str(seeds[i]): m for i, m in enumerate(per)},
+        }
+
+    return {
+        "goal": {"share": GOAL_SHARE, "median_regret": "<= regret_se"},
+        "select": list(select),
+        "default": entry(default),
+        "recommended": entry(chosen),
+        "candidates": {n: entry(n) for n in ranked},
+        "controls": {n: entry(n) for n in results if n not in ranked},
+        "recordings": recordings,
+    }
+
+
+def _validation_points(folder: Path) -> int:
+    import pandas as pd
+
+    rows = pd.read_parquet(folder / "epochs.parquet", columns=["val_pgd_acc_n"])
+    return int(rows["val_pgd_acc_n"].dropna().iloc[-1])
+
+
+def _spec_of(s: Scheduler) -> dict[str, Any] | None:
+    """The spec lines that give a search this scheduler (None: a control, not offered)."""
+    if s.kind == "random":
+        return None
+    if s.rungs == "epochs":
+        return {"scheduler": {"type": "asha", "grace_period": s.grace, "reduction_factor": s.rf}}
+    sched: dict[str, Any] = {"type": s.kind, "reduction_factor": s.rf}
+    if s.kind == "asha":
+        sched["rungs"] = "probe"
+    return {"scheduler": sched, "base": {"prune": {"probe_after": list(s.probe_after)}}}
+
+
+def show(result: dict[str, Any]) -> None:
+    for r in result["recordings"]:
+        print(
+            f"seed {r['seed']}: {r['trials']} trials x {r['epochs']} search epochs, {r['validation_points']} "
+            f"validation points; best final {r['best_final']:.4f} (SE {r['se_at_best']:.4f}), median "
+            f"{r['median_final']:.4f}; a probe costs {r['probe_cost_epochs']:.2f} epochs"
+        )
+        print(
+            "  Spearman with the final value, per search epoch: "
+            + " ".join(f"{x:.2f}" for x in r["spearman_epochs"])
+        )
+        print(
+            "  Spearman, probes: " + ", ".join(f"after {p}: {x:.2f}" for p, x in r["spearman_probes"].items())
+        )
+    draws, bracket = result["recordings"][0]["draws"], result["recordings"][0]["bracket"]
+    print(f"\nreplayed over {draws} random brackets of {bracket} trials in random order, per recording")
+    seeds = [str(r["seed"]) for r in result["recordings"]]
+    print(f"  {'scheduler':<40} " + "  ".join(f"seed {s}: share regret " for s in seeds) + " goal met on")
+    for name, c in [*result["candidates"].items(), *result["controls"].items()]:
+        cols = "  ".join(
+            f"{c['per_recording'][s]['share']:13.1%} {c['per_recording'][s]['median_regret']:.4f}"
+            for s in seeds
+        )
+        print(f"  {name:<40} {cols}  {c['meets_goal_on']}")
+    d, r = result["default"], result["recommended"]
     print(
-        f"\ngoal (<= 40% of trial-epochs, median regret <= SE {se:.4f}): "
-        + ("met by " + "; ".join(f"{r[0]} grace {r[1]} rf {r[2]:g}" for r in goal) if goal else "not met")
+        f"\ndefault ({d['scheduler']}): share {d['share']:.1%}, median regret {d['median_regret']:.4f}, SE {d['regret_se']:.4f}"
+    )
+    print(
+        f"recommended by the rule on seeds {result['select']} ({r['scheduler']}): share {r['share']:.1%}, "
+        f"median regret {r['median_regret']:.4f}, SE {r['regret_se']:.4f}; goal met on seeds {r['meets_goal_on']}"
     )
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    rec = sub.add_parser("record")
+    rec = sub.add_parser("record", help="run the recording searches")
     rec.add_argument("out")
-    rec.add_argument("--start", type=int, default=0)
-    rec.add_argument("--count", type=int, default=8)
-    rec.add_argument("--threads", type=int, default=1)
-    ana = sub.add_parser("analyse")
+    rec.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    rec.add_argument("--samples", type=int, help="trials per recording (default: the spec's)")
+    rec.add_argument("--spec", default=str(SPEC), help="a fifo search spec of your own setting to record")
+    ana = sub.add_parser("analyse", help="replay the schedulers over the recordings")
     ana.add_argument("out")
-    ana.add_argument("--orders", type=int, default=2000)
-    ana.add_argument("--graces", default="1,2,3,4,5,6,7", help="grace periods to replay (comma-separated)")
-    ana.add_argument("--only", help="only the rung metrics whose label contains this")
-    args = parser.parse_args()
+    ana.add_argument("--draws", type=int, default=1000)
+    ana.add_argument("--bracket", type=int, default=16, help="trials per replayed bracket (0: all)")
+    ana.add_argument(
+        "--select", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds the rule chooses on"
+    )
+    ana.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args(argv)
     if args.command == "record":
-        record(Path(args.out), args.start, args.count, args.threads)
-    else:
-        analyse(Path(args.out), args.orders, [int(g) for g in args.graces.split(",")], args.only)
-    return None
+        record(Path(args.out), args.seeds, args.samples, Path(args.spec))
+        return 0
+    result = analyse(Path(args.out), args.draws, args.bracket or None, args.select)
+    show(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, default=str) + "\n", encoding="utf-8")
+    return 0
 
 
 if __name__ == "__main__":
