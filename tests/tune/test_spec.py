@@ -388,16 +388,21 @@ def test_cli_bad_input_is_one_line_and_status_2(tmp_path: Path) -> None:
     assert outs[1].stderr.startswith("error: spec: file not found")
 
 
-def test_default_grace_is_the_first_finetuning_epoch() -> None:
-    # With finetuning epochs to spare, ASHA's first rung waits until the mask is fixed: the
-    # longest pruning phase (a grid over prune.epochs included) plus one.
+def test_default_grace_is_a_third_into_finetuning() -> None:
+    # With finetuning epochs to spare, ASHA's first rung waits until the mask is fixed (the
+    # longest pruning phase, a grid over prune.epochs included) and a third of finetuning
+    # (rounded up) has run: bench_asha.py's choice, with reduction factor 4.
     base = tiny()["base"]
     spec = load_spec(tiny(base={**base, "finetune": {"epochs": 3}}), nodes=None)
-    assert spec.grace_period() == 5  # 4 pruning epochs + 1
+    assert spec.grace_period() == 5  # 4 pruning epochs + 1 of 3
+    spec = load_spec(tiny(base={**base, "finetune": {"epochs": 8}}), nodes=None)
+    assert spec.grace_period() == 7  # 4 + 3 of 8: the setting bench_asha.py recorded
+    spec = load_spec(tiny(base={**base, "finetune": {"epochs": 10}}), nodes=None)
+    assert spec.grace_period() == 8  # 4 + 4 of 10
     grid = {"prune.epochs": [4, 6], "s2ap.enabled": [True]}
     spec = load_spec(tiny(base={**base, "finetune": {"epochs": 3}}, grid=grid), nodes=None)
     assert spec.grace_period() == 7
-    assert spec.scheduler.reduction_factor == 3.0
+    assert spec.scheduler.reduction_factor == 4.0
     # No finetuning epoch to spare (4 + 1 = 5 of 5): one epoch after the longest warm-up.
     assert load_spec(tiny(), nodes=None).grace_period() == 3
 
