@@ -117,12 +117,10 @@ def default_scheduler(spec_file: Path) -> Scheduler:
 
 
 def candidates(default: Scheduler, probed: Sequence[int], epochs: int) -> list[Scheduler]:
-    """The default first, then ASHA on epoch rungs from the default's first rung (or the
-    first finetuning epoch) to the last epoch before the end, then ASHA and halving on the
-    recorded probes (each probe alone, the first two, all)."""
-    first = default.grace if default.rungs == "epochs" else max(probed) + 1
+    """The default first, then ASHA on epoch rungs with every first rung before the last
+    epoch, then ASHA and halving on the recorded probes (each probe alone, the first two, all)."""
     out = [default]
-    out += [Scheduler("asha", rf, rungs="epochs", grace=g) for g in range(first, epochs) for rf in RFS]
+    out += [Scheduler("asha", rf, rungs="epochs", grace=g) for g in range(1, epochs) for rf in RFS]
     for rf in RFS:
         out += [Scheduler("asha", rf, probe_after=s) for s in probe_sets(probed)]
         out += [Scheduler("halving", rf, probe_after=s) for s in probe_sets(probed)]

@@ -161,13 +161,16 @@ def test_analyse_writes_the_defaults_figures_and_a_choice_made_on_the_selection_
     for seed in (0, 1, 2):
         write_recording(tmp_path / f"seed-{seed}", scripted(replay, 12, seed=10 + seed))
     out = tmp_path / "asha.json"
-    argv = ["analyse", str(tmp_path), "--draws", "40", "--bracket", "8", "--json", str(out)]
+    argv = ["analyse", str(tmp_path), "--draws", "40", "--bracket", "8", "--select", "0", "1"]
+    argv += ["--json", str(out)]
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     default = result["default"]
-    # The search's own default for this spec: ASHA from the first finetuning epoch.
-    assert default["scheduler"] == "asha epochs (grace 5, rf 3)"
-    assert default["spec"] == {"scheduler": {"type": "asha", "grace_period": 5, "reduction_factor": 3.0}}
+    # The search's own default for this spec (4 pruning + 8 finetuning epochs): ASHA from a
+    # third into finetuning, reduction factor 4.
+    assert default["scheduler"] == "asha epochs (grace 7, rf 4)"
+    assert default["spec"] == {"scheduler": {"type": "asha", "grace_period": 7, "reduction_factor": 4.0}}
+    assert result["select"] == [0, 1] and len(result["controls"]) == 3
     assert {"share", "median_regret", "regret_se"} <= set(default)
     assert 0 < default["share"] <= 1 and default["median_regret"] >= 0
     best = [r["best_final"] for r in result["recordings"]]
