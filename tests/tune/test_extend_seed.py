@@ -20,6 +20,7 @@ from s2ap.tune import extend  # noqa: E402
 from s2ap.tune.halving import Bracket  # noqa: E402
 from s2ap.tune.results import TrialRecord, epochs_schema, to_table  # noqa: E402
 from s2ap.tune.scheduler import CellScheduler  # noqa: E402
+from tests.helpers.rows import result_row  # noqa: E402
 
 STOP, CONTINUE, PAUSE = TrialScheduler.STOP, TrialScheduler.CONTINUE, TrialScheduler.PAUSE
 
@@ -218,8 +219,8 @@ def test_seeding_on_probe_rungs_uses_the_probe_values() -> None:
 
 def test_earlier_reports_reads_each_earlier_trials_epochs_in_order(tmp_path: Path) -> None:
     rows = [
-        {"trial_id": tid, "search": "t", "grid_cell": 0, "global_epoch": g, "phase": ph, "epoch": e}
-        | {"search_epoch": se, "val_pgd_acc": v, "probe_val_pgd_acc": None}
+        result_row(trial_id=tid, search="t", grid_cell=0, global_epoch=g, phase=ph, epoch=e)
+        | {"search_epoch": se, "val_pgd_acc": v, "probe_val_pgd_acc": None, "config_hash": "c", "seed": 0}
         for tid, g, ph, e, se, v in [
             ("b", 2, "prune", 0, 1, 0.4),
             ("a", 1, "pretrain", 0, 0, 0.1),
