@@ -102,6 +102,7 @@ def build_tuner(
             # pickles the scheduler, so --resume restores it seeded and seeds nothing again.
             for record in ext.earlier:
                 scheduler.seed(record.trial_id, record.config, ext.reports.get(record.trial_id, []))
+            log.info("%s judges the new trials against %d earlier trials", s.type, len(ext.earlier))
         if halving:
             # Paused trials count as live in Tune's concurrency limit: waiting for their
             # bracket, they would keep its last trials from ever starting. Resources bound
