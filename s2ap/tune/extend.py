@@ -14,25 +14,48 @@ is new, in the same search folder:
 Only the spec's growing parts may differ from the stored ``spec.json``: ``num_samples`` and
 grid values (the same axes). The base config, the searched distributions, the scheduler (its
 metric included), the seed and the name are fixed (:func:`extended_spec`). The new trials are
-their own Tune run in the folder (so ``--resume`` continues an interrupted extension); its
-scheduler judges the new trials among themselves.
+their own Tune run in the folder (so ``--resume`` continues an interrupted extension).
+
+The new trials are judged against everything the search already knows: before the run, each
+cell's scheduler is seeded with the earlier trials of that cell (:meth:`CellScheduler.seed
+<s2ap.tune.scheduler.CellScheduler.seed>`), their epochs read back from the folder's
+``epochs.parquet`` (:func:`earlier_reports`) and replayed as the reports they were:
+
+- ASHA: the value at a rung is the scheduler's metric at the first ``search_epoch`` at or past
+  the rung (on probe rungs, ``probe_val_pgd_acc`` at the ``r``-th probe); a trial stopped early
+  has values at the rungs it reached. A new trial reaching a rung stops when its value is below
+  ASHA's cutoff there (the ``1 - 1/reduction_factor`` quantile) over the earlier trials' values
+  and those of the new trials that reached it before: as if the earlier trials had run first
+  in the same search.
+- halving: the new trials are a bracket of their own, but at each rung they are ranked among
+  the earlier trials that reached it; a new trial goes on when it is among the best
+  ``ceil(k / reduction_factor)`` of all ``k`` values at the rung (earlier first on a tie), else
+  it stops. Earlier trials are never stopped or waited for (:mod:`s2ap.tune.halving`).
+
+The seeded scheduler is part of the Tune run's saved state from its start, so ``--resume`` of
+an interrupted extension gets it back as it was, and seeds nothing again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import pickle
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from s2ap import storage
 from s2ap.errors import ConfigError
+from s2ap.results import EPOCHS_FILE
 from s2ap.tune.cells import CELL_KEY, Cell, cell_of
 from s2ap.tune.results import TrialRecord
+from s2ap.tune.scheduler import PROBE, TIME_ATTR
 from s2ap.tune.searcher import CellSearcher
 from s2ap.tune.spec import SearchSpec, load_spec, spec_hash, spec_to_dict
+
+log = logging.getLogger(__name__)
 
 EARLIER = "earlier_trials.json"
 SPEC_FILE = "spec.json"
@@ -135,6 +158,34 @@ def renumbered(records: Sequence[TrialRecord], old: Sequence[Cell], new: Sequenc
     return [dataclasses.replace(r, config={**r.config, CELL_KEY: moved[cell_of(r.config)]}) for r in records]
 
 
+def earlier_reports(
+    search_dir: str, records: Sequence[TrialRecord], metric: str
+) -> dict[str, list[dict[str, Any]]]:
+    """Each earlier trial's epochs as it reported them to the scheduler, in order: its rows of
+    the folder's ``epochs.parquet`` (phase, epoch, ``search_epoch``, ``metric`` and the probe).
+    Only the trials of ``records`` count, found by trial id (their rows' ``grid_cell`` may be an
+    old id: the cell is the record's). A search without the table seeds nothing (a warning)."""
+    where = storage.join(search_dir, EPOCHS_FILE)
+    if not records:
+        return {}
+    if not storage.is_file(where):
+        log.warning(
+            "%s holds no %s: the new trials are judged among themselves",
+            storage.redact(search_dir),
+            EPOCHS_FILE,
+        )
+        return {}
+    wanted = dict.fromkeys(["trial_id", "global_epoch", "phase", "epoch", TIME_ATTR, metric, PROBE])
+    present = set(storage.read_schema(where).names)
+    rows = storage.read_table(where, columns=[c for c in wanted if c in present]).to_pylist()
+    ids = {r.trial_id for r in records}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in sorted(rows, key=lambda r: (str(r["trial_id"]), int(r.get("global_epoch") or 0))):
+        if row["trial_id"] in ids:
+            out.setdefault(str(row["trial_id"]), []).append(row)
+    return out
+
+
 def searcher_state(search_dir: str, shown: str) -> dict[str, Any]:
     """The newest searcher state Tune saved in the folder (the :class:`CellSearcher`'s fields)."""
     names = sorted(
@@ -151,12 +202,14 @@ def searcher_state(search_dir: str, shown: str) -> dict[str, Any]:
 @dataclass
 class Extension:
     """What an extension runs: the spec, how many new trials each cell gets, the searcher state
-    to continue, and the records of every trial that ran before."""
+    to continue, the records of every trial that ran before and their epochs' reports (what the
+    scheduler is seeded with)."""
 
     spec: SearchSpec
     new_trials: dict[int, int]  # grid cell id -> trials to run now
     state: dict[str, Any]
     earlier: list[TrialRecord]
+    reports: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # trial id -> epochs
 
     @property
     def total(self) -> int:
@@ -220,6 +273,8 @@ def prepare(spec: SearchSpec, search_dir: str, more: int) -> Extension:
     ext.earlier = renumbered(
         sorted(kept.values(), key=lambda r: r.trial_id), state["cells"], ext.spec.cells()
     )
+    if ext.spec.scheduler.type != "fifo":
+        ext.reports = earlier_reports(search_dir, ext.earlier, ext.spec.scheduler.metric)
     return ext
 
 

@@ -6,6 +6,14 @@ bracket still in it has reported rung ``r`` or ended; then the best ``ceil(k / r
 of the ``k`` that reported go on and the rest stop. Unlike ASHA no decision rides on the order
 trials happen to run in: a bracket of 24 with factor 4 keeps exactly the best 6.
 
+An extension of a finished search (:mod:`s2ap.tune.extend`) is a new bracket of the new
+trials, but the earlier trials' values set the bar: at each rung the new trials are ranked
+among the earlier trials that reached that rung and the new ones that reported it, and a new
+trial goes on only when it is among the best ``ceil(k / reduction_factor)`` of those ``k``
+(earlier trials first on a tie). The earlier trials are never stopped or waited for: their
+runs are over, their decisions stand. So a new trial goes on exactly when it would have in one
+bracket with the earlier trials, given the earlier decisions.
+
 This module only decides: :class:`Bracket` answers which trials go on, stop or wait;
 :class:`s2ap.tune.scheduler.CellScheduler` turns that into Tune's actions.
 """
@@ -41,9 +49,16 @@ class Bracket:
         self.values: dict[int, dict[str, float]] = {r: {} for r in range(1, rungs + 1)}
         self.survivors: dict[int, set[str]] = {}  # rung -> trials that went on past it
         self.waiting: set[str] = set()
+        self.earlier: dict[int, dict[str, float]] = {r: {} for r in range(1, rungs + 1)}
 
     def add(self, trial: str) -> None:
         self.added.append(trial)
+
+    def add_earlier(self, trial: str, rung: int, value: float) -> None:
+        """A trial of an earlier run of the search reported ``value`` at ``rung``: it is ranked
+        with this bracket's trials at that rung, never stopped or waited for."""
+        if rung in self.earlier:
+            self.earlier[rung][trial] = value
 
     def on_rung(self, trial: str, rung: int, value: float) -> Decision:
         """``trial`` reports ``value`` at ``rung``."""
@@ -88,10 +103,15 @@ class Bracket:
         reported = self.values[rung]
         if len(self.added) < self.size or not self._expected(rung) <= set(reported):
             return None
-        ranked = sorted(reported, key=lambda t: (-self.sign * reported[t], self.added.index(t)))
+        # The earlier trials at this rung first (in the order they came), then this bracket's.
+        pool = {**self.earlier[rung], **reported}
+        order = {t: i for i, t in enumerate([*self.earlier[rung], *self.added])}
+        ranked = sorted(pool, key=lambda t: (-self.sign * pool[t], order[t]))
         keep = math.ceil(len(ranked) / self.factor)
-        go_on = {t for t in ranked[:keep] if t not in self.ended}
-        stop = {t for t in ranked[keep:] if t not in self.ended}
-        self.survivors[rung] = set(ranked[:keep])
+        best = [t for t in ranked[:keep] if t in reported]
+        rest = [t for t in ranked[keep:] if t in reported]
+        go_on = {t for t in best if t not in self.ended}
+        stop = {t for t in rest if t not in self.ended}
+        self.survivors[rung] = set(best)
         self.ended |= stop
         return go_on, stop

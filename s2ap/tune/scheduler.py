@@ -18,7 +18,9 @@ rung pauses until its whole bracket has reported it.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
@@ -30,6 +32,14 @@ log = logging.getLogger(__name__)
 
 TIME_ATTR = "search_epoch"
 PROBE = "probe_val_pgd_acc"
+
+
+@dataclass(frozen=True)
+class EarlierTrial:
+    """An earlier run's trial as ASHA sees it while it is replayed: ASHA reads its id only."""
+
+    trial_id: str
+    config: Mapping[str, Any]
 
 
 class CellScheduler(FIFOScheduler):
@@ -65,6 +75,7 @@ class CellScheduler(FIFOScheduler):
         self.stopped: set[str] = set()
         self.trials: dict[str, Trial] = {}
         self.to_resume: set[str] = set()
+        self.seeded: set[str] = set()  # earlier trials replayed (seed)
 
     @property
     def metric(self) -> str:
@@ -109,16 +120,41 @@ class CellScheduler(FIFOScheduler):
         known.discard(trial.trial_id)
         return True
 
-    def _rung_result(self, result: dict) -> dict | None:
+    def _rung_result(self, result: Mapping[str, Any]) -> dict | None:
         """What the scheduler judges: the result itself on epoch rungs; on probe rungs the
         probe's value at its number as the clock, and None for every other epoch."""
         if not self.probe_after:
-            return result
+            return dict(result)
         value = result.get(PROBE)
         if result.get("phase") != "prune" or value is None:
             return None
         rung = sum(1 for p in self.probe_after if p <= int(result["epoch"]) + 1)
         return {**result, TIME_ATTR: rung, self.ranked_by: value}
+
+    def seed(self, trial_id: str, config: Mapping[str, Any], reports: Iterable[Mapping[str, Any]]) -> None:
+        """Replay a trial of an earlier run of the search (an extension's, before it starts):
+        ``reports`` are its epochs' results in order (``epochs.parquet``'s rows), judged as a
+        live trial's would be, so its rung values set the bar for the new trials of its cell.
+        ASHA is told through its public methods (add, results, remove): it keeps a removed
+        trial's rung values, and what it answers for the replayed trial is ignored. A trial
+        seeded once is not seeded again."""
+        if trial_id in self.seeded:
+            return
+        self.seeded.add(trial_id)
+        key = cell_of(config) if self.per_cell else 0
+        judged = [
+            j for j in map(self._rung_result, reports) if j is not None and j.get(self.ranked_by) is not None
+        ]
+        if self.halving:
+            bracket = self._bracket(key)
+            for j in judged:
+                bracket.add_earlier(trial_id, int(j[TIME_ATTR]), float(j[self.ranked_by]))
+            return
+        asha, stand_in = self._asha(key), cast(Trial, EarlierTrial(trial_id, dict(config)))
+        asha.on_trial_add(None, stand_in)
+        for j in judged:
+            asha.on_trial_result(None, stand_in, j)
+        asha.on_trial_remove(None, stand_in)
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         key = self._key(trial)

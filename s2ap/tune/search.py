@@ -97,6 +97,12 @@ def build_tuner(
             halving=halving,
             sizes=ext.new_trials if ext is not None else {c.id: c.samples for c in spec.cells()},
         )
+        if ext is not None:
+            # The new trials are judged against the earlier ones: seeded before the Tuner
+            # pickles the scheduler, so --resume restores it seeded and seeds nothing again.
+            for record in ext.earlier:
+                scheduler.seed(record.trial_id, record.config, ext.reports.get(record.trial_id, []))
+            log.info("%s judges the new trials against %d earlier trials", s.type, len(ext.earlier))
         if halving:
             # Paused trials count as live in Tune's concurrency limit: waiting for their
             # bracket, they would keep its last trials from ever starting. Resources bound

@@ -161,6 +161,39 @@ def test_extend_runs_only_the_new_trials_and_keeps_every_row_once(tmp_path: Path
     assert note["spec"]["num_samples"] == 2 and note["given"] == spec_hash(more)
 
 
+@pytest.mark.slow
+@pytest.mark.ray
+def test_extension_judges_new_trials_against_the_earlier_rung_values(tmp_path: Path) -> None:
+    """The new trial of a cell stops at ASHA's rung because of the earlier trial's value there,
+    read from ``epochs.parquet``: alone in its own Tune run it would have gone on."""
+    from ray import cloudpickle
+
+    from s2ap.tune.cluster import start_local_ray
+    from s2ap.tune.search import run_search
+
+    asha = {"type": "asha", "reduction_factor": 2}  # one rung, at search epoch 2 of 3
+    spec = load_spec(spec_dict(tmp_path, grid={"prune.sparsity": [0.5]}, search=SEARCH, scheduler=asha))
+    start_local_ray(num_cpus=2)
+    try:
+        outcome = run_search(spec, quiet=True)
+        old_id = pd.read_parquet(outcome.trials_path)["trial_id"][0]
+        # The earlier trial's value at the rung: above any accuracy, so only a new trial judged
+        # against it can stop there.
+        epochs = pd.read_parquet(outcome.epochs_path)
+        epochs.loc[epochs["search_epoch"] == 2, "val_pgd_acc"] = 1.5
+        epochs.to_parquet(outcome.epochs_path)
+        outcome = run_search(spec, extend_by=1, quiet=True)
+    finally:
+        ray.shutdown()
+    trials = pd.read_parquet(outcome.trials_path).set_index("trial_id")
+    assert len(trials) == 2 and trials.loc[old_id, "status"] == "ok"
+    new = trials.drop(old_id).iloc[0]
+    assert new["status"] == "stopped" and new["search_epochs_run"] == 2
+    # The seeded scheduler is what the folder's Tune run saved: --resume restores it as it is.
+    state = cloudpickle.loads((Path(outcome.search_dir) / "tuner.pkl").read_bytes())
+    assert state["_tune_config"].scheduler.seeded == {old_id}
+
+
 def test_resume_after_an_extension_continues_the_extended_spec(tmp_path: Path) -> None:
     given = load_spec(spec_dict(tmp_path, search=SEARCH, num_samples=2), None)
     bigger = extend.extended_spec(yaml.safe_load(extend.spec_note(given)), given, 3, "runs/t")
