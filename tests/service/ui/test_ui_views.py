@@ -132,6 +132,10 @@ def trial(tid: str, on: bool, seed: int, correct: list[bool], n: int = TEST_N) -
         search="s",
         grid_cell=int(on),
         cell_key=f"s2ap.enabled={on}",
+        stopped_early=False,  # these four: the trials table's required columns
+        epochs_run=3,
+        search_epochs_run=2,
+        attempts=1,
         config_hash=f"h-{tid}",
         seed=seed,
         s2ap=on,
