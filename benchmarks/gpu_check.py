@@ -33,6 +33,7 @@ from torch import nn
 
 from s2ap import layers as L
 from s2ap.experiment import from_dict
+from s2ap.io import iter_tensors
 from s2ap.objectives import build_objective
 from s2ap.sharpness import score_perturbation
 from s2ap.train import Trainer, compiled
@@ -188,19 +189,8 @@ def check_saved_on_cpu(device: torch.device) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         Pipeline(from_dict(cfg), Path(tmp) / "run", pretrain_cache=str(Path(tmp) / "cache")).run()
         files = sorted(Path(tmp).rglob("*.pt"))
-        bad = [f.name for f in files if not all(t.device.type == "cpu" for t in _tensors(torch.load(f)))]
+        bad = [f.name for f in files if not all(t.device.type == "cpu" for t in iter_tensors(torch.load(f)))]
     return {"ok": len(files) >= 4 and not bad, "files": len(files), "not_on_cpu": bad}
-
-
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensors(v)
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            yield from _tensors(v)
 
 
 def check_gpu_tests() -> dict[str, Any]:

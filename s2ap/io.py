@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,18 @@ def on_cpu(obj: Any) -> Any:
         moved = [on_cpu(v) for v in obj]
         return type(obj)(*moved) if hasattr(obj, "_fields") else type(obj)(moved)
     return obj
+
+
+def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in ``obj`` (itself, or nested in mappings, lists, tuples), depth first."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, Mapping):
+        for v in obj.values():
+            yield from iter_tensors(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            yield from iter_tensors(v)
 
 
 def save_tensors(obj: Any, path: str | Path) -> Path:

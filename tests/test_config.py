@@ -7,6 +7,7 @@ import pytest
 
 from s2ap.config import ConfigError, ExperimentConfig
 from s2ap.experiment import from_dict, load, with_overrides
+from s2ap.run import main as run_main
 
 
 def test_defaults_are_the_papers() -> None:
@@ -84,7 +85,6 @@ def test_cli_bad_input_one_line_exit_2(tmp_path) -> None:
     assert proc.returncode == 2 and "not found" in proc.stderr
 
 
-@pytest.mark.slow  # a python -m s2ap.run subprocess per case (torch import)
 @pytest.mark.parametrize(
     ("setting", "field", "words"),
     [
@@ -99,17 +99,17 @@ def test_cli_bad_input_one_line_exit_2(tmp_path) -> None:
         ("compile=maybe", "compile", "true or false"),
     ],
 )
-def test_cli_bad_method_fidelity_settings_are_one_line_exit_2(tmp_path, setting, field, words) -> None:
+def test_cli_bad_method_fidelity_settings_are_one_line_exit_2(
+    tmp_path, capsys, setting, field, words
+) -> None:
+    # The CLI's main() in this process; test_cli_bad_input_one_line_exit_2 runs the real command.
     path = tmp_path / "c.yaml"
     path.write_text("prune:\n  method: hydra\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "s2ap.run", str(path), "--set", setting, "--out", str(tmp_path / "run")],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
-    assert field in proc.stderr and words in proc.stderr, proc.stderr
+    status = run_main([str(path), "--set", setting, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.strip().count("\n") == 0 and err.startswith("error: ") and "Traceback" not in err
+    assert field in err and words in err, err
     assert not (tmp_path / "run").exists()  # nothing half-written
 
 

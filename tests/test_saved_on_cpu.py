@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 from collections import OrderedDict, namedtuple
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,9 @@ import pytest
 import torch
 
 from s2ap.experiment import from_dict
-from s2ap.io import on_cpu
+from s2ap.io import iter_tensors, on_cpu
 from s2ap.pipeline import Pipeline
 from tests.helpers.configs import tiny_run
-
-
-def tensors(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from tensors(v)
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            yield from tensors(v)
 
 
 @pytest.mark.slow  # trains every phase
@@ -58,7 +46,7 @@ def test_every_saved_tensor_is_on_the_cpu(device: str, tmp_path: Path) -> None:
     assert {"masks.pt", "pruned_dense.pt", "state.pt"} <= names
     assert any(n.startswith("pretrain-") for n in names)
     for path in files:
-        found = list(tensors(torch.load(path)))  # torch's defaults: weights_only, no map_location
+        found = list(iter_tensors(torch.load(path)))  # torch's defaults: weights_only, no map_location
         assert found, path.name
         assert all(t.device.type == "cpu" for t in found), path.name
     state = torch.load(snapshots / "state-4.pt")  # the finetuning epoch's end
@@ -74,4 +62,13 @@ def test_on_cpu_keeps_the_structure_and_the_values() -> None:
     out = on_cpu(obj)
     assert isinstance(out["o"], OrderedDict) and isinstance(out["p"], Pair) and isinstance(out["x"][1], tuple)
     assert (out["n"], out["f"], out["p"].b, out["x"][1][1]) == (None, 0.5, "s", 1)
-    assert all(torch.equal(v, t.detach()) and not v.requires_grad for v in tensors(out))
+    assert all(torch.equal(v, t.detach()) and not v.requires_grad for v in iter_tensors(out))
+
+
+def test_iter_tensors_finds_every_nested_tensor_in_order() -> None:
+    a, b, c, d = (torch.full((1,), float(i)) for i in range(4))
+    Pair = namedtuple("Pair", "x y")
+    obj = {"l": [a, {"t": (b, "s", None)}], "o": OrderedDict(p=Pair(c, 1)), "n": 3, "d": d}
+    found = list(iter_tensors(obj))
+    assert len(found) == 4 and all(f is t for f, t in zip(found, (a, b, c, d), strict=True))
+    assert list(iter_tensors(a)) == [a] and list(iter_tensors({"x": [1, "t"], "y": ()})) == []

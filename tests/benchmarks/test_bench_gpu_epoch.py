@@ -46,6 +46,7 @@ def test_tiny_epoch_reports_every_variant_and_the_s2ap_ratio(tmp_path: Path) -> 
     )
 
 
+@pytest.mark.slow  # a four-epoch pipeline run, a gloo process group and torch.compile
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_check_runs_every_gpu_check_in_its_tiny_cpu_form(tmp_path: Path) -> None:
     """``--check`` verifies the GPU path (on the CPU in its tiny form) before timing: device

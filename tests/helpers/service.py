@@ -3,7 +3,7 @@
 :class:`ServiceProcess` starts ``python -m service`` exactly as a user would (its own
 process, a loopback port, the environment as settings), waits until it serves, and
 stops it with a signal; :func:`stop_embedded_ray` then removes the embedded Ray head a
-service keeps for unfinished jobs. :class:`FakeRunner` is a :class:`~service.cluster.runner.Runner`
+service keeps for unfinished jobs, and :func:`running_service` does all three for a test. :class:`FakeRunner` is a :class:`~service.cluster.runner.Runner`
 that records jobs instead of running them, for checks of the HTTP layer (fuzzing) that
 must never start a training.
 """
@@ -17,7 +17,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,23 @@ def stop_embedded_ray(data_dir: Path) -> list[int]:
     head.stop()
     time.sleep(0.5)
     return session_members(record.pid)
+
+
+@contextmanager
+def running_service(
+    data_dir: Path, *, token: str | None, env: Mapping[str, str | None] | None = None
+) -> Iterator[ServiceProcess]:
+    """A started :class:`ServiceProcess` on ``data_dir``; on leaving, the service is stopped,
+    then the embedded Ray head it started, and an ``AssertionError`` names any process of the
+    head's session still alive."""
+    svc = ServiceProcess(data_dir, token=token, env=env)
+    try:
+        svc.start()
+        yield svc
+    finally:
+        svc.stop()
+        left = stop_embedded_ray(data_dir)
+        assert not left, f"Ray processes left behind: {left}"
 
 
 class FakeRunner:

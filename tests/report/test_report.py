@@ -271,6 +271,7 @@ def test_only_failed_runs_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
     _assert_one_error_line(capsys.readouterr().err, "no successful runs")
 
 
+@pytest.mark.slow  # a python -m s2ap.report subprocess (torch import); the cases above run main()
 def test_module_cli_bad_input(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "s2ap.report", str(tmp_path / "missing.parquet")],

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from service import Settings, create_app
+from service.__main__ import main as service_main
 from service.app import DataDirBusy, open_services
 from service.settings import SettingsError
 from tests.helpers.service import FakeRunner, ThreadedServer
@@ -52,7 +53,6 @@ def test_no_token_means_no_start_unless_local_only(tmp_path: Path) -> None:
         Settings.from_env({"S2AP_API_TOKEN": "x", "RAY_ADDRESS": "ray-head:6379"})
 
 
-@pytest.mark.slow  # a python -m service subprocess per case
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
@@ -62,19 +62,44 @@ def test_no_token_means_no_start_unless_local_only(tmp_path: Path) -> None:
     ],
 )
 def test_cli_refuses_unsafe_starts(
-    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    env: dict[str, str],
+    message: str,
 ) -> None:
+    # The CLI's main() in this process; test_the_command_refuses_to_start_without_a_token runs it.
+    for key in list(os.environ):
+        if key.startswith(("S2AP_", "RAY_ADDRESS")):
+            monkeypatch.delenv(key)
+    for key, value in {"S2AP_DATA_DIR": str(tmp_path), **env}.items():
+        monkeypatch.setenv(key, value)
+
+    def serve(*_: object, **__: object) -> None:
+        raise AssertionError("the service started")
+
+    monkeypatch.setattr("uvicorn.run", serve)
+    status = service_main(args)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert message in err and err.startswith("error: ") and err.strip().count("\n") == 0, err
+
+
+@pytest.mark.slow  # a python -m service subprocess
+def test_the_command_refuses_to_start_without_a_token(tmp_path: Path) -> None:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("S2AP_", "RAY_ADDRESS"))}
     done = subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        env={**base_env, "S2AP_DATA_DIR": str(tmp_path), **env},
+        [sys.executable, "-m", "service"],
+        env={**base_env, "S2AP_DATA_DIR": str(tmp_path)},
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 2
-    assert message in done.stderr
+    assert "S2AP_API_TOKEN is not set" in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_local_only_without_token_serves_without_auth(tmp_path: Path, fake: FakeRunner) -> None:

@@ -32,7 +32,7 @@ pytest.importorskip("ray")
 
 from service.cluster.ray_cluster import ClusterToken  # noqa: E402
 from service.cluster.ray_head import EmbeddedRayHead, session_members  # noqa: E402
-from tests.helpers.service import ServiceProcess, stop_embedded_ray  # noqa: E402
+from tests.helpers.service import ServiceProcess, running_service  # noqa: E402
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,26 +102,17 @@ def fresh_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def service(data_dir: Path, fresh_home: Path) -> Iterator[ServiceProcess]:
     # The head's session keeps the default CPU weight here (autogroup nice 0): these tests
     # check behaviour, and on a shared machine a lighter session makes the trials crawl.
-    svc = ServiceProcess(
-        data_dir,
-        token=TOKEN,
-        env={
-            "HOME": str(fresh_home),
-            "RAY_AUTH_TOKEN": None,
-            "RAY_AUTH_TOKEN_PATH": None,
-            "RAY_AUTH_MODE": None,
-            "S2AP_POLL_INTERVAL_S": "0.5",
-            "S2AP_MAX_BODY_BYTES": str(BODY_CAP),
-            "S2AP_RAY_AUTOGROUP_NICE": "0",
-        },
-    )
-    try:
-        svc.start()
+    env: dict[str, str | None] = {
+        "HOME": str(fresh_home),
+        "RAY_AUTH_TOKEN": None,
+        "RAY_AUTH_TOKEN_PATH": None,
+        "RAY_AUTH_MODE": None,
+        "S2AP_POLL_INTERVAL_S": "0.5",
+        "S2AP_MAX_BODY_BYTES": str(BODY_CAP),
+        "S2AP_RAY_AUTOGROUP_NICE": "0",
+    }
+    with running_service(data_dir, token=TOKEN, env=env) as svc:
         yield svc
-    finally:
-        svc.stop()
-        left = stop_embedded_ray(data_dir)
-        assert not left, f"Ray processes left behind: {left}"
 
 
 @pytest.fixture

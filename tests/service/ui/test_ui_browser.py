@@ -319,21 +319,12 @@ def live_spec() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def real_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tests.helpers.service import ServiceProcess, stop_embedded_ray
+    from tests.helpers.service import running_service
 
     data_dir = tmp_path_factory.mktemp("ui-live-data")
-    svc = ServiceProcess(
-        data_dir,
-        token=REAL_TOKEN,
-        env={"S2AP_POLL_INTERVAL_S": "0.5", "HOME": str(tmp_path_factory.mktemp("home"))},
-    )
-    try:
-        svc.start()
+    env = {"S2AP_POLL_INTERVAL_S": "0.5", "HOME": str(tmp_path_factory.mktemp("home"))}
+    with running_service(data_dir, token=REAL_TOKEN, env=env) as svc:
         yield svc
-    finally:
-        svc.stop()
-        left = stop_embedded_ray(data_dir)
-        assert not left, f"Ray processes left behind: {left}"
 
 
 def _signed_in_page(browser: Browser, service: Any, start: str, viewport: dict[str, int]) -> tuple[Any, Page]:

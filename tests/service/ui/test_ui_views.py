@@ -18,6 +18,7 @@ from service.ui import live as ui_live
 from service.ui import plots as ui_plots
 from service.ui.compare import compare_table
 from service.ui.views import Accuracy, running_rows
+from tests.helpers.rows import result_row
 
 VAL_N = 144
 
@@ -123,39 +124,31 @@ TEST_N = 40
 
 
 def trial(tid: str, on: bool, seed: int, correct: list[bool], n: int = TEST_N) -> dict[str, Any]:
+    """A finished trial of search ``s`` (:func:`result_row`'s plain run) whose robust accuracy is
+    the share of ``correct``, each accuracy with its n and interval."""
     robust = sum(correct) / len(correct)
-    row = {
-        "trial_id": tid,
-        "search": "s",
-        "grid_cell": int(on),
-        "cell_key": f"s2ap.enabled={on}",
-        "status": "ok",
-        "stopped_early": False,
-        "epochs_run": 3,
-        "search_epochs_run": 2,
-        "attempts": 1,
-        "config_hash": f"h-{tid}",
-        "seed": seed,
-        "code_version": results.code_version(),
-        "model": "cnn",
-        "dataset": "digits",
-        "method": "hydra",
-        "granularity": "weight",
-        "objective": "trades",
-        "sparsity": 0.9,
-        "s2ap": on,
-        "gamma": 0.005 if on else None,
-        "clean_acc": 0.9,
-        "clean_acc_n": n,
-        "pgd_acc": robust,
-        "pgd_acc_n": n,
-        "robust_acc": robust,
-        "robust_acc_n": n,
-        "robust_attack": "pgd",
-        "pgd_steps": 20,
-        "final_val_pgd_acc": 0.5,
-        "final_val_pgd_acc_n": VAL_N,
-    }
+    row = result_row(
+        trial_id=tid,
+        search="s",
+        grid_cell=int(on),
+        cell_key=f"s2ap.enabled={on}",
+        stopped_early=False,  # these four: the trials table's required columns
+        epochs_run=3,
+        search_epochs_run=2,
+        attempts=1,
+        config_hash=f"h-{tid}",
+        seed=seed,
+        s2ap=on,
+        gamma=0.005 if on else None,
+        clean_acc_n=n,
+        pgd_acc=robust,
+        pgd_acc_n=n,
+        robust_acc=robust,
+        robust_acc_n=n,
+        pgd_steps=20,
+        final_val_pgd_acc=0.5,
+        final_val_pgd_acc_n=VAL_N,
+    )
     return results.with_intervals(row)
 
 
