@@ -49,8 +49,16 @@ VAL_N, TEST_N = 100, 360
 PRUNE_EPOCHS = 3
 
 
-def trial_row(tid: str, cell: int, gamma: float | None, warmup: int | None, status: str,
-              val_pgd: float | None, clean: float | None, robust: float | None) -> dict[str, Any]:  # fmt: skip
+def trial_row(
+    tid: str,
+    cell: int,
+    gamma: float | None,
+    warmup: int | None,
+    status: str,
+    val_pgd: float | None,
+    clean: float | None,
+    robust: float | None,
+) -> dict[str, Any]:
     on = cell == 1
     done = status == "ok"
     row = {
