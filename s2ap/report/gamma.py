@@ -34,6 +34,12 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 PANELS = (("validation", SELECTION_COLUMN), ("test", RUN.robust_acc))
+# What a control arm's method label carries (s2ap.report.load._arm_suffix), as the legend says it.
+ARM_NAMES = (
+    ("+AWP-prune", "weight perturbation in the search"),
+    ("+random-dir", "random direction"),
+    ("+plain-ft", "plain finetuning"),
+)
 TITLES = {"validation": "validation: selects γ", "test": "test: never used to select γ"}
 
 
@@ -71,6 +77,17 @@ class GammaPanel:
     orig: dict[str, Estimate | None]
     selected: float | None  # the gamma chosen on validation; None: nothing to choose among
     rule: str  # how the marked gamma was chosen
+
+    @property
+    def label(self) -> str:
+        """The perturbed series' name: S2AP, or the control arm this setting's runs are."""
+        return series_label(str(self.key[2]))
+
+
+def series_label(method: str) -> str:
+    """ "S2AP" for the paper's arm; a control arm (its suffix on the method label) by name."""
+    names = [name for suffix, name in ARM_NAMES if suffix in method]
+    return "S2AP" + (f" ({', '.join(names)})" if names else "")
 
 
 def gamma_panel(key: Key, rows: pd.DataFrame) -> GammaPanel | None:
@@ -124,7 +141,8 @@ def _draw(ax: Axes, panel: GammaPanel, name: str) -> None:
             ]
         )
         seeds = "/".join(str(s) for s in sorted({e.seeds for e in est}))
-        ax.errorbar(gs, mean, yerr=err, marker="o", capsize=3, label=f"S2AP, 95% interval ({seeds} seeds)")
+        label = f"{panel.label}, 95% interval ({seeds} seeds)"
+        ax.errorbar(gs, mean, yerr=err, marker="o", capsize=3, label=label)
     if orig is not None:
         ax.axhline(orig.mean, color="grey", ls="--", label="Orig.")
         if orig.lo is not None and orig.hi is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from s2ap.report.gamma import Estimate, gamma_panel, plot_gamma, y_limits
+from s2ap.report.gamma import Estimate, gamma_panel, plot_gamma, series_label, y_limits
 from s2ap.report.load import prepare
 from s2ap.stats import t_quantile
 from tests.helpers.rows import result_row
@@ -68,3 +68,16 @@ def test_the_y_axis_never_zooms_below_twice_the_widest_interval() -> None:
 def test_the_figure_is_written(tmp_path: Path) -> None:
     assert plot_gamma(rows(), tmp_path / "gamma.png") is None
     assert (tmp_path / "gamma.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_control_arms_series_is_named_for_the_arm_not_s2ap() -> None:
+    # The paper's arm is "S2AP"; a random-direction or plain-finetuning arm (its own panel:
+    # the suffix on the method label keeps it apart) is named for what it is.
+    assert gamma_panel(KEY, rows()).label == "S2AP"
+    df = rows()
+    df["direction"] = "random"
+    random = prepare(df.assign(method="hydra"), None)
+    key = (KEY[0], KEY[1], str(random.loc[random["s2ap"], "method"].iloc[0]), KEY[3])
+    panel = gamma_panel(key, random[random["method"] == key[2]])
+    assert panel is not None and panel.label == "S2AP (random direction)"
+    assert series_label("hydra+random-dir+plain-ft") == "S2AP (random direction, plain finetuning)"
