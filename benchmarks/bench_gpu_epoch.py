@@ -118,9 +118,14 @@ class GraphCounter:
 
 
 def time_epoch(
-    base: nn.Module, data: TensorImageDataset, args: argparse.Namespace, device: torch.device,
-    amp: bool, channels_last: bool, compile_backend: GraphCounter | None,
-) -> dict[str, Any]:  # fmt: skip
+    base: nn.Module,
+    data: TensorImageDataset,
+    args: argparse.Namespace,
+    device: torch.device,
+    amp: bool,
+    channels_last: bool,
+    compile_backend: GraphCounter | None,
+) -> dict[str, Any]:
     """Warm-up steps, then one timed epoch of HYDRA's score search from ``base``."""
     fmt = torch.channels_last if channels_last else torch.preserve_format
     model = copy.deepcopy(base).to(device, memory_format=fmt)
@@ -158,9 +163,13 @@ def time_epoch(
 
 
 def s2ap_ratio(
-    base: nn.Module, data: TensorImageDataset, args: argparse.Namespace, device: torch.device,
-    amp: bool, channels_last: bool,
-) -> dict[str, Any]:  # fmt: skip
+    base: nn.Module,
+    data: TensorImageDataset,
+    args: argparse.Namespace,
+    device: torch.device,
+    amp: bool,
+    channels_last: bool,
+) -> dict[str, Any]:
     """Per-iteration times (mean of the fastest 75%) of orig and S2AP on the same batches."""
     fmt = torch.channels_last if channels_last else torch.preserve_format
     cfg = from_dict({})

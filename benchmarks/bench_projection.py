@@ -84,10 +84,12 @@ def main() -> None:
     start = copy.deepcopy(model)
     trades = build_objective(ObjectiveConfig(name="trades"), AttackConfig(steps=args.steps))
     batches = [
-        (x, y) for _ in range(args.epochs) for x, y in DataLoader(
+        (x, y)
+        for _ in range(args.epochs)
+        for x, y in DataLoader(
             splits.train, batch_size=args.batch, shuffle=True, generator=torch.Generator().manual_seed(1)
         )
-    ]  # fmt: skip
+    ]
     names = [name for name, _ in L.scored_layers(model)]
     masks = {}
     print(f"{args.model} on {args.data}: gamma {args.gamma}, eta {args.eta}, {len(batches)} iterations")
@@ -118,8 +120,10 @@ def main() -> None:
             for i, (norm, bound) in enumerate(zip(pert.last_norms, bounds, strict=True)):
                 ratios[i].append(norm / bound if bound > 0 else 0.0)
         masks[projection] = {k: v.bool() for k, v in L.masks(net).items()}
-        print(f"\n{projection}: S2AP changed the update in {changed}/{len(batches)} iterations, "
-              f"extra pass at s + z_prev in {regrads}")  # fmt: skip
+        print(
+            f"\n{projection}: S2AP changed the update in {changed}/{len(batches)} iterations, "
+            f"extra pass at s + z_prev in {regrads}"
+        )
         for name, r in zip(names, ratios, strict=True):
             on = sum(v > 1 - 1e-4 for v in r) / len(r)
             print(

@@ -372,9 +372,14 @@ def split(
         train=CropFlip(train) if augments(cfg) else train, val=val, test=Subset(test, test_idx), info=info
     )
     log.info(
-        "data %s: %d train%s, %d val, %d test, %s", cfg.name, len(train_idx),
-        " (crop + flip)" if augments(cfg) else "", len(val), len(test_idx), info,  # type: ignore[arg-type]
-    )  # fmt: skip
+        "data %s: %d train%s, %d val, %d test, %s",
+        cfg.name,
+        len(train_idx),
+        " (crop + flip)" if augments(cfg) else "",
+        len(val),
+        len(test_idx),
+        info,  # type: ignore[arg-type]
+    )
     return splits
 
 

@@ -192,9 +192,14 @@ class DeviceLoader:
     same ``(x, y)`` batches as a DataLoader over the data set with ``batches`` as sampler."""
 
     def __init__(
-        self, images: Tensor, labels: Tensor, scale: float, batches: Iterable[list[int]],
-        device: torch.device, augment: CropFlip | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        images: Tensor,
+        labels: Tensor,
+        scale: float,
+        batches: Iterable[list[int]],
+        device: torch.device,
+        augment: CropFlip | None = None,
+    ) -> None:
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.scale = float(scale)

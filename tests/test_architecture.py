@@ -27,21 +27,54 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 450
 FLOORS = {
-    1: ["s2ap", "s2ap.config", "s2ap.coerce", "s2ap.errors", "s2ap.registry", "s2ap.seeding", "s2ap.results", "s2ap.stats",
-        "s2ap.selection", "s2ap.io", "s2ap.cli", "s2ap.storage", "s2ap.imports"],
-    2: ["s2ap.layers", "s2ap.models", "s2ap.data", "s2ap.tensor_data", "s2ap.data_files", "s2ap.objectives",
-        "s2ap.attacks", "s2ap.autoattack", "s2ap.distributed", "s2ap.report"],
+    1: [
+        "s2ap",
+        "s2ap.config",
+        "s2ap.coerce",
+        "s2ap.errors",
+        "s2ap.registry",
+        "s2ap.seeding",
+        "s2ap.results",
+        "s2ap.stats",
+        "s2ap.selection",
+        "s2ap.io",
+        "s2ap.cli",
+        "s2ap.storage",
+        "s2ap.imports",
+    ],
+    2: [
+        "s2ap.layers",
+        "s2ap.models",
+        "s2ap.data",
+        "s2ap.tensor_data",
+        "s2ap.data_files",
+        "s2ap.objectives",
+        "s2ap.attacks",
+        "s2ap.autoattack",
+        "s2ap.distributed",
+        "s2ap.report",
+    ],
     3: ["s2ap.pruning", "s2ap.sharpness", "s2ap.evaluate", "s2ap.metrics"],
     4: ["s2ap.experiment", "s2ap.train", "s2ap.probes", "s2ap.pretrain_cache"],
     5: ["s2ap.pipeline", "s2ap.state", "s2ap.best_mask", "s2ap.rung_probe"],
     6: ["s2ap.tune"],
     7: ["s2ap.run", "s2ap.config_reference", "s2ap.columns_reference", "s2ap.api"],
-    8: ["service.cluster", "service.settings", "service.store", "service.models", "service.model_policy",
-        "service.specs", "service.progress", "service.errors", "service.throttle", "service.body_limit",
-        "service.log_paths"],
+    8: [
+        "service.cluster",
+        "service.settings",
+        "service.store",
+        "service.models",
+        "service.model_policy",
+        "service.specs",
+        "service.progress",
+        "service.errors",
+        "service.throttle",
+        "service.body_limit",
+        "service.log_paths",
+    ],
     9: ["service.jobs", "service.deps"],
     10: ["service"],
-}  # fmt: skip
+}
 RAY_MODULES = ("ray", "optuna")
 WEB_MODULES = ("fastapi", "starlette", "uvicorn")
 

@@ -28,11 +28,22 @@ def test_state_round_trips_and_curves_come_from_the_rows(tmp_path: Path) -> None
 
 def test_a_state_file_of_the_earlier_layout_still_loads(tmp_path: Path) -> None:
     old = {
-        "config_hash": "abc", "phase": "finetune", "epoch": 1, "done": ["pretrain", "prune"], "rows": [],
-        "hamming": [0.0], "lambda_max": [None], "first_mask": None, "final": {"mask_clean_acc": 0.5},
-        "wall_time_s": 3.0, "best": {"score": 0.1, "epoch": 0, "scores": [torch.zeros(2)], "method": {}},
-        "model": {}, "method": {}, "optimizer": None, "scheduler": None,
-    }  # fmt: skip
+        "config_hash": "abc",
+        "phase": "finetune",
+        "epoch": 1,
+        "done": ["pretrain", "prune"],
+        "rows": [],
+        "hamming": [0.0],
+        "lambda_max": [None],
+        "first_mask": None,
+        "final": {"mask_clean_acc": 0.5},
+        "wall_time_s": 3.0,
+        "best": {"score": 0.1, "epoch": 0, "scores": [torch.zeros(2)], "method": {}},
+        "model": {},
+        "method": {},
+        "optimizer": None,
+        "scheduler": None,
+    }
     torch.save(old, tmp_path / "state.pt")
     back = RunState.load(tmp_path / "state.pt")
     assert back.best == BestMask(0.1, 0, back.best.scores, {}) and back.final == {"mask_clean_acc": 0.5}

@@ -47,20 +47,38 @@ log = logging.getLogger(__name__)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
 # Elementwise modules with f(0) = 0: an all-zero channel stays an all-zero channel.
 _ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.LeakyReLU, nn.Hardswish, nn.Mish,
-    nn.Dropout, nn.Identity,
-)  # fmt: skip
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.Hardswish,
+    nn.Mish,
+    nn.Dropout,
+    nn.Identity,
+)
 _ELEMENTWISE_FUNCTIONS = {
-    torch.relu, nn.functional.relu, nn.functional.gelu, nn.functional.silu, torch.tanh,
+    torch.relu,
+    nn.functional.relu,
+    nn.functional.gelu,
+    nn.functional.silu,
+    torch.tanh,
     nn.functional.dropout,
-}  # fmt: skip
+}
 # Per-channel spatial ops on (N, C, H, W) tensors that also keep zero channels zero.
 _ZERO_PRESERVING_MODULES = (
-    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout2d,
-)  # fmt: skip
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Dropout2d,
+)
 _ZERO_PRESERVING_FUNCTIONS = {
-    nn.functional.max_pool2d, nn.functional.avg_pool2d, nn.functional.adaptive_avg_pool2d,
-}  # fmt: skip
+    nn.functional.max_pool2d,
+    nn.functional.avg_pool2d,
+    nn.functional.adaptive_avg_pool2d,
+}
 _ZERO_PRESERVING_METHODS = {"relu", "tanh", "contiguous"}
 
 
@@ -204,9 +222,10 @@ class ChannelPlan:
         """Scored layers whose channels get pruned: not the head; for a FLOPs target only
         those whose removal actually saves FLOPs in the compact network."""
         return [
-            name for name, n in self.nodes.items()
+            name
+            for name, n in self.nodes.items()
             if n.scored and not n.exempt and (n.removable or not flops_target)
-        ]  # fmt: skip
+        ]
 
     def flops(self, kept: Mapping[str, Any]) -> Any:
         """Compact-network FLOPs when layer ``name`` keeps ``kept[name]`` output channels.
@@ -285,14 +304,26 @@ def _describe(node: fx.Node, module: nn.Module) -> ChannelNode:
     shape = node.meta["tensor_meta"].shape
     if isinstance(module, nn.Conv2d):
         return ChannelNode(
-            node.target, module, isinstance(module, ScoredLayer), module.in_channels,  # type: ignore[arg-type]
-            module.out_channels, module.groups, math.prod(module.kernel_size), math.prod(shape[2:]),
-        )  # fmt: skip
+            node.target,
+            module,
+            isinstance(module, ScoredLayer),
+            module.in_channels,  # type: ignore[arg-type]
+            module.out_channels,
+            module.groups,
+            math.prod(module.kernel_size),
+            math.prod(shape[2:]),
+        )
     assert isinstance(module, nn.Linear)
     return ChannelNode(
-        node.target, module, isinstance(module, ScoredLayer), module.in_features,  # type: ignore[arg-type]
-        module.out_features, 1, 1, math.prod(shape[1:-1]),
-    )  # fmt: skip
+        node.target,
+        module,
+        isinstance(module, ScoredLayer),
+        module.in_features,  # type: ignore[arg-type]
+        module.out_features,
+        1,
+        1,
+        math.prod(shape[1:-1]),
+    )
 
 
 def _classify(user: fx.Node, source: fx.Node, root: nn.Module, channel_last: bool) -> str:

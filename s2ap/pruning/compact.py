@@ -100,8 +100,12 @@ def compact(model: nn.Module, plan: ChannelPlan) -> tuple[nn.Module, CompactRepo
     )
     log.info(
         "compact network: %d parameters (dense %d), %.4g FLOPs (dense %.4g, %.2fx fewer)",
-        report.params, report.dense_params, report.flops, report.dense_flops, report.flops_reduction,
-    )  # fmt: skip
+        report.params,
+        report.dense_params,
+        report.flops,
+        report.dense_flops,
+        report.flops_reduction,
+    )
     return out, report
 
 
@@ -124,10 +128,16 @@ def _shrink_layer(
         weight = weight[:, in_idx]
     if isinstance(module, nn.Conv2d):
         new: nn.Module = nn.Conv2d(
-            weight.shape[1] * module.groups, weight.shape[0], module.kernel_size, stride=module.stride,
-            padding=module.padding, dilation=module.dilation, groups=module.groups,
-            bias=bias is not None, padding_mode=module.padding_mode,
-        )  # fmt: skip
+            weight.shape[1] * module.groups,
+            weight.shape[0],
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=module.groups,
+            bias=bias is not None,
+            padding_mode=module.padding_mode,
+        )
     else:
         new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     new = new.to(device=weight.device, dtype=weight.dtype)
@@ -145,8 +155,13 @@ def _shrink_norm(
     zeroed (weight = bias = 0 outputs exactly zero) when they cannot be removed."""
     device = bn.running_mean.device if bn.running_mean is not None else None
     keep = out_idx if out_idx is not None else torch.arange(bn.num_features, device=device)
-    new = type(bn)(int(keep.numel()), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
-                   track_running_stats=bn.track_running_stats)  # fmt: skip
+    new = type(bn)(
+        int(keep.numel()),
+        eps=bn.eps,
+        momentum=bn.momentum,
+        affine=bn.affine,
+        track_running_stats=bn.track_running_stats,
+    )
     ref = bn.weight if bn.weight is not None else bn.running_mean
     if ref is not None:
         new = new.to(device=ref.device, dtype=ref.dtype)

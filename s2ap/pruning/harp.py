@@ -183,9 +183,13 @@ class Harp(PruningMethod):
         rates = self.layer_rates()
         log.info(
             "harp epoch %d: budget %+.4f (%s), penalty weight %.4g%s, keep-rates %s",
-            epoch, ratio, "over" if ratio >= _WITHIN else "within", self.coef,
-            " (frozen)" if self.frozen is not None else "", " ".join(f"{v:.3f}" for v in rates.values()),
-        )  # fmt: skip
+            epoch,
+            ratio,
+            "over" if ratio >= _WITHIN else "within",
+            self.coef,
+            " (frozen)" if self.frozen is not None else "",
+            " ".join(f"{v:.3f}" for v in rates.values()),
+        )
 
     def admissible(self) -> bool:
         """HARP keeps checkpoints only once an epoch has ended within budget."""
@@ -215,8 +219,9 @@ class Harp(PruningMethod):
             self.logits.copy_(learned + lo)
         log.info(
             "harp: learned rates were %.2f%% over budget; shifted logits by %.4g to meet it exactly",
-            100 * over, lo,
-        )  # fmt: skip
+            100 * over,
+            lo,
+        )
 
     # ------------------------------------------------------------------ state
 

@@ -109,8 +109,14 @@ def test_every_method_runs_end_to_end_with_and_without_s2ap(method: str, s2ap: b
 
 @pytest.mark.parametrize("method", ["hydra", "harp"])
 def test_channel_pruning_to_a_flops_target_end_to_end(method: str, tmp_path: Path) -> None:
-    cfg = tiny(**{"prune.method": method, "prune.granularity": "channel", "prune.flops_reduction": 4,
-                  "s2ap.enabled": True})  # fmt: skip
+    cfg = tiny(
+        **{
+            "prune.method": method,
+            "prune.granularity": "channel",
+            "prune.flops_reduction": 4,
+            "s2ap.enabled": True,
+        }
+    )
     p = Pipeline(cfg, tmp_path)
     p.run()
     final = p.state.final
@@ -288,8 +294,9 @@ def test_harp_exported_densities_equal_learned_rates(granularity: str) -> None:
 
 
 def test_harp_strategy_list_sets_initial_rates_and_must_match_layers() -> None:
-    cfg = from_dict({"prune": {"method": "harp", "sparsity": 0.8},
-                     "harp": {"init_rates": [0.5, 0.3, 0.2, 0.1, 0.9]}})  # fmt: skip
+    cfg = from_dict(
+        {"prune": {"method": "harp", "sparsity": 0.8}, "harp": {"init_rates": [0.5, 0.3, 0.2, 0.1, 0.9]}}
+    )
     m = build_method(cfg)
     net, shape = model_for()
     m.bind(net, shape)
@@ -305,8 +312,16 @@ def test_harp_strategy_list_sets_initial_rates_and_must_match_layers() -> None:
 
 
 def test_harp_returns_the_last_epoch_when_no_epoch_meets_the_budget(tmp_path: Path) -> None:
-    cfg = tiny(**{"prune.method": "harp", "prune.epochs": 2, "finetune.epochs": 0, "pretrain.epochs": 0,
-                  "harp.init_rates": [1.0] * 5, "harp.penalty_init": 1e-6})  # fmt: skip
+    cfg = tiny(
+        **{
+            "prune.method": "harp",
+            "prune.epochs": 2,
+            "finetune.epochs": 0,
+            "pretrain.epochs": 0,
+            "harp.init_rates": [1.0] * 5,
+            "harp.penalty_init": 1e-6,
+        }
+    )
     p = Pipeline(cfg, tmp_path)
     p.run()
     assert p.method.reached is None and p.state.best.epoch == 1 and p.state.best.iteration is None
@@ -314,8 +329,15 @@ def test_harp_returns_the_last_epoch_when_no_epoch_meets_the_budget(tmp_path: Pa
 
 
 def test_harp_best_epoch_rates_come_back_with_their_scores(tmp_path: Path) -> None:
-    cfg = tiny(**{"prune.method": "harp", "prune.epochs": 3, "prune.best_mask": "val_robust",
-                  "finetune.epochs": 0, "harp.enforce_budget": False})  # fmt: skip
+    cfg = tiny(
+        **{
+            "prune.method": "harp",
+            "prune.epochs": 3,
+            "prune.best_mask": "val_robust",
+            "finetune.epochs": 0,
+            "harp.enforce_budget": False,
+        }
+    )
     p = Pipeline(cfg, tmp_path)
     p.run()
     best = p.state.best
@@ -338,8 +360,9 @@ def test_harp_search_ends_within_budget_keeping_the_learned_ordering(granularity
     assert -1e-6 < float(m.budget_ratio().detach()) <= 0
     assert (after.argsort() == before.argsort()).all() and (after < before).all()
     L.freeze_masks(net)
-    kept = sum(int(layer.full_mask().sum())
-               for name, layer in L.scored_layers(net) if name in m.layer_rates())  # fmt: skip
+    kept = sum(
+        int(layer.full_mask().sum()) for name, layer in L.scored_layers(net) if name in m.layer_rates()
+    )
     total = sum(layer.weight.numel() for name, layer in L.scored_layers(net) if name in m.layer_rates())
     assert kept / total <= 0.2 + 0.01
     m.finish_search(net)  # within budget: nothing moves
@@ -456,9 +479,13 @@ def test_bad_channel_targets_and_layers_say_so_in_one_line() -> None:
 
     factory = L.LayerFactory(granularity="channel")
     grouped = nn.Sequential(
-        factory.conv(3, 8, 3, padding=1), nn.ReLU(), factory.conv(8, 8, 3, padding=1, groups=2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), factory.linear(8, 10, head=True),
-    )  # fmt: skip
+        factory.conv(3, 8, 3, padding=1),
+        nn.ReLU(),
+        factory.conv(8, 8, 3, padding=1, groups=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        factory.linear(8, 10, head=True),
+    )
     with pytest.raises(ConfigError) as exc:
         build_method(cfg_for("hydra", granularity="channel")).bind(grouped, (1, 3, 8, 8))
     assert exc.value.field == "prune.granularity" and "'2'" in one_line(exc) and "groups=2" in str(exc.value)
@@ -481,8 +508,12 @@ def test_residual_outputs_are_zeroed_not_removed() -> None:
 def test_adasap_phases_schedule_and_uniform_finetuning() -> None:
     """Dense warm-up epochs, then a pruning step every adasap.prune_every iterations (R steps
     over the remaining iterations, exponential schedule, the last one at the target)."""
-    cfg = from_dict({"prune": {"method": "adasap", "sparsity": 0.75, "epochs": 4},
-                     "adasap": {"warmup_epochs": 2, "prune_every": 2}})  # fmt: skip
+    cfg = from_dict(
+        {
+            "prune": {"method": "adasap", "sparsity": 0.75, "epochs": 4},
+            "adasap": {"warmup_epochs": 2, "prune_every": 2},
+        }
+    )
     assert from_dict({"prune": {"method": "adasap"}}).adasap.prune_every == 30  # seed 004's schedule
     m = build_method(cfg)
     net, shape = model_for("cnn", "channel")
