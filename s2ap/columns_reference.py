@@ -87,7 +87,8 @@ NOTES = {
     "time_s": "training time of the epoch in seconds",
     "probe_val_pgd_acc": "validation PGD accuracy of the probe after this pruning epoch (prune.probe_after)",
     "probe_val_pgd_acc_n": "validation points the probe was measured on (all of them)",
-    "probe_time_s": "seconds the probe took (in the run's wall time, not in time_s)",
+    "probe_time_s": "seconds the probe took (in the run's wall time, not in time_s); trials: all its probes",
+    "mean_epoch_time_s": "mean training seconds of its epochs after pretraining (the unit the summary counts probes in)",
 }
 
 _FIELD = re.compile(r'pa\.field\("(\w+)".*\)\s*,?\s*#\s*(.+)$')

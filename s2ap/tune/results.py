@@ -126,6 +126,10 @@ TRIAL_FIELDS = [
     pa.field("started_at", pa.timestamp("us", tz="UTC")),
     pa.field("ended_at", pa.timestamp("us", tz="UTC")),
     pa.field("outside_training_s", pa.float64()),
+    # Its probes' seconds (prune.probe_after; in its wall time, not in time_s; null: none ran) and
+    # its mean training seconds per epoch after pretraining: the unit a probe's cost is counted in.
+    pa.field("probe_time_s", pa.float64()),
+    pa.field("mean_epoch_time_s", pa.float64()),
     pa.field("node_ids", pa.list_(pa.string())),
     pa.field("hostnames", pa.list_(pa.string())),
     pa.field("pids", pa.list_(pa.int64())),
@@ -260,6 +264,7 @@ def trial_rows(
         "outside_training_s": None
         if wall is None
         else wall - sum(float(e.get("time_s") or 0.0) for e in epochs),
+        **probe_costs(epochs),
         "node_ids": sorted({str(w["node_id"]) for w in workers if w.get("node_id")}),
         "hostnames": sorted({str(w["hostname"]) for w in workers if w.get("hostname")}),
         "pids": [int(w["pid"]) for w in workers if w.get("pid") is not None],
@@ -280,6 +285,17 @@ def trial_rows(
         )
     head = {"trial_id": record.trial_id, "search": spec.name, "grid_cell": cell}
     return row, epoch_rows, [{**p, **head} for p in points]
+
+
+def probe_costs(epochs: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """A trial's probe seconds (None without a probe) and mean epoch training seconds after
+    pretraining (None without such an epoch)."""
+    probes = [float(e["probe_time_s"]) for e in epochs if e.get("probe_time_s") is not None]
+    times = [float(e.get("time_s") or 0.0) for e in epochs if e.get("phase") != "pretrain"]
+    return {
+        "probe_time_s": sum(probes) if probes else None,
+        "mean_epoch_time_s": sum(times) / len(times) if times else None,
+    }
 
 
 def _stamp(seconds: float | None) -> datetime | None:

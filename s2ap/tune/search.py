@@ -293,7 +293,8 @@ def summary_lines(spec: SearchSpec, outcome: SearchOutcome) -> list[str]:
 
 def saved_lines(spec: SearchSpec, rows: list[dict[str, Any]]) -> list[str]:
     """What the scheduler saved, in trial-epochs after pretraining: each stopped trial's epochs
-    it never ran (as many as its cell's finished trials ran, else the spec's longest trial)."""
+    it never ran (as many as its cell's finished trials ran, else the spec's longest trial),
+    less what the probes cost (each trial's probe seconds over its own mean epoch seconds)."""
     if spec.scheduler.type == "fifo" or not rows or any(r.get("search_epochs_run") is None for r in rows):
         return []
     full: dict[int, int] = {}
@@ -306,10 +307,20 @@ def saved_lines(spec: SearchSpec, rows: list[dict[str, Any]]) -> list[str]:
         max(0, full.get(int(r["grid_cell"]), spec.max_search_epochs()) - int(r["search_epochs_run"]))
         for r in stopped
     )
+    total = max(ran + saved, 1)
     rungs = "probe" if spec.probe_after() else "epoch"
+    head = f"{spec.scheduler.type} ({rungs} rungs) stopped {len(stopped)} of {len(rows)} trials: "
+    probes = sum(
+        float(r["probe_time_s"]) / float(r["mean_epoch_time_s"])
+        for r in rows
+        if r.get("probe_time_s") is not None and r.get("mean_epoch_time_s")
+    )
+    if not probes:
+        return [f"{head}{saved} of {ran + saved} trial-epochs saved ({saved / total:.0%})"]
+    net = saved - probes
     return [
-        f"{spec.scheduler.type} ({rungs} rungs) stopped {len(stopped)} of {len(rows)} trials: "
-        f"{saved} of {ran + saved} trial-epochs saved ({saved / max(ran + saved, 1):.0%}; probes not counted)"
+        f"{head}{saved} of {ran + saved} trial-epochs saved ({saved / total:.0%}); the probes took "
+        f"{probes:.1f} trial-epochs of training time, so {net:.1f} ({net / total:.0%}) saved net"
     ]
 
 

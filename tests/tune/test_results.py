@@ -154,6 +154,8 @@ def test_tables_hold_each_epoch_once_from_the_run_that_counted(tmp_path: Path) -
     assert trials.loc["a", "started_at"] == pd.Timestamp(100.0, unit="s", tz="UTC")
     assert trials.loc["a", "ended_at"] == pd.Timestamp(110.0, unit="s", tz="UTC")
     assert pd.isna(trials.loc["b", "outside_training_s"]) and pd.isna(trials.loc["b", "started_at"])
+    # No probe ran; the unit a probe would be counted in: its epochs' mean training seconds.
+    assert trials["probe_time_s"].isna().all() and trials.loc["a", "mean_epoch_time_s"] == pytest.approx(0.1)
     assert list(trials.loc["a", "node_ids"]) == ["node0", "node1"]
     assert trials.loc["a", "robust_acc"] == 0.6 and list(trials.loc["a", "hamming"]) == [0.1, 0.2]
     assert trials.loc["a", "final_val_pgd_acc"] == pytest.approx(0.4)
@@ -233,3 +235,14 @@ def test_a_mapping_valued_setting_stays_one_json_column() -> None:
         "zero_init_residual": True,
     }
     assert flat["prune.sparsity"] == cfg.prune.sparsity  # sections are still opened
+
+
+def test_a_trials_probe_seconds_and_epoch_unit() -> None:
+    epochs = [
+        {"phase": "pretrain", "time_s": 9.0, "probe_time_s": None},
+        {"phase": "prune", "time_s": 2.0, "probe_time_s": 1.5},
+        {"phase": "prune", "time_s": 2.0, "probe_time_s": 0.5},
+        {"phase": "finetune", "time_s": 1.0},
+    ]
+    assert tables.probe_costs(epochs) == {"probe_time_s": 2.0, "mean_epoch_time_s": pytest.approx(5 / 3)}
+    assert tables.probe_costs(epochs[:1]) == {"probe_time_s": None, "mean_epoch_time_s": None}

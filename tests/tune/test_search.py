@@ -88,7 +88,12 @@ def test_summary_counts_the_trial_epochs_the_scheduler_saved() -> None:
         row["search_epochs_run"], row["status"] = ran, status
     (line,) = [x for x in lines(rows) if "trial-epochs saved" in x]
     # b stopped after 5 of its cell's 8 epochs: 3 of 21 + 3 = 24 saved.
-    assert (
-        line
-        == "asha (epoch rungs) stopped 1 of 3 trials: 3 of 24 trial-epochs saved (12%; probes not counted)"
+    assert line == "asha (epoch rungs) stopped 1 of 3 trials: 3 of 24 trial-epochs saved (12%)"
+    # Probes are paid for: each trial's probe seconds over its own mean epoch seconds.
+    for row, probe, epoch in zip(rows, (3.0, 2.0, None), (2.0, 1.0, 2.0), strict=True):
+        row["probe_time_s"], row["mean_epoch_time_s"] = probe, epoch
+    (line,) = [x for x in lines(rows) if "trial-epochs saved" in x]
+    assert line == (
+        "asha (epoch rungs) stopped 1 of 3 trials: 3 of 24 trial-epochs saved (12%); the probes took "
+        "3.5 trial-epochs of training time, so -0.5 (-2%) saved net"
     )
