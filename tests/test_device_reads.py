@@ -68,11 +68,14 @@ def net(what: str) -> tuple[nn.Module, list[nn.Parameter]]:
     return model, params
 
 
+# The default S2AP case runs in the fast tier; the other ResNet-18 score cases (2.5-4 s each:
+# sorting 11M scores) in the slow tier, so every case still runs in CI.
+SLOW = pytest.mark.slow
 CASES = [
-    ("scores", "surface", "fresh"),
+    pytest.param("scores", "surface", "fresh", marks=SLOW),
     ("scores", "algorithm1", "fresh"),
-    ("scores", "algorithm1_reset", "fresh"),
-    ("scores", "algorithm1", "previous"),
+    pytest.param("scores", "algorithm1_reset", "fresh", marks=SLOW),
+    pytest.param("scores", "algorithm1", "previous", marks=SLOW),
     ("weights", "surface", "fresh"),
     ("weights", "algorithm1", "previous"),
 ]

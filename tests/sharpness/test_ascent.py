@@ -63,7 +63,9 @@ class Passes:
         self.backward += 1
 
 
-@pytest.mark.parametrize("what", ["scores", "weights"], ids=["s2ap", "awp-finetune"])
+@pytest.mark.parametrize(
+    "what", [pytest.param("scores", marks=pytest.mark.slow), "weights"], ids=["s2ap", "awp-finetune"]
+)
 def test_previous_spends_no_pass_on_the_ascent(what: str) -> None:
     """After the first step (fresh: nothing is kept yet), per iteration one forward/backward
     at p + z plus the forward at p that line 4 needs (or, where p + z has p's mask and signs,
